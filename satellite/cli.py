@@ -1,0 +1,176 @@
+"""The `lfm-satellite` command: subcommands, global options, and the one place where errors
+become messages and exit codes (never a traceback for a user's mistake)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import yaml
+
+from satellite import __version__
+from satellite.config import ConfigError, LoadedConfig, find_config_file, load_config, redacted
+from satellite.errors import UserError
+from satellite.logs import setup_logging
+
+_LOG = logging.getLogger("satellite.cli")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lfm-satellite",
+        description="Local voice satellite for Home Assistant running LFM2-Audio on ONNX Runtime.",
+        epilog="Config file search order: --config, $LFM_SATELLITE_CONFIG, ./satellite.yaml, "
+        "/etc/lfm-satellite/config.yaml. Run `lfm-satellite COMMAND --help` for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"lfm-satellite {__version__}")
+    parser.add_argument("-c", "--config", metavar="FILE", help="config file (YAML)")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-v: info, -vv: debug)"
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        help="log level (overrides -v and the config)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="log lines as text or JSON (overrides the config)",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    commands.required = True
+
+    check = commands.add_parser(
+        "check-config",
+        help="check a config file and print the effective settings",
+        description="Check a config file. Prints the effective settings (secrets masked) and "
+        "exits 0, or prints one line per problem (file:line:column: key: what is wrong) and exits 1.",
+    )
+    check.add_argument("file", nargs="?", help="config file; default: the search order")
+    check.add_argument(
+        "--example",
+        action="store_true",
+        help="print a complete example config with every key documented",
+    )
+    check.set_defaults(handler=cmd_check_config)
+
+    run = commands.add_parser(
+        "run",
+        help="run the satellite daemon",
+        description="Run the satellite with the config file's settings.",
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the config and print what would run, then exit",
+    )
+    run.set_defaults(handler=cmd_run)
+
+    from satellite.modeldir.commands import add_model_commands
+
+    add_model_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = args.log_level or {0: "warning", 1: "info"}.get(args.verbose, "debug")
+    setup_logging(level, args.log_format or "text")
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(problem, file=sys.stderr)
+        return err.exit_code
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def load_for_command(args: argparse.Namespace, explicit: str | None = None) -> LoadedConfig:
+    """Find and load the config for a command; apply its logging settings unless the command
+    line overrode them; print its warnings."""
+    path = find_config_file(explicit or args.config)
+    loaded = load_config(path)
+    for warning in loaded.warnings:
+        print(warning, file=sys.stderr)
+    log = loaded.settings.logging
+    if args.log_level is None and args.verbose == 0:
+        setup_logging(log.level, args.log_format or log.format, log.file)
+    elif args.log_format is None or log.file:
+        level = args.log_level or {0: log.level, 1: "info"}.get(args.verbose, "debug")
+        setup_logging(level, args.log_format or log.format, log.file)
+    if path is None:
+        _LOG.info("no config file found; using the defaults")
+    else:
+        _LOG.info("config: %s", path)
+    return loaded
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    if args.example:
+        from satellite.config_docs import example_yaml
+
+        print(example_yaml(), end="")
+        return 0
+    loaded = load_for_command(args, args.file)
+    origin = str(loaded.source) if loaded.source else "defaults (no config file found)"
+    print(f"# effective settings from {origin}")
+    print(yaml.safe_dump(redacted(loaded.settings), sort_keys=False, allow_unicode=True), end="")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    loaded = load_for_command(args)
+    s = loaded.settings
+    plan = [
+        f"satellite   {s.satellite.name!r} in {s.satellite.mode} mode"
+        + (f", area {s.satellite.area!r}" if s.satellite.area else ""),
+        f"audio       {s.audio.backend} backend, capture {s.audio.input_rate} Hz x{s.audio.input_channels}, "
+        f"playback {s.audio.output_rate} Hz",
+        f"wake word   {s.wake.model} (sensitivity {s.wake.sensitivity})",
+        f"model       {s.model.directory or s.model.name} [{s.model.variant}] on {', '.join(s.model.providers)}",
+        f"wyoming     satellite {s.wyoming.satellite_host}:{s.wyoming.satellite_port}"
+        + (
+            f", services {s.wyoming.services_host}:{s.wyoming.services_port}"
+            if s.wyoming.services_enabled
+            else ", services off"
+        )
+        + (", zeroconf on" if s.wyoming.zeroconf else ", zeroconf off"),
+        "mqtt        "
+        + (
+            f"{s.mqtt.host}:{s.mqtt.port}{' (TLS)' if s.mqtt.tls else ''}"
+            if s.mqtt.enabled
+            else "off"
+        ),
+        f"health      every {s.health.interval_seconds:g} s",
+    ]
+    print("would run:" if args.dry_run else "running:")
+    for line in plan:
+        print(f"  {line}")
+    if args.dry_run:
+        return 0
+    raise UserError(
+        "the daemon's audio and engine loops are not part of this version yet; "
+        "use `lfm-satellite run --dry-run` to check what would run"
+    )
+
+
+def resolve_path(name: str, base: Path | None) -> Path:
+    path = Path(name).expanduser()
+    return path if path.is_absolute() or base is None else base / path
+
+
+if __name__ == "__main__":
+    sys.exit(main())

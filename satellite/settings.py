@@ -1,0 +1,306 @@
+"""The daemon's settings: one frozen dataclass per section of the YAML config file.
+
+Each field has a docstring (the text under it); `satellite.example.yaml` documents every key
+and a test keeps the two in step. Ranges and choices live in `field(metadata=...)` so the
+loader in `satellite.config` can check them and name the key when a value is wrong.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+WAKE_WORDS = ("okay_nabu", "hey_jarvis", "alexa", "hey_mycroft")
+"""Wake-word models shipped by pymicro-wakeword."""
+
+EXECUTION_PROVIDERS = ("auto", "cpu", "cuda", "tensorrt", "coreml", "qnn", "openvino", "dml")
+"""Names accepted in `model.providers`; `auto` picks the best available at start."""
+
+
+def limits(low: float | None = None, high: float | None = None) -> dict[str, Any]:
+    """Field metadata: the inclusive range a number must lie in."""
+    return {"min": low, "max": high}
+
+
+@dataclass(frozen=True)
+class SatelliteSettings:
+    name: str = "LFM Satellite"
+    """Name shown in Home Assistant; also the zeroconf instance name unless overridden.
+    Keep it stable: Home Assistant builds its unique id from it."""
+
+    area: str | None = None
+    """Home Assistant area the satellite is in (e.g. "Kitchen"); none by default."""
+
+    mode: Literal["local", "ha"] = "local"
+    """`local`: wake, listen, answer and act on the device with the local model and tell Home
+    Assistant what happened over MQTT. `ha`: stream audio to Home Assistant's pipeline like any
+    Wyoming satellite."""
+
+
+@dataclass(frozen=True)
+class AudioSettings:
+    backend: Literal["sounddevice", "file", "null"] = "sounddevice"
+    """`sounddevice` (PortAudio microphone and speaker), `file` (WAV in, WAV out) or `null`
+    (silence in, output discarded)."""
+
+    input_device: str | int | None = None
+    """Capture device, by name (a substring is enough) or index from `lfm-satellite devices`;
+    the system default when empty."""
+
+    output_device: str | int | None = None
+    """Playback device, by name or index; the system default when empty."""
+
+    input_rate: int = field(default=16000, metadata=limits(8000, 192000))
+    """Capture sample rate in Hz; audio is converted to the model's 16 kHz mono."""
+
+    output_rate: int = field(default=24000, metadata=limits(8000, 192000))
+    """Playback sample rate in Hz; the model's 24 kHz output is resampled to it."""
+
+    input_channels: int = field(default=1, metadata=limits(1, 8))
+    """Capture channels; they are mixed down to mono."""
+
+    chunk_ms: int = field(default=20, metadata=limits(5, 200))
+    """Length of one capture chunk in milliseconds."""
+
+    input_file: str | None = None
+    """WAV file read as the microphone by the `file` backend (required there)."""
+
+    output_file: str | None = None
+    """WAV file written as the speaker by the `file` backend; output is discarded when empty."""
+
+    realtime: bool = True
+    """`file` backend: pace the input file at real time (true) or read it as fast as possible."""
+
+    volume: float = field(default=1.0, metadata=limits(0.0, 1.0))
+    """Playback volume at start, 0.0 to 1.0 (Home Assistant can change it over MQTT)."""
+
+    barge_in: bool = True
+    """Keep listening for the wake word while the satellite speaks, and stop speaking when
+    it is heard. When false the microphone is gated during playback."""
+
+    awake_sound: str | None = None
+    """WAV file played when the wake word is detected; none by default."""
+
+    done_sound: str | None = None
+    """WAV file played when the user has finished speaking; none by default."""
+
+
+@dataclass(frozen=True)
+class WakeSettings:
+    model: str = "okay_nabu"
+    """Wake word: one of okay_nabu, hey_jarvis, alexa, hey_mycroft (shipped with
+    pymicro-wakeword), or the path of a microWakeWord model's .json file."""
+
+    sensitivity: float = field(default=0.5, metadata=limits(0.0, 1.0))
+    """0.0 to 1.0; higher fires more readily (more false wakes), lower needs a clearer phrase."""
+
+    refractory_seconds: float = field(default=2.0, metadata=limits(0.0, 60.0))
+    """After a detection, further detections are ignored for this many seconds."""
+
+
+@dataclass(frozen=True)
+class VadSettings:
+    threshold: float = field(default=0.5, metadata=limits(0.0, 1.0))
+    """Speech probability above which a chunk counts as speech."""
+
+    trailing_silence_ms: int = field(default=700, metadata=limits(100, 5000))
+    """Silence after speech that ends the utterance."""
+
+    max_utterance_seconds: float = field(default=15.0, metadata=limits(1.0, 120.0))
+    """An utterance is closed after this long even if the user keeps talking."""
+
+    preroll_ms: int = field(default=300, metadata=limits(0, 2000))
+    """Audio kept from before the start of speech so the first syllable is not lost."""
+
+    min_speech_ms: int = field(default=150, metadata=limits(0, 5000))
+    """Shorter bursts of speech are ignored as noise."""
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    name: str = "LiquidAI/LFM2.5-Audio-1.5B-ONNX"
+    """Model from the catalog (`lfm-satellite model list`); used to find or fetch the model
+    when `directory` is empty."""
+
+    directory: str | None = None
+    """Model directory to load (one with a manifest, see `lfm-satellite model verify`).
+    Empty: `<models_dir>/<name>/<variant>`."""
+
+    models_dir: str | None = None
+    """Where fetched models are kept. Empty: `$STATE_DIRECTORY/models` under systemd, else
+    `~/.local/share/lfm-satellite/models`."""
+
+    variant: Literal["q4", "q8", "fp16", "fp32"] = "q4"
+    """Weights precision: q4 (4-bit, smallest and fastest on CPU), q8, fp16 or fp32."""
+
+    providers: list[str] = field(
+        default_factory=lambda: ["auto"], metadata={"each": EXECUTION_PROVIDERS}
+    )
+    """ONNX Runtime execution providers in order of preference: auto, cpu, cuda, tensorrt,
+    coreml, qnn, openvino, dml. `auto` picks the best one available and logs its choice."""
+
+    threads: int = field(default=0, metadata=limits(0, 256))
+    """Intra-op threads for ONNX Runtime; 0 lets it use every core."""
+
+    voice: Literal["us_female", "us_male", "uk_female", "uk_male"] = "us_female"
+    """Voice of spoken replies and of Wyoming text-to-speech by default."""
+
+
+@dataclass(frozen=True)
+class WyomingSettings:
+    satellite_host: str = "0.0.0.0"
+    """Address the Wyoming satellite server listens on (Home Assistant connects to it)."""
+
+    satellite_port: int = field(default=10700, metadata=limits(1, 65535))
+    """Port of the Wyoming satellite server."""
+
+    services_enabled: bool = True
+    """Also serve speech-to-text, text-to-speech and conversation from the local model to
+    Home Assistant, on their own port."""
+
+    services_host: str = "0.0.0.0"
+    """Address the Wyoming services server listens on."""
+
+    services_port: int = field(default=10701, metadata=limits(1, 65535))
+    """Port of the Wyoming services server; it must differ from `satellite_port`."""
+
+    zeroconf: bool = True
+    """Announce both servers with zeroconf (`_wyoming._tcp.local.`) so Home Assistant finds
+    them."""
+
+    zeroconf_name: str | None = None
+    """Zeroconf instance name of the satellite; empty: `satellite.name`. Keep it stable."""
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    enabled: bool = True
+    """Connect to an MQTT broker for Home Assistant discovery, controls, events and health.
+    The satellite keeps working while the broker is away."""
+
+    host: str = "localhost"
+    """Broker host name or address."""
+
+    port: int = field(default=1883, metadata=limits(1, 65535))
+    """Broker port (usually 1883, or 8883 with TLS)."""
+
+    protocol: Literal["5", "3.1.1"] = "5"
+    """MQTT protocol version: 5 or 3.1.1."""
+
+    tls: bool = False
+    """Connect with TLS."""
+
+    ca_file: str | None = None
+    """CA certificate (PEM) to check the broker with; the system's CAs when empty."""
+
+    cert_file: str | None = None
+    """Client certificate (PEM) for brokers that ask for one; needs `key_file`."""
+
+    key_file: str | None = None
+    """Private key (PEM) of `cert_file`."""
+
+    tls_insecure: bool = False
+    """Skip the check that the broker's certificate matches its host name. Unsafe."""
+
+    username: str | None = None
+    """User name for the broker; anonymous when empty."""
+
+    password: str | None = field(default=None, metadata={"secret": True})
+    """Password for the broker. Prefer `password_file` and keep this file private."""
+
+    password_file: str | None = None
+    """File whose first line is the broker password (instead of `password`)."""
+
+    client_id: str | None = None
+    """MQTT client id; empty: derived from the satellite name plus a random suffix."""
+
+    base_topic: str | None = None
+    """Topic prefix of this satellite's state, command, event and health topics; empty:
+    `lfm_satellite/<name as slug>`."""
+
+    discovery_prefix: str = "homeassistant"
+    """Home Assistant's MQTT discovery prefix."""
+
+    keepalive: int = field(default=60, metadata=limits(5, 3600))
+    """Seconds between keep-alive pings to the broker."""
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    interval_seconds: float = field(default=30.0, metadata=limits(1.0, 86400.0))
+    """How often the health report is published."""
+
+    window: int = field(default=100, metadata=limits(10, 100000))
+    """Number of recent turns the latency percentiles are taken over."""
+
+    ttfa_alert_ms: float = field(default=800.0, metadata=limits(1.0, 600000.0))
+    """Raise the latency alert when the p95 time to first audio is above this."""
+
+    turn_latency_alert_ms: float = field(default=8000.0, metadata=limits(1.0, 600000.0))
+    """Raise the latency alert when the p95 turn latency is above this."""
+
+    jitter_alert_ms: float = field(default=30.0, metadata=limits(0.1, 10000.0))
+    """Raise the jitter alert when input or playback jitter is above this."""
+
+    alert_clear_ratio: float = field(default=0.8, metadata=limits(0.1, 1.0))
+    """Hysteresis: an alert clears when its value falls below threshold times this ratio."""
+
+
+@dataclass(frozen=True)
+class SafetySettings:
+    text_filter: bool = True
+    """Check generated text before it is spoken and stop replies that contain blocked terms."""
+
+    blocked_terms: list[str] = field(default_factory=list)
+    """Extra words or phrases that must never be spoken (case-insensitive)."""
+
+    audio_integrity: bool = True
+    """Check generated audio for clipping, silence runs and invalid samples before playback."""
+
+    max_reply_seconds: float = field(default=30.0, metadata=limits(1.0, 600.0))
+    """Longest spoken reply; generation stops there."""
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    """Least severe level that is logged."""
+
+    format: Literal["text", "json"] = "text"
+    """`text`: one readable line per event; `json`: one JSON object per line for machines."""
+
+    file: str | None = None
+    """Also append the log to this file; standard error only when empty."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    satellite: SatelliteSettings = field(default_factory=SatelliteSettings)
+    """Who the satellite is and how it answers."""
+
+    audio: AudioSettings = field(default_factory=AudioSettings)
+    """Microphone and speaker."""
+
+    wake: WakeSettings = field(default_factory=WakeSettings)
+    """Wake word detection."""
+
+    vad: VadSettings = field(default_factory=VadSettings)
+    """Voice activity detection and end of speech."""
+
+    model: ModelSettings = field(default_factory=ModelSettings)
+    """The LFM2-Audio model and how it runs."""
+
+    wyoming: WyomingSettings = field(default_factory=WyomingSettings)
+    """Wyoming servers for Home Assistant."""
+
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
+    """MQTT broker for discovery, controls, events and health."""
+
+    health: HealthSettings = field(default_factory=HealthSettings)
+    """Latency and jitter health reports and alerts."""
+
+    safety: SafetySettings = field(default_factory=SafetySettings)
+    """Checks on what the model says."""
+
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    """Logging."""
