@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 from dataclasses import fields
 from pathlib import Path
 
@@ -209,3 +210,35 @@ def test_check_config_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert f"{bad}:2:9: mqtt.port: 'high' is not valid" in err
     assert "Traceback" not in err
     assert os.path.exists(good)
+
+
+def test_unreadable_config_file(tmp_path: Path) -> None:
+    """A file the daemon's user cannot read is named with 'permission denied'. Root reads
+    everything, so as root the check runs in a forked child that became `nobody`."""
+    config = tmp_path / "private.yaml"
+    config.write_text("mqtt: {port: 1883}\n")
+    config.chmod(0o000)
+    tmp_path.chmod(0o755)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: drop privileges, load, report the message through the pipe
+        os.close(read_end)
+        try:
+            if os.geteuid() == 0:
+                nobody = pwd.getpwnam("nobody")
+                os.setgroups([])
+                os.setgid(nobody.pw_gid)
+                os.setuid(nobody.pw_uid)
+            try:
+                load_config(config)
+                message = "loaded without error"
+            except ConfigError as err:
+                message = str(err)
+            os.write(write_end, message.encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        message = pipe.read().decode()
+    os.waitpid(pid, 0)
+    assert message == f"{config}: cannot read config file: permission denied"
