@@ -30,7 +30,8 @@ def frames_to_spectrum(features: npt.ArrayLike) -> npt.NDArray[np.complex128]:
     if x.ndim != 2 or x.shape[1] % 2:
         raise ValueError(f"expected [frames, 2 * bins] STFT features, got shape {x.shape}")
     log_abs, angle = np.split(x, 2, axis=1)
-    return np.exp(log_abs) * np.exp(1j * angle)
+    spectrum: npt.NDArray[np.complex128] = np.exp(log_abs) * np.exp(1j * angle)
+    return spectrum
 
 
 class StreamingIstft:

@@ -116,6 +116,6 @@ class LogMel:
         mel = np.log(power @ self.filters.T + s.log_guard)
         mean = mel[:valid].mean(axis=0)
         std = np.sqrt(((mel[:valid] - mean) ** 2).sum(axis=0) / max(valid - 1, 1)) + s.std_guard
-        features = (mel - mean) / std
+        features: FloatArray = ((mel - mean) / std).astype(np.float32)
         features[valid:] = 0.0
-        return features.astype(np.float32)
+        return features

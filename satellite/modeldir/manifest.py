@@ -23,6 +23,9 @@ FORMAT_VERSION = 1
 
 Family = Literal["lfm2.5-audio", "lfm2-audio"]
 Variant = Literal["fp32", "fp16", "q8", "q4"]
+UNKNOWN_RANK = "..."
+"""`TensorSpec.shape == [UNKNOWN_RANK]`: the graph declares no shape (the rank is unknown)."""
+
 FAMILIES: tuple[Family, ...] = ("lfm2.5-audio", "lfm2-audio")
 VARIANTS: tuple[Variant, ...] = ("fp32", "fp16", "q8", "q4")
 
@@ -57,7 +60,8 @@ class TensorSpec:
     dtype: str
     """ONNX element type name, e.g. `float32`, `int64`."""
     shape: list[int | str]
-    """Fixed sizes as ints, symbolic dimensions as their names."""
+    """Fixed sizes as ints, symbolic dimensions as their names (`"?"` for an unnamed one);
+    `[UNKNOWN_RANK]` when the graph declares no shape at all."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,9 @@ class Manifest:
     source: dict[str, Any] = field(default_factory=dict)
     """Where it came from: hub repo and revision, or the builder and its arguments."""
     format_version: int = FORMAT_VERSION
+    side_files: dict[str, str] = field(default_factory=dict)
+    """Named non-graph files, relative to the directory (see `SIDE_FILES`), e.g.
+    {"embed_tokens": "onnx/embed_tokens.json"}. Each must also be listed in `files`."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
@@ -109,6 +116,17 @@ class Manifest:
         tmp.replace(path)
         return path
 
+
+SIDE_FILES = {
+    "config": "the source's own config.json (informational)",
+    "tokenizer_config": "tokenizer_config.json (chat template, special tokens)",
+    "mel_config": "mel front-end settings (JSON: sample_rate, n_fft, n_mels, ...)",
+    "embed_tokens": "text embedding table descriptor (JSON: vocab_size, hidden_size, dtype, "
+    "byte_order); the raw table is the file beside it with the suffix .bin",
+    "audio_embedding": "audio code embedding table descriptor (JSON: vocab_size, hidden_size, "
+    "num_codebooks, codebook_vocab, dtype, byte_order); the table is beside it as .bin",
+}
+"""Known `side_files` keys and what they name."""
 
 REQUIRED_CONFIG: dict[str, type | tuple[type, ...]] = {
     "hidden_size": int,
@@ -127,6 +145,18 @@ REQUIRED_CONFIG: dict[str, type | tuple[type, ...]] = {
 """Config numbers every manifest carries, with their types. `layer_types` lists
 `conv` or `full_attention` per decoder layer; `conv_cache` is the short-conv state length (3);
 `codebook_size` counts the end-of-audio code (2049)."""
+
+OPTIONAL_CONFIG: dict[str, type | tuple[type, ...]] = {
+    "head_dim": int,
+    "depthformer_layers": int,
+    "depthformer_dim": int,
+    "depthformer_kv_heads": int,
+    "depthformer_head_dim": int,
+    "interleaved_n_text": int,
+    "interleaved_n_audio": int,
+}
+"""Config numbers a manifest may carry; graph shapes are checked against them when present
+(`head_dim` defaults to hidden_size / num_attention_heads)."""
 
 
 def read_manifest(directory: Path) -> Manifest:
@@ -175,6 +205,9 @@ def manifest_from_dict(raw: Any, where: str) -> Manifest:
     config = need(raw, "config", dict, "")
     for key, kind in REQUIRED_CONFIG.items():
         need(config, key, kind, "config.")
+    for key, kind in OPTIONAL_CONFIG.items():
+        if key in config:
+            need(config, key, kind, "config.")
     graphs: dict[str, GraphEntry] = {}
     for role, entry in need(raw, "graphs", dict, "").items():
         if role not in ROLES:
@@ -184,9 +217,17 @@ def manifest_from_dict(raw: Any, where: str) -> Manifest:
         if not isinstance(entry, dict):
             raise ManifestError(f"{where}: graphs.{role}: must be an object")
         ctx = f"graphs.{role}."
+        for key, kind in (("data_files", list), ("inputs", list), ("outputs", list)):
+            if key in entry:
+                need(entry, key, kind, ctx)
+        if "options" in entry:
+            need(entry, "options", dict, ctx)
+        data_files = entry.get("data_files", [])
+        if not all(isinstance(name, str) for name in data_files):
+            raise ManifestError(f"{where}: {ctx}data_files: must be a list of file names")
         graphs[role] = GraphEntry(
             file=need(entry, "file", str, ctx),
-            data_files=list(entry.get("data_files", [])),
+            data_files=list(data_files),
             inputs=[_tensor(t, where, f"{ctx}inputs") for t in entry.get("inputs", [])],
             outputs=[_tensor(t, where, f"{ctx}outputs") for t in entry.get("outputs", [])],
             options=dict(entry.get("options", {})),
@@ -199,6 +240,11 @@ def manifest_from_dict(raw: Any, where: str) -> Manifest:
         files[name] = FileEntry(
             sha256=need(entry, "sha256", str, ctx), size=need(entry, "size", int, ctx)
         )
+    side_files = raw.get("side_files", {})
+    if not isinstance(side_files, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in side_files.items()
+    ):
+        raise ManifestError(f"{where}: side_files: must map names to file names")
     tokenizer = raw.get("tokenizer")
     if tokenizer is not None and not isinstance(tokenizer, str):
         raise ManifestError(f"{where}: tokenizer: {tokenizer!r} must be a file name or null")
@@ -212,6 +258,7 @@ def manifest_from_dict(raw: Any, where: str) -> Manifest:
         tokenizer=tokenizer,
         source=dict(raw.get("source", {})),
         format_version=version,
+        side_files=dict(side_files),
     )
 
 
