@@ -150,13 +150,15 @@ OPTIONAL_CONFIG: dict[str, type | tuple[type, ...]] = {
     "head_dim": int,
     "depthformer_layers": int,
     "depthformer_dim": int,
+    "depthformer_heads": int,
     "depthformer_kv_heads": int,
     "depthformer_head_dim": int,
     "interleaved_n_text": int,
     "interleaved_n_audio": int,
 }
 """Config numbers a manifest may carry; graph shapes are checked against them when present
-(`head_dim` defaults to hidden_size / num_attention_heads)."""
+(`head_dim` defaults to hidden_size / num_attention_heads, `depthformer_head_dim` to
+depthformer_dim / depthformer_heads). Other keys (e.g. `rope_theta`) are kept as they are."""
 
 
 def read_manifest(directory: Path) -> Manifest:

@@ -1,0 +1,186 @@
+"""`lfm-satellite model ...` subcommands: list, fetch, verify, info."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from satellite.modeldir.catalog import (
+    CATALOG_ENV,
+    catalog_path,
+    entry_as_dict,
+    find_entry,
+    load_catalog,
+)
+from satellite.modeldir.manifest import VARIANTS, read_manifest
+from satellite.modeldir.verify import Report, verify
+
+
+def add_model_commands(commands: Any) -> None:
+    """Add `model` and its subcommands to the CLI's subparsers."""
+    model = commands.add_parser(
+        "model",
+        help="list, fetch, verify and inspect models",
+        description="Model directories: list the catalog, fetch a model from the Hugging Face "
+        "hub, verify a directory, show what it holds.",
+    )
+    sub = model.add_subparsers(dest="model_command", metavar="MODEL_COMMAND")
+    sub.required = True
+
+    listing = sub.add_parser(
+        "list",
+        help="list the models of the catalog",
+        description=f"List the catalog's models (models/catalog.yaml, or --catalog / "
+        f"${CATALOG_ENV}).",
+    )
+    _catalog_option(listing)
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(handler=cmd_list)
+
+    fetch = sub.add_parser(
+        "fetch",
+        help="download a model variant from the Hugging Face hub",
+        description="Download only the files of one variant through huggingface_hub (resumable, "
+        "with progress bars; honours HF_ENDPOINT and HF_TOKEN), check them against the hub's "
+        "checksums, write manifest.json and verify the directory. With HF_HUB_OFFLINE=1 (or "
+        "--offline) the files already in the directory are indexed instead.",
+    )
+    fetch.add_argument("name", help="catalog name, e.g. LiquidAI/LFM2.5-Audio-1.5B-ONNX")
+    fetch.add_argument(
+        "--variant", choices=VARIANTS, help="weights precision (default: the catalog's, q4)"
+    )
+    fetch.add_argument(
+        "--dir",
+        metavar="DIR",
+        type=Path,
+        help="model directory to fill (default: MODELS_DIR/NAME/VARIANT)",
+    )
+    fetch.add_argument(
+        "--models-dir",
+        metavar="DIR",
+        type=Path,
+        help="where models are kept (default: $STATE_DIRECTORY/models under systemd, else "
+        "~/.local/share/lfm-satellite/models)",
+    )
+    fetch.add_argument("--revision", metavar="REV", help="branch, tag or commit to fetch")
+    fetch.add_argument(
+        "--offline", action="store_true", help="index files already in DIR; download nothing"
+    )
+    _catalog_option(fetch)
+    fetch.set_defaults(handler=cmd_fetch)
+
+    check = sub.add_parser(
+        "verify",
+        help="check a model directory",
+        description="Check a model directory: manifest, every file's size and sha256, each "
+        "graph's inputs and outputs against its role. Prints OK and a summary, or one line per "
+        "problem (the file, then what is wrong) and exits 1.",
+    )
+    check.add_argument("directory", metavar="DIR", type=Path)
+    check.add_argument(
+        "--quick", action="store_true", help="compare sizes only, skip the sha256 checksums"
+    )
+    check.add_argument(
+        "--load", action="store_true", help="also load each graph in onnxruntime (slow, memory)"
+    )
+    check.set_defaults(handler=cmd_verify)
+
+    info = sub.add_parser(
+        "info",
+        help="show what a model directory holds",
+        description="Show a model directory's family, variant, source, config numbers, and each "
+        "role's file, size and inputs/outputs, from its manifest.",
+    )
+    info.add_argument("directory", metavar="DIR", type=Path)
+    info.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    info.set_defaults(handler=cmd_info)
+
+
+def _catalog_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--catalog",
+        metavar="FILE",
+        help=f"model catalog (default: ${CATALOG_ENV} or the shipped one)",
+    )
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    entries = load_catalog(catalog_path(args.catalog))
+    if args.json:
+        print(json.dumps([entry_as_dict(e) for e in entries], indent=2))
+        return 0
+    rows = [("NAME", "KIND", "VARIANTS", "DESCRIPTION")]
+    for e in entries:
+        variants = " ".join(f"{v}*" if v == e.default_variant else v for v in e.variants)
+        rows.append((e.name, e.kind, variants, e.description))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3])
+    print("* default variant; kind checkpoint/build: make it with `lfm-satellite model build`")
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from satellite.modeldir.fetch import fetch, human_size
+
+    entry = find_entry(load_catalog(catalog_path(args.catalog)), args.name)
+    result = fetch(
+        entry,
+        variant=args.variant,
+        directory=args.dir,
+        models_dir=args.models_dir,
+        revision=args.revision,
+        offline=True if args.offline else None,
+    )
+    _print_report(result.report)
+    if not result.report.ok:
+        print(
+            f"{result.directory}: fetched, but the files do not fit the runtime (see above)",
+            file=sys.stderr,
+        )
+        return 1
+    print(
+        f"OK: {result.directory}: {result.manifest.name} {result.manifest.variant}, "
+        f"{len(result.manifest.files)} files, {human_size(result.total_bytes)}"
+    )
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from satellite.modeldir.fetch import human_size
+
+    report = verify(args.directory, checksums=not args.quick, load=args.load)
+    _print_report(report)
+    if not report.ok:
+        return 1
+    m = report.manifest
+    assert m is not None
+    total = sum(e.size for e in m.files.values())
+    how = "sizes checked" if args.quick else "sizes and sha256 checked"
+    print(
+        f"OK: {args.directory}: {m.name} ({m.family}, {m.variant}): {len(m.graphs)} graphs "
+        f"({', '.join(m.graphs)}) fit their roles; {len(m.files)} files, {human_size(total)}, "
+        f"{how}" + ("; all graphs load in onnxruntime" if args.load else "")
+    )
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from satellite.modeldir.info import format_info, info_dict
+
+    manifest = read_manifest(args.directory)
+    if args.json:
+        print(json.dumps(info_dict(args.directory, manifest), indent=2))
+    else:
+        print(format_info(args.directory, manifest))
+    return 0
+
+
+def _print_report(report: Report) -> None:
+    for finding in report.warnings:
+        print(f"warning: {finding}", file=sys.stderr)
+    for finding in report.errors:
+        print(str(finding), file=sys.stderr)

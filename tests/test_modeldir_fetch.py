@@ -1,0 +1,265 @@
+"""`lfm-satellite model fetch` against a hub on 127.0.0.1 (tests/hubserver.py) that serves a
+folder laid out like `LiquidAI/LFM2.5-Audio-1.5B-ONNX`, with the shipped catalog entry: only
+the variant's files, checksums recorded, downloads resumed, and one clear sentence for each
+way it can fail. No other network."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import modeldir_graphs as g
+import pytest
+from hubserver import COMMIT, Hub, serve_hub
+
+from satellite.cli import main
+from satellite.modeldir.catalog import catalog_path, find_entry, load_catalog
+from satellite.modeldir.fetch import FetchError, fetch
+from satellite.modeldir.manifest import read_manifest
+from satellite.modeldir.verify import verify
+
+NAME = "LiquidAI/LFM2.5-Audio-1.5B-ONNX"
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = {**g.CONFIG, "codebook_size": 2049}
+"""The catalog entry fixes the full model's 2049 codes per codebook; the rest comes from the
+repository's config.json."""
+PADDING = 24 << 20
+"""decoder_q4.onnx_data is made larger than two of huggingface_hub's 10 MiB write pieces, so
+a download cut midway has written 10 MiB that a resumed one must not fetch again."""
+Q4_FILES = {
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "onnx/mel_config.json",
+    "onnx/embed_tokens.json",
+    "onnx/embed_tokens.bin",
+    "onnx/audio_embedding.json",
+    "onnx/audio_embedding.bin",
+    "onnx/decoder_q4.onnx",
+    "onnx/decoder_q4.onnx_data",
+    "onnx/decoder_q4.onnx_data_1",
+    "onnx/audio_encoder_q4.onnx",
+    "onnx/audio_embedding_q4.onnx",
+    "onnx/vocoder_depthformer_q4.onnx",
+    "onnx/audio_detokenizer_q4.onnx",
+}
+
+
+@pytest.fixture(scope="module")
+def repo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("hub") / "repo"
+    g.write_hub_repo(root, CONFIG, ("fp32", "q4"), q4_padding=PADDING)
+    return root
+
+
+@pytest.fixture
+def hub(repo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Hub]:
+    with serve_hub({NAME: repo_dir}) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        yield server
+
+
+def entry(name: str = NAME):  # type: ignore[no-untyped-def]
+    return find_entry(load_catalog(catalog_path()), name)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_fetch_only_the_variant(
+    hub: Hub, repo_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "q4"
+    assert main(["model", "fetch", NAME, "--variant", "q4", "--dir", str(target)]) == 0
+    out = capsys.readouterr().out
+    assert f"fetching {NAME} q4 ({COMMIT[:12]}) into {target}: 15 files" in out
+    assert out.splitlines()[-1].startswith(f"OK: {target}: {NAME} q4, 15 files")
+    fetched = {p for p, _ in hub.gets()}
+    assert {p.split(f"/resolve/{COMMIT}/")[1] for p in fetched} == Q4_FILES
+    assert not any("README" in p or "decoder.onnx" in p for p in fetched)
+    manifest = read_manifest(target)
+    assert set(manifest.files) == Q4_FILES
+    for name, recorded in manifest.files.items():
+        assert recorded.sha256 == sha256(repo_dir / name), name
+        assert recorded.size == (repo_dir / name).stat().st_size
+    assert manifest.graphs["decoder"].data_files == [
+        "onnx/decoder_q4.onnx_data",
+        "onnx/decoder_q4.onnx_data_1",
+    ]
+    assert manifest.graphs["depthformer"].file == "onnx/vocoder_depthformer_q4.onnx"
+    assert manifest.graphs["depthformer"].options == {"granularity": "codebook_step"}
+    assert manifest.variant == "q4" and manifest.family == "lfm2.5-audio"
+    assert manifest.config["hidden_size"] == 16  # from the repository's config.json
+    assert manifest.config["layer_types"] == CONFIG["layer_types"]
+    assert manifest.config["codebook_size"] == 2049  # from the catalog
+    assert manifest.source["revision"] == COMMIT
+    assert manifest.side_files["embed_tokens"] == "onnx/embed_tokens.json"
+    assert verify(target).ok
+
+    # a second fetch finds every file in place and downloads nothing
+    hub.requests.clear()
+    assert main(["model", "fetch", NAME, "--variant", "q4", "--dir", str(target)]) == 0
+    assert hub.gets() == []
+
+
+def test_interrupted_download_resumes(hub: Hub, repo_dir: Path, tmp_path: Path) -> None:
+    hub.cut["onnx/decoder_q4.onnx_data"] = 1
+    naps: list[float] = []
+    result = fetch(entry(), variant="q4", directory=tmp_path / "d", sleep=naps.append)
+    assert result.report.ok
+    gets = hub.gets("decoder_q4.onnx_data")
+    data_gets = [r for p, r in gets if p.endswith("decoder_q4.onnx_data")]
+    assert data_gets == [None, f"bytes={10 << 20}-"]
+    assert naps == [0.2]
+    got = tmp_path / "d" / "onnx" / "decoder_q4.onnx_data"
+    assert sha256(got) == sha256(repo_dir / "onnx" / "decoder_q4.onnx_data")
+
+
+def test_resume_in_the_next_run(hub: Hub, repo_dir: Path, tmp_path: Path) -> None:
+    hub.cut["onnx/decoder_q4.onnx_data"] = 1
+    with pytest.raises(FetchError) as caught:
+        fetch(entry(), variant="q4", directory=tmp_path / "d", attempts=1)
+    assert str(caught.value) == (
+        f"onnx/decoder_q4.onnx_data: the download from {hub.url} broke off (the connection "
+        "closed in the middle of the file) after 1 try; run the same command again to resume "
+        "where it stopped"
+    )
+    assert not (tmp_path / "d" / "manifest.json").exists()
+    hub.requests.clear()
+    result = fetch(entry(), variant="q4", directory=tmp_path / "d", attempts=1)
+    assert result.report.ok
+    assert next(r for _, r in hub.gets("decoder_q4.onnx_data")) == f"bytes={10 << 20}-"
+    assert read_manifest(tmp_path / "d").files["onnx/decoder_q4.onnx_data"].sha256 == sha256(
+        repo_dir / "onnx" / "decoder_q4.onnx_data"
+    )
+
+
+def test_variant_the_repo_lacks(
+    hub: Hub, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["model", "fetch", NAME, "--variant", "q8", "--dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: {NAME} at main has no q8 variant of {NAME} (no onnx/decoder_q8.onnx); "
+        "it has q4, fp32\n"
+    )
+    assert hub.gets() == []
+
+
+def test_hub_unreachable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert main(["model", "fetch", NAME, "--dir", str(tmp_path / "d")]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: cannot reach the Hugging Face hub at {endpoint} (connection refused); check "
+        "the network and HF_ENDPOINT, or, if the files are already in a directory, index them "
+        f"without the network: HF_HUB_OFFLINE=1 lfm-satellite model fetch {NAME} --dir DIR\n"
+    )
+
+
+def test_hub_unreachable_in_a_subprocess(tmp_path: Path) -> None:
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_ENDPOINT": endpoint}
+    result = subprocess.run(
+        [sys.executable, "-m", "satellite", "model", "fetch", NAME, "--dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: cannot reach the Hugging Face hub at {endpoint}")
+    assert "Traceback" not in result.stderr
+
+
+def test_repository_not_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with serve_hub({"someone/else": tmp_path}) as other:
+        monkeypatch.setenv("HF_ENDPOINT", other.url)
+        with pytest.raises(
+            FetchError, match=re.escape(f"{NAME}: repository not found on {other.url}")
+        ):
+            fetch(entry(), directory=tmp_path / "d")
+
+
+@pytest.mark.parametrize(
+    "name, command",
+    [
+        ("LiquidAI/LFM2-Audio-1.5B", "lfm-satellite model build --from LiquidAI/LFM2-Audio-1.5B"),
+        (
+            "LiquidAI/LFM2.5-Audio-1.5B",
+            "lfm-satellite model build --from LiquidAI/LFM2.5-Audio-1.5B",
+        ),
+        ("tiny", "lfm-satellite model build --size tiny"),
+    ],
+)
+def test_entries_that_are_built_not_fetched(
+    name: str, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["model", "fetch", name]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {name} is ")
+    assert f"not a published ONNX model: make it with `{command}`" in err
+
+
+def test_unknown_name_and_catalog_variant(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["model", "fetch", "LiquidAI/LFM2.5-Audio-1.5B-ONNNX"]) == 2
+    assert "did you mean LiquidAI/LFM2.5-Audio-1.5B-ONNX?" in capsys.readouterr().err
+    with pytest.raises(FetchError, match="no variant 'q3' in the catalog; its variants are q4"):
+        fetch(entry(), variant="q3")
+
+
+def test_checksum_mismatch_deletes_the_file(hub: Hub, tmp_path: Path) -> None:
+    hub.corrupt["onnx/audio_encoder_q4.onnx"] = b"\x00" * 10
+    target = tmp_path / "d"
+    with pytest.raises(FetchError) as caught:
+        fetch(entry(), variant="q4", directory=target)
+    message = str(caught.value)
+    assert message.startswith(f"{target}/onnx/audio_encoder_q4.onnx: ")
+    assert message.endswith("the file was deleted, run the same command again to fetch it anew")
+    assert not (target / "onnx" / "audio_encoder_q4.onnx").exists()
+
+
+def test_offline_indexes_files_already_there(
+    repo_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    target = tmp_path / "copied"
+    shutil.copytree(repo_dir, target)
+    assert main(["model", "fetch", NAME, "--variant", "fp32", "--dir", str(target)]) == 0
+    assert f"offline: indexing 14 files in {target}" in capsys.readouterr().out
+    manifest = read_manifest(target)
+    assert manifest.graphs["decoder"].file == "onnx/decoder.onnx"
+    assert manifest.source["indexed_offline"] is True
+    assert "README.md" not in manifest.files
+    assert verify(target).ok
+    with pytest.raises(FetchError, match=r"HF_HUB_OFFLINE is set and .* does not exist"):
+        fetch(entry(), directory=tmp_path / "empty")
+    (target / "onnx" / "embed_tokens.bin").unlink()
+    with pytest.raises(
+        FetchError, match=re.escape("lacks onnx/embed_tokens.bin, which every variant")
+    ):
+        fetch(entry(), variant="fp32", directory=target)
