@@ -1,0 +1,100 @@
+"""Graph pieces shared by the transformer-like graphs (decoder, depthformer, detokenizer).
+
+`Layers` reads checkpoint tensors under a name prefix and emits the operators chosen for
+onnxruntime: `MatMul` with a constant, transposed weight for every projection (what the 4-bit
+quantizer turns into `MatMulNBits`), `SimplifiedLayerNormalization` for RMSNorm,
+`SkipSimplifiedLayerNormalization` for a residual add followed by RMSNorm, and the SwiGLU MLP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from models.onnx_graph import MS_DOMAIN, GraphBuilder
+from models.weights import Array
+
+
+def rope_tables(head_dim: int, theta: float, positions: int) -> tuple[Array, Array]:
+    """cos and sin [positions, head_dim/2] of RoPE's angles `position * theta^(-2i/head_dim)`.
+
+    The angles are formed in float32 (float32 inverse frequencies times float32 positions), as
+    both references do (transformers' LFM2 and liquid-audio's depthformer); only cos/sin are
+    taken in float64 before rounding, so long positions match the reference to an ulp.
+    """
+    exponent = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
+    inv_freq = (1.0 / (np.float32(theta) ** exponent)).astype(np.float32)
+    angles = np.arange(positions, dtype=np.float32)[:, None] * inv_freq[None, :]
+    angles64 = angles.astype(np.float64)
+    return np.cos(angles64).astype(np.float32), np.sin(angles64).astype(np.float32)
+
+
+class Layers:
+    """Emits common layers into `g`, reading weights `prefix + name` from `weights`."""
+
+    def __init__(
+        self, g: GraphBuilder, weights: Mapping[str, Array], prefix: str, norm_eps: float
+    ) -> None:
+        self.g = g
+        self.weights = weights
+        self.prefix = prefix
+        self.norm_eps = norm_eps
+
+    def w(self, name: str) -> Array:
+        return self.weights[self.prefix + name]
+
+    def linear(
+        self, x: str, name: str, node: str, *, bias: str | None = None, out: str | None = None
+    ) -> str:
+        """x @ W.T (+ b) for a torch-layout [out, in] weight, stored transposed for MatMul."""
+        g = self.g
+        weight = g.weight(f"{self.prefix}{name}.T", np.asarray(self.w(name).T, order="C"))
+        if bias is None:
+            return g.op("MatMul", [x, weight], name=node, outputs=[out] if out else 1)[0]
+        product = g.op1("MatMul", [x, weight], name=node)
+        b = g.weight(self.prefix + bias, self.w(bias))
+        return g.op("Add", [product, b], name=f"{node}/Add", outputs=[out] if out else 1)[0]
+
+    def norm(self, x: str, name: str, node: str) -> str:
+        """RMSNorm over the last axis with gain `name`."""
+        weight = self.g.weight(self.prefix + name, self.w(name))
+        return self.norm_with(x, weight, node)
+
+    def norm_with(self, x: str, weight: str, node: str) -> str:
+        return self.g.op1(
+            "SimplifiedLayerNormalization", [x, weight], name=node,
+            axis=-1, epsilon=self.norm_eps, stash_type=1,
+        )  # fmt: skip
+
+    def skip_norm(self, x: str, residual: str, name: str, node: str) -> tuple[str, str]:
+        """RMSNorm(x + residual) and x + residual, in one fused kernel."""
+        weight = self.g.weight(self.prefix + name, self.w(name))
+        return self.skip_norm_with(x, residual, weight, node)
+
+    def skip_norm_with(self, x: str, residual: str, weight: str, node: str) -> tuple[str, str]:
+        normed, _, _, total = self.g.op(
+            "SkipSimplifiedLayerNormalization", [x, residual, weight], name=node,
+            outputs=[f"{node}/output_0", "", "", f"{node}/output_3"],
+            domain=MS_DOMAIN, epsilon=self.norm_eps,
+        )  # fmt: skip
+        return normed, total
+
+    def head_norm(self, x: str, heads: int, head_dim: int, name: str, node: str) -> str:
+        """Per-head RMSNorm of [B, S, heads*head_dim] with a [head_dim] gain."""
+        g = self.g
+        split = g.op1("Reshape", [x, g.const([0, 0, heads, head_dim])], name=f"{node}/Reshape")
+        normed = self.norm(split, name, f"{node}/SimplifiedLayerNormalization")
+        return g.op1(
+            "Reshape", [normed, g.const([0, 0, heads * head_dim])], name=f"{node}/Reshape_back"
+        )
+
+    def swiglu(self, x: str, name: str, node: str) -> str:
+        """w2(silu(w1 x) * w3 x) with the weights `name`.w1/.w2/.w3."""
+        g = self.g
+        gate = self.linear(x, f"{name}.w1.weight", f"{node}/w1/MatMul")
+        up = self.linear(x, f"{name}.w3.weight", f"{node}/w3/MatMul")
+        sig = g.op1("Sigmoid", [gate], name=f"{node}/Sigmoid")
+        silu = g.op1("Mul", [gate, sig], name=f"{node}/SiLU")
+        h = g.op1("Mul", [silu, up], name=f"{node}/Mul")
+        return self.linear(h, f"{name}.w2.weight", f"{node}/w2/MatMul")
