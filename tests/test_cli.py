@@ -106,3 +106,28 @@ def test_log_level_from_config(tmp_path: Path, capsys: pytest.CaptureFixture[str
     config.write_text("logging: {level: debug}\n")
     assert main(["--config", str(config), "run", "--dry-run"]) == 0
     assert f"config: {config}" in capsys.readouterr().err
+
+
+def test_model_build_cli_writes_a_verified_directory(tmp_path: Path) -> None:
+    out = tmp_path / "tiny"
+    result = run_cli("model", "build", "--size", "tiny", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert f"OK: {out} verified" in result.stdout
+    assert run_cli("model", "verify", str(out)).returncode == 0
+    again = run_cli("model", "build", "--size", "tiny", "--out", str(out))
+    assert again.returncode != 0 and "--overwrite" in again.stderr
+
+
+def test_model_build_without_toolchain_names_the_extra(tmp_path: Path) -> None:
+    """With the `onnx` package unimportable (as in a runtime-only install) the command says
+    which extra to install."""
+    code = (
+        "import sys; sys.modules['onnx'] = None; from satellite.cli import main; "
+        f"sys.exit(main(['model', 'build', '--out', {str(tmp_path / 'x')!r}]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 2
+    assert "pip install 'lfm-satellite[export]'" in result.stderr
+    assert "Traceback" not in result.stderr

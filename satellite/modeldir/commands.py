@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from satellite.errors import UserError
 from satellite.modeldir.catalog import (
     CATALOG_ENV,
     catalog_path,
@@ -97,6 +98,68 @@ def add_model_commands(commands: Any) -> None:
     info.add_argument("directory", metavar="DIR", type=Path)
     info.add_argument("--json", action="store_true", help="print the manifest as JSON")
     info.set_defaults(handler=cmd_info)
+
+    build = sub.add_parser(
+        "build",
+        help="build a model directory (random-weight test models; needs the export extra)",
+        description="Build a model directory of the LFM2.5-Audio architecture: `--size tiny` "
+        "(tests and the demo) or `--size full` (the real shapes, for speed and memory figures), "
+        "with seeded random weights. Needs the model toolchain: pip install 'lfm-satellite[export]'.",
+    )
+    build.add_argument("--size", choices=("tiny", "full"), default="tiny", help="default: tiny")
+    build.add_argument("--variant", choices=VARIANTS, default="fp32", help="default: fp32")
+    build.add_argument("--out", metavar="DIR", type=Path, required=True, help="directory to write")
+    build.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    build.add_argument(
+        "--from",
+        dest="checkpoint",
+        metavar="CHECKPOINT_DIR",
+        type=Path,
+        help="convert a real checkpoint (config.json + safetensors, the hub's layout)",
+    )
+    build.add_argument(
+        "--overwrite", action="store_true", help="replace a model directory already at --out"
+    )
+    build.set_defaults(handler=cmd_build)
+
+
+def load_toolchain() -> Any:
+    """`models.build`, imported only when asked for: the daemon never needs the toolchain."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise UserError(
+            "`model build` needs the model toolchain: pip install 'lfm-satellite[export]'"
+        ) from None
+    try:
+        import models.build as build
+    except ImportError as err:
+        raise UserError(
+            f"`model build` needs the model toolchain, which is missing {err.name!r}: "
+            "pip install 'lfm-satellite[export]' from a source checkout"
+        ) from None
+    return build
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from satellite.modeldir.info import format_info
+
+    build = load_toolchain()
+    manifest = build.build_model(
+        args.out,
+        size=args.size,
+        variant=args.variant,
+        seed=args.seed,
+        checkpoint=args.checkpoint,
+        overwrite=args.overwrite,
+    )
+    print(format_info(args.out, manifest))
+    report = verify(args.out)
+    _print_report(report)
+    if not report.ok:
+        return 1
+    print(f"OK: {args.out} verified")
+    return 0
 
 
 def _catalog_option(parser: argparse.ArgumentParser) -> None:
