@@ -338,6 +338,13 @@ class _Checker:
             self.warn(
                 ("mqtt", "tls"), "TLS options are set but mqtt.tls is false; they are ignored"
             )
+        if s.logging.file is not None and self.ok("logging.file"):
+            folder = self.resolve(s.logging.file).parent
+            if not folder.is_dir():
+                self.problem(
+                    ("logging", "file"),
+                    f"{_describe(s.logging.file)}: folder {folder} does not exist",
+                )
         if m.username is None and (m.password is not None or m.password_file is not None):
             self.warn(
                 ("mqtt", "username"), "a password is set without a username; brokers ignore it"

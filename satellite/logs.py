@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any
 
+from satellite.errors import UserError
+
 TEXT_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s: %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 
@@ -49,7 +51,12 @@ def setup_logging(level: str = "info", fmt: str = "text", file: str | None = Non
     formatter: logging.Formatter = JsonFormatter() if fmt == "json" else TextFormatter()
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if file:
-        handlers.append(logging.FileHandler(file, encoding="utf-8"))
+        try:
+            handlers.append(logging.FileHandler(file, encoding="utf-8"))
+        except OSError as err:
+            raise UserError(
+                f"logging.file {file}: cannot open for writing: {err.strerror}"
+            ) from None
     for handler in handlers:
         handler.setFormatter(formatter)
     root = logging.getLogger()

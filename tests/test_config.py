@@ -81,6 +81,7 @@ MALFORMED = [
         "model.directory",
         ["directory not found"],
     ),
+    ("logging:\n  file: /nonexistent/dir/x.log\n", "2:9", "logging.file", ["does not exist"]),
 ]
 
 
