@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     from satellite.modeldir.commands import add_model_commands
 
     add_model_commands(commands)
+
+    from satellite.bench.commands import add_bench_commands
+
+    add_bench_commands(commands)
     return parser
 
 
