@@ -5,8 +5,10 @@ layout) and `manifest.json` (`satellite.modeldir.manifest`). The weights are see
 (`models.weights`) at tiny or full size.
 
 Built: every role of LFM2.5-Audio (`decoder`, `audio_encoder`, `audio_embedding`, `depthformer`,
-`audio_detokenizer`) plus `embed_tokens`, fp32. Not yet: the tokenizer, the q8/q4 variants and
-`--from CHECKPOINT`.
+`audio_detokenizer`) plus `embed_tokens` and `audio_detokenizer_cached` (the streaming
+detokenizer), fp32, or q8/q4 (`models.quantize`), with `tokenizer.json` and
+`tokenizer_config.json`; from seeded random weights or from a checkpoint directory (`--from`,
+`models.checkpoint`).
 """
 
 from __future__ import annotations
@@ -19,15 +21,19 @@ from typing import Any
 
 import onnx
 
-from models import decoder, depthformer, detokenizer, embeddings, encoder
+from models import decoder, depthformer, detokenizer, embeddings, encoder, mimi
+from models.checkpoint import Checkpoint, CheckpointError, read_checkpoint
 from models.config import SIZES, AudioModelConfig, config_for
 from models.onnx_graph import ExternalData, GraphBuilder, save
+from models.quantize import build_quantized
+from models.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, write_tokenizer
 from models.weights import Array, random_detokenizer_weights, random_model_weights
+from satellite.engine.template import TokenizerError
 from satellite.errors import UserError
 from satellite.modeldir.make import make_manifest
-from satellite.modeldir.manifest import MANIFEST_NAME, VARIANTS, Manifest, Variant
+from satellite.modeldir.manifest import FAMILIES, MANIFEST_NAME, VARIANTS, Manifest, Variant
 
-BUILT_VARIANTS: tuple[Variant, ...] = ("fp32",)
+BUILT_VARIANTS: tuple[Variant, ...] = ("fp32", "q8", "q4")
 DEFAULT_MAX_POSITIONS = {"tiny": 4096, "full": 32768}
 """RoPE table length (longest context) per size, unless given."""
 
@@ -59,15 +65,23 @@ def build_graphs(
     detokenizer_weights: Mapping[str, Array],
     *,
     max_positions: int,
+    logits_to_keep: bool = False,
+    mimi_model: tuple[mimi.MimiConfig, Mapping[str, Array]] | None = None,
 ) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
     """Write every graph into `out`; returns role -> file and role -> options.
 
-    `weights` are the main checkpoint's tensors, `detokenizer_weights` the detokenizer's.
+    `weights` are the main checkpoint's tensors, `detokenizer_weights` the detokenizer's;
+    `logits_to_keep` gives the decoder its `num_logits_to_keep` input (`models.decoder`).
+    `mimi_model` (LFM2-Audio v1: Mimi's config and weights, `models.mimi`) writes
+    `mimi_decoder` and `mimi_decoder_cached` instead of the detokenizer graphs.
     """
     graphs = {
         "decoder": _write_graph(
             out, "decoder",
-            lambda g: decoder.build_decoder(g, config.backbone, weights, max_positions=max_positions),
+            lambda g: decoder.build_decoder(
+                g, config.backbone, weights, max_positions=max_positions,
+                logits_to_keep=logits_to_keep,
+            ),
         ),
         "audio_encoder": _write_graph(
             out, "audio_encoder", lambda g: encoder.build_audio_encoder(g, config, weights)
@@ -81,18 +95,55 @@ def build_graphs(
         "depthformer": _write_graph(
             out, "depthformer", lambda g: depthformer.build_depthformer(g, config, weights)
         ),
-        "audio_detokenizer": _write_graph(
+    }  # fmt: skip
+    if mimi_model is not None:
+        mimi_config, mimi_weights = mimi_model
+        for role, build in mimi.graph_builders(mimi_config, mimi_weights).items():
+            graphs[role] = _write_graph(out, role, build)
+    else:
+        graphs["audio_detokenizer"] = _write_graph(
             out,
             "audio_detokenizer",
             lambda g: detokenizer.build_audio_detokenizer(g, config, detokenizer_weights),
-        ),
-    }  # fmt: skip
+        )
+        graphs["audio_detokenizer_cached"] = _write_graph(
+            out,
+            "audio_detokenizer_cached",
+            lambda g: detokenizer.build_audio_detokenizer_cached(g, config, detokenizer_weights),
+        )
     options: dict[str, dict[str, Any]] = {
         "decoder": {"max_sequence_length": max_positions, "rope": "rotate_half"},
         "depthformer": {"granularity": "codebook_step", "rope": "interleaved"},
-        "audio_detokenizer": {"max_frames": detokenizer.DEFAULT_MAX_FRAMES},
+        "audio_detokenizer": {
+            "max_frames": detokenizer.DEFAULT_MAX_FRAMES,
+            "context_frames": detokenizer.context_frames(config),
+        },
+        "audio_detokenizer_cached": {"max_frames": detokenizer.CACHED_MAX_FRAMES},
     }
+    if mimi_model is not None:
+        options = {k: v for k, v in options.items() if not k.startswith("audio_detokenizer")}
+        options["mimi_decoder"] = options["mimi_decoder_cached"] = mimi_model[0].manifest_options()
     return graphs, options
+
+
+MimiModel = tuple[mimi.MimiConfig, Mapping[str, Array]]
+
+
+def _read_checkpoint(path: Path) -> tuple[Checkpoint, Mapping[str, Array], MimiModel | None]:
+    """`read_checkpoint`, its refusals as BuildErrors; with the detokenizer's weights
+    (LFM2.5-Audio, none for v1) and Mimi (LFM2-Audio v1, None for LFM2.5-Audio)."""
+    try:
+        ckpt = read_checkpoint(path)
+    except CheckpointError as err:
+        raise BuildError(f"--from: {err}") from None
+    return ckpt, ckpt.detokenizer_weights or {}, ckpt.mimi
+
+
+def _write_tokenizer(out: Path, vocab_size: int, source: Path | None, config: Path | None) -> str:
+    try:
+        return write_tokenizer(out, vocab_size, source=source, source_config=config)
+    except TokenizerError as err:
+        raise BuildError(f"--from: {err}") from None
 
 
 def build_model(
@@ -104,13 +155,17 @@ def build_model(
     checkpoint: Path | None = None,
     max_positions: int | None = None,
     overwrite: bool = False,
+    family: str = "lfm2.5-audio",
 ) -> Manifest:
     """Build a model directory at `out` and return its manifest.
 
     `size` (tiny|full) picks the architecture numbers (`models.config`), `seed` the random
     weights (the same seed gives byte-identical files), `max_positions` the longest decoder
-    context (RoPE table length). `checkpoint` (a directory holding the real
-    `model.safetensors`) is not supported yet.
+    context (RoPE table length). `checkpoint` is a checkpoint directory in the hub's layout
+    (`models.checkpoint`): its config and weights replace `size` and `seed`, and its tokenizer
+    is copied; otherwise a stand-in tokenizer is written (`models.tokenizer`). `family`
+    `lfm2-audio` builds LFM2-Audio v1 (random weights only): the same backbone, encoder and
+    depthformer, with Mimi (`models.mimi`) instead of the LFM2.5 detokenizer.
     Refuses to write into a directory that already holds a manifest unless `overwrite`.
     """
     if variant not in VARIANTS:
@@ -121,40 +176,78 @@ def build_model(
         )
     if size not in SIZES:
         raise BuildError(f"--size {size}: not one of {', '.join(SIZES)}")
-    if checkpoint is not None:
-        raise BuildError(f"--from {checkpoint}: building from a checkpoint is not supported yet")
+    if family not in FAMILIES:
+        raise BuildError(f"--family {family}: not one of {', '.join(FAMILIES)}")
+    if family == "lfm2-audio" and checkpoint is not None:
+        raise BuildError(
+            f"--from {checkpoint}: leave out --family (the checkpoint's files tell its family)"
+        )
     if out.exists() and not out.is_dir():
         raise BuildError(f"--out {out}: exists and is not a directory")
     if (out / MANIFEST_NAME).exists() and not overwrite:
         raise BuildError(f"--out {out}: already holds a model (manifest.json); pass --overwrite")
-    config = config_for(size)
-    positions = max_positions or DEFAULT_MAX_POSITIONS[size]
-    # Random weights follow the specs by construction (no layout check: it would generate
-    # every tensor once more); a checkpoint's will go through `check_layout`.
-    weights = random_model_weights(config, seed)
-    detok_weights = random_detokenizer_weights(config, seed)
+    tokenizer_files: tuple[Path | None, Path | None] = (None, None)
+    weights: Mapping[str, Array]
+    detok_weights: Mapping[str, Array]
+    mimi_model: MimiModel | None = None
+    if checkpoint is not None:  # names and shapes checked by `read_checkpoint`
+        ckpt, detok_weights, mimi_model = _read_checkpoint(checkpoint)
+        config, weights, family = ckpt.config, ckpt.weights, ckpt.family
+        tokenizer_files = (ckpt.tokenizer, ckpt.tokenizer_config)
+        name = checkpoint.resolve().name
+        about: dict[str, Any] = {"weights": "checkpoint", "checkpoint": str(checkpoint)}
+        if ckpt.ignored:
+            about["ignored_tensors"] = list(ckpt.ignored)
+    else:
+        config = config_for(size)
+        # Random weights follow the specs by construction (no layout check: it would generate
+        # every tensor once more).
+        weights = random_model_weights(config, seed)
+        detok_weights = random_detokenizer_weights(config, seed)
+        name = f"{family}-{size}-random"
+        about = {"size": size, "weights": "random", "seed": seed}
+        if family == "lfm2-audio":
+            mimi_config = mimi.mimi_config_for(config.size)
+            mimi_model = (mimi_config, mimi.random_mimi_weights(mimi_config, seed))
+    positions = max_positions or DEFAULT_MAX_POSITIONS[config.size]
 
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    graphs, options = build_graphs(out, config, weights, detok_weights, max_positions=positions)
+    about["tokenizer"] = _write_tokenizer(out, config.backbone.vocab_size, *tokenizer_files)
+    if variant == "fp32":
+        graphs, options = build_graphs(
+            out, config, weights, detok_weights, max_positions=positions, mimi_model=mimi_model
+        )
+    else:  # fp32 graphs in a scratch folder, quantized into `out` (models.quantize)
+        graphs, options = build_quantized(
+            out,
+            variant,
+            lambda tmp: build_graphs(
+                tmp,
+                config,
+                weights,
+                detok_weights,
+                max_positions=positions,
+                logits_to_keep=True,
+                mimi_model=mimi_model,
+            ),
+        )
     (out / "config.json").write_text(
         json.dumps(config.reference_config_json(), indent=2) + "\n", encoding="utf-8"
     )
     manifest = make_manifest(
         out,
-        name=f"lfm2.5-audio-{size}-random",
-        family=config.family,
+        name=name,
+        family=family,
         variant=variant,
         config={**config.manifest_config(), "max_sequence_length": positions},
         graphs=graphs,
         options=options,
-        tokenizer=None,
-        side_files={"config": "config.json"},
+        tokenizer=TOKENIZER_FILE,
+        side_files={"config": "config.json", "tokenizer_config": TOKENIZER_CONFIG_FILE},
         source={
             "builder": "lfm-satellite models.build",
-            "size": size,
-            "weights": "random",
-            "seed": seed,
+            **about,
             "seconds": round(time.monotonic() - started, 1),
         },
     )

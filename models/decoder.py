@@ -154,15 +154,21 @@ def build_decoder(
     *,
     prefix: str = "lfm.",
     max_positions: int = 32768,
+    logits_to_keep: bool = False,
 ) -> onnx.ModelProto:
     """The decoder graph of the backbone `cfg` with `weights` (checkpoint names under `prefix`).
 
     `max_positions` sizes the RoPE tables: the longest context (past + current) the graph
-    accepts.
+    accepts. `logits_to_keep` adds the input `num_logits_to_keep` (int64 scalar n >= 0):
+    `logits` holds the last n positions only (all when n >= sequence_length), and n = 0 skips
+    the lm-head (the vocab x hidden table, the largest single read of a step) on steps whose
+    text logits nobody reads, such as audio frames. Unlike transformers' `logits_to_keep`, 0
+    means none.
     """
     d = cfg.hidden_size
     embeds = g.input("inputs_embeds", FLOAT, ["batch_size", "sequence_length", d])
     mask = g.input("attention_mask", INT64, ["batch_size", "total_sequence_length"])
+    keep = g.input("num_logits_to_keep", INT64, []) if logits_to_keep else None
     kv_shape: list[int | str] = [
         "batch_size", cfg.num_key_value_heads, "past_sequence_length", cfg.head_dim,
     ]  # fmt: skip
@@ -174,7 +180,8 @@ def build_decoder(
     for name in past_names:
         g.input(name, FLOAT, conv_shape if name.startswith("past_conv") else kv_shape)
 
-    g.output("logits", FLOAT, ["batch_size", "sequence_length", cfg.vocab_size])
+    logits_length = "logits_length" if logits_to_keep else "sequence_length"
+    g.output("logits", FLOAT, ["batch_size", logits_length, cfg.vocab_size])
     g.output("hidden_states", FLOAT, ["batch_size", "sequence_length", d])
     for name in present_names:
         g.output(name, FLOAT, conv_shape if name.startswith("present_conv") else present_kv_shape)
@@ -220,6 +227,14 @@ def build_decoder(
         x, residual = bb.skip_norm(out, residual, norm_name, node)
 
     g.op("Identity", [x], name="/model/hidden_states", outputs=["hidden_states"])
+    if keep is not None:  # the last `keep` positions: x[:, max(S - keep, 0):]
+        n = "/lm_head/keep"
+        length = g.op1("Gather", [g.op1("Shape", [x], name=f"{n}/Shape"), g.const(1)], name=n)
+        start = g.op1(
+            "Max", [g.op1("Sub", [length, keep], name=f"{n}/Sub"), g.const(0)], name=f"{n}/Max"
+        )
+        start = g.op1("Unsqueeze", [start, g.const([0])], name=f"{n}/Unsqueeze")
+        x = g.op1("Slice", [x, start, g.const([INT64_MAX]), g.const([1])], name=f"{n}/Slice")
     # Tied lm-head: logits = hidden_states @ embed_tokens.T.
     bb.linear(x, "embed_tokens.weight", "/lm_head/MatMul", out="logits")
     return g.model(doc="LFM2 backbone (lfm-satellite models.decoder)")

@@ -37,6 +37,7 @@ def test_manifest_describes_the_directory(model_dir: Path) -> None:
         "audio_embedding",
         "depthformer",
         "audio_detokenizer",
+        "audio_detokenizer_cached",
     }
     assert manifest.graphs["depthformer"].options["granularity"] == "codebook_step"
     for key, kind in REQUIRED_CONFIG.items():
@@ -78,8 +79,8 @@ def test_same_seed_same_files(model_dir: Path, tmp_path: Path) -> None:
 def test_refusals(model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(BuildError, match="already holds a model"):
         build_model(model_dir, size="tiny")
-    with pytest.raises(BuildError, match="--variant q4: not built yet"):
-        build_model(tmp_path / "q4", size="tiny", variant="q4")
+    with pytest.raises(BuildError, match="--variant fp16: not built yet"):
+        build_model(tmp_path / "fp16", size="tiny", variant="fp16")
     with pytest.raises(BuildError, match="not one of"):
         build_model(tmp_path / "x", size="tiny", variant="int3")
     with pytest.raises(BuildError, match="--size huge: not one of tiny, full"):

@@ -204,10 +204,15 @@ def test_repository_not_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 @pytest.mark.parametrize(
     "name, command",
     [
-        ("LiquidAI/LFM2-Audio-1.5B", "lfm-satellite model build --from LiquidAI/LFM2-Audio-1.5B"),
+        (
+            "LiquidAI/LFM2-Audio-1.5B",
+            "huggingface-cli download LiquidAI/LFM2-Audio-1.5B --local-dir CKPT && "
+            "lfm-satellite model build --from CKPT --variant q4 --out DIR",
+        ),
         (
             "LiquidAI/LFM2.5-Audio-1.5B",
-            "lfm-satellite model build --from LiquidAI/LFM2.5-Audio-1.5B",
+            "huggingface-cli download LiquidAI/LFM2.5-Audio-1.5B --local-dir CKPT && "
+            "lfm-satellite model build --from CKPT --variant q4 --out DIR",
         ),
         ("tiny", "lfm-satellite model build --size tiny"),
     ],

@@ -104,12 +104,19 @@ def add_model_commands(commands: Any) -> None:
         help="build a model directory (random-weight test models; needs the export extra)",
         description="Build a model directory of the LFM2.5-Audio architecture: `--size tiny` "
         "(tests and the demo) or `--size full` (the real shapes, for speed and memory figures), "
-        "with seeded random weights. Needs the model toolchain: pip install 'lfm-satellite[export]'.",
+        "with seeded random weights, or convert a real checkpoint with --from (which replaces "
+        "--size and --seed). Needs the model toolchain: pip install 'lfm-satellite[export]'.",
     )
     build.add_argument("--size", choices=("tiny", "full"), default="tiny", help="default: tiny")
     build.add_argument("--variant", choices=VARIANTS, default="fp32", help="default: fp32")
     build.add_argument("--out", metavar="DIR", type=Path, required=True, help="directory to write")
     build.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    build.add_argument(
+        "--family",
+        choices=("lfm2.5-audio", "lfm2-audio"),
+        default="lfm2.5-audio",
+        help="lfm2.5-audio (LFM2 detokenizer, default) or lfm2-audio (v1, Mimi decoder)",
+    )
     build.add_argument(
         "--from",
         dest="checkpoint",
@@ -150,6 +157,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         size=args.size,
         variant=args.variant,
         seed=args.seed,
+        family=args.family,
         checkpoint=args.checkpoint,
         overwrite=args.overwrite,
     )

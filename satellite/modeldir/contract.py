@@ -36,8 +36,25 @@ depthformer, granularity "frame" (a project-own export that samples a whole fram
   out  audio_codes int64 [batch, codebooks]
 audio_detokenizer (LFM2.5): audio_codes int64 [batch, codebooks, frames] (codes 0..2047)
        -> stft_features float32 [batch, 6*frames, n_fft+2] (log-magnitude then phase)
+audio_detokenizer_cached (optional, project-own; the same network for streaming, one call per
+       new code frame or frames, its state fed back):
+  in   audio_codes int64 [batch, codebooks, frames] (the new frames), past_conv float32
+       [conv_layers, batch, detokenizer_hidden, conv_cache], past_keys|past_values float32
+       [attention_layers, batch, kv_heads, past, head_dim] (keys before RoPE, at most
+       sliding_window - 1 positions; zeros and length 0 to start)
+  out  stft_features float32 [batch, 6*frames, n_fft+2], present_conv (-> past_conv),
+       present_keys (-> past_keys), present_values (-> past_values)
 mimi_decoder (LFM2-Audio v1; the project's own export): audio_codes int64 [batch, codebooks,
        frames] -> audio float32 [batch, 1, samples] (24 kHz)
+mimi_decoder_cached (optional, project-own; the same Mimi decoder for streaming, its state fed
+       back):
+  in   audio_codes int64 [batch, codebooks, frames] (the new frames), past_conv float32
+       [batch, conv_state] (every causal conv's last inputs and every transposed conv's
+       overhang, flattened; zeros to start), past_keys|past_values float32 [layers, batch,
+       heads, past, head_dim] (keys before RoPE, at most context - 1 positions; length 0 to
+       start)
+  out  audio float32 [batch, 1, samples], present_conv (-> past_conv), present_keys (->
+       past_keys), present_values (-> past_values)
 embed_tokens (optional graph; official exports ship a table instead): input_ids int64
        [batch, sequence] -> inputs_embeds float32 [batch, sequence, hidden_size]
 
@@ -263,12 +280,59 @@ AUDIO_DETOKENIZER = RoleContract(
     outputs=(Slot("stft_features", FLOAT, (B, _d("stft_frames"), _d("bins"))),),
 )
 
+_DETOK_CONV = (_d("conv_layers"), B, _d("detokenizer_hidden"), _d("conv_cache"))
+_DETOK_KV = (_d("attention_layers"), B, _d("kv_heads"), _d("past"), _d("head_dim"))
+"""The detokenizer trunk's own numbers, which the manifest's config (the backbone's) does not
+hold: only the rank is checked."""
+
+AUDIO_DETOKENIZER_CACHED = RoleContract(
+    role="audio_detokenizer_cached",
+    granularity=None,
+    doc="LFM2.5 detokenizer for streaming: new code frames and fed-back state in, their STFT "
+    "frames and the next state out",
+    inputs=(
+        Slot("audio_codes", INT64, (B, _k("codebooks"), _d("frames"))),
+        Slot("past_conv", CACHE_FLOAT, _DETOK_CONV),
+        Slot("past_keys", CACHE_FLOAT, _DETOK_KV),
+        Slot("past_values", CACHE_FLOAT, _DETOK_KV),
+    ),
+    outputs=(
+        Slot("stft_features", FLOAT, (B, _d("stft_frames"), _d("bins"))),
+        Slot("present_conv", CACHE_FLOAT, _DETOK_CONV, feeds="past_conv"),
+        Slot("present_keys", CACHE_FLOAT, _DETOK_KV, feeds="past_keys"),
+        Slot("present_values", CACHE_FLOAT, _DETOK_KV, feeds="past_values"),
+    ),
+)
+
 MIMI_DECODER = RoleContract(
     role="mimi_decoder",
     granularity=None,
     doc="Mimi decoder (LFM2-Audio v1): codes to 24 kHz audio",
     inputs=(Slot("audio_codes", INT64, (B, _k("codebooks"), _d("frames")), aliases=("codes",)),),
     outputs=(Slot("audio", FLOAT, (B, _d("channels"), _d("samples")), aliases=("audio_values",)),),
+)
+
+_MIMI_CONV = (B, _d("conv_state"))
+_MIMI_KV = (_d("layers"), B, _d("heads"), _d("past"), _d("head_dim"))
+"""Mimi's own numbers, which the manifest's config (the backbone's) does not hold."""
+
+MIMI_DECODER_CACHED = RoleContract(
+    role="mimi_decoder_cached",
+    granularity=None,
+    doc="Mimi decoder for streaming: new code frames and fed-back state in, their audio and the "
+    "next state out",
+    inputs=(
+        Slot("audio_codes", INT64, (B, _k("codebooks"), _d("frames"))),
+        Slot("past_conv", CACHE_FLOAT, _MIMI_CONV),
+        Slot("past_keys", CACHE_FLOAT, _MIMI_KV),
+        Slot("past_values", CACHE_FLOAT, _MIMI_KV),
+    ),
+    outputs=(
+        Slot("audio", FLOAT, (B, _d("channels"), _d("samples"))),
+        Slot("present_conv", CACHE_FLOAT, _MIMI_CONV, feeds="past_conv"),
+        Slot("present_keys", CACHE_FLOAT, _MIMI_KV, feeds="past_keys"),
+        Slot("present_values", CACHE_FLOAT, _MIMI_KV, feeds="past_values"),
+    ),
 )
 
 EMBED_TOKENS = RoleContract(
@@ -288,7 +352,9 @@ CONTRACTS: dict[tuple[str, str | None], RoleContract] = {
         DEPTHFORMER_STEP,
         DEPTHFORMER_FRAME,
         AUDIO_DETOKENIZER,
+        AUDIO_DETOKENIZER_CACHED,
         MIMI_DECODER,
+        MIMI_DECODER_CACHED,
         EMBED_TOKENS,
     )
 }

@@ -35,11 +35,15 @@ ROLES = (
     "audio_embedding",
     "depthformer",
     "audio_detokenizer",
+    "audio_detokenizer_cached",
     "mimi_decoder",
+    "mimi_decoder_cached",
     "embed_tokens",
 )
 """Graph roles. `audio_detokenizer` belongs to LFM2.5-Audio, `mimi_decoder` to LFM2-Audio v1;
-`embed_tokens` is optional (present where the decoder takes embeddings, not token ids)."""
+`embed_tokens` is optional (present where the decoder takes embeddings, not token ids), and so
+are `audio_detokenizer_cached` and `mimi_decoder_cached` (the project's streaming
+detokenizers, used when present)."""
 
 
 def required_roles(family: str) -> tuple[str, ...]:

@@ -1,0 +1,206 @@
+"""Sessions and model loading: execution-provider choice (`auto` and explicit names), the
+configured threads and optimisation level reaching the real onnxruntime sessions, and the
+errors for a provider, graph or model directory the engine cannot use."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from engine_support import build_shaped, shaped_weights
+from modeldir_graphs import INT64, decoder, write_model_dir
+
+from models.config import tiny
+from satellite.engine.model import EmbeddingTable, Model, ModelLoadError
+from satellite.engine.sessions import (
+    ProviderError,
+    SessionConfig,
+    SessionError,
+    open_session,
+    resolve_providers,
+    session_options,
+)
+from satellite.errors import UserError
+from satellite.modeldir.sidefiles import TableInfo
+
+CPU = "CPUExecutionProvider"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_shaped(tmp_path_factory.mktemp("tiny"), shaped_weights(tiny()))
+
+
+def test_auto_picks_cpu_here_and_logs_it(caplog: pytest.LogCaptureFixture) -> None:
+    """On this machine's onnxruntime (no accelerator) auto is the CPU, and says so."""
+    assert "CUDAExecutionProvider" not in ort.get_available_providers()
+    with caplog.at_level(logging.INFO, logger="satellite.engine.sessions"):
+        assert resolve_providers(["auto"]) == [CPU]
+    lines = [r.getMessage() for r in caplog.records if r.name == "satellite.engine.sessions"]
+    assert len(lines) == 1 and "auto chose cpu (CPUExecutionProvider)" in lines[0], lines
+
+
+@pytest.mark.parametrize(
+    ("available", "chosen"),
+    [
+        (["CoreMLExecutionProvider", "CUDAExecutionProvider", CPU], "CUDAExecutionProvider"),
+        (["OpenVINOExecutionProvider", "CoreMLExecutionProvider", CPU], "CoreMLExecutionProvider"),
+        (["OpenVINOExecutionProvider", "QNNExecutionProvider", CPU], "QNNExecutionProvider"),
+        (["AzureExecutionProvider", "OpenVINOExecutionProvider", CPU], "OpenVINOExecutionProvider"),
+        (["AzureExecutionProvider", CPU], CPU),
+    ],
+)
+def test_auto_order(available: list[str], chosen: str) -> None:
+    """auto: CUDA, then CoreML, QNN, OpenVINO, else CPU; the CPU always comes last."""
+    expected = [chosen] if chosen == CPU else [chosen, CPU]
+    assert resolve_providers(["auto"], available) == expected
+
+
+def test_explicit_order_is_kept() -> None:
+    available = ["CUDAExecutionProvider", "OpenVINOExecutionProvider", CPU]
+    assert resolve_providers(["openvino", "cuda"], available) == [
+        "OpenVINOExecutionProvider",
+        "CUDAExecutionProvider",
+        CPU,
+    ]
+    assert resolve_providers(["cpu", "cuda"], available) == ["CUDAExecutionProvider", CPU]
+
+
+def test_unavailable_provider_is_named() -> None:
+    with pytest.raises(ProviderError) as caught:
+        resolve_providers(["cuda"])
+    message = str(caught.value)
+    assert "'cuda'" in message and "CUDAExecutionProvider" in message
+    assert "not available" in message and CPU in message  # what there is instead
+    assert isinstance(caught.value, UserError)
+
+
+def test_unknown_provider_is_named() -> None:
+    with pytest.raises(ProviderError, match="'tpu' is not a provider"):
+        resolve_providers(["tpu"], [CPU])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_sessions_use_the_configured_threads(model_dir: Path, threads: int) -> None:
+    model = Model.load(model_dir, SessionConfig(threads=threads, optimization="basic"))
+    model.open(["decoder", "depthformer"])
+    for role in ("decoder", "depthformer"):
+        options = model.graph(role).session.get_session_options()
+        assert options.intra_op_num_threads == threads
+        assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        assert model.graph(role).session.get_providers() == [CPU]
+
+
+def test_session_options() -> None:
+    options = session_options(SessionConfig(threads=3, prepack=False, spinning=False))
+    assert options.intra_op_num_threads == 3
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert options.get_session_config_entry("session.disable_prepacking") == "1"
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    with pytest.raises(ValueError, match="threads"):
+        session_options(SessionConfig(threads=-1))
+
+
+def test_unreadable_graph_is_named(tmp_path: Path) -> None:
+    bad = tmp_path / "decoder.onnx"
+    bad.write_bytes(b"not a graph")
+    with pytest.raises(SessionError, match=str(bad)):
+        open_session(bad, SessionConfig(), [CPU])
+    with pytest.raises(SessionError, match="not found"):
+        open_session(tmp_path / "missing.onnx", SessionConfig(), [CPU])
+
+
+def test_decoder_without_embeddings_input_is_refused(tmp_path: Path) -> None:
+    """A decoder taking token ids cannot be fed audio frames: refused, naming the file."""
+    write_model_dir(
+        tmp_path, graphs={"decoder": decoder(embeds_name="input_ids", embeds_type=INT64)}
+    )
+    model = Model.load(tmp_path)
+    with pytest.raises(ModelLoadError, match=r"onnx/decoder\.onnx: the decoder takes token ids"):
+        model.graph("decoder")
+
+
+def test_graph_that_misses_the_contract_is_named(tmp_path: Path) -> None:
+    """A graph whose names do not fit its role: the file and the missing input are named."""
+    from modeldir_graphs import audio_encoder
+
+    write_model_dir(tmp_path, graphs={"audio_encoder": audio_encoder(mel_name="features")})
+    model = Model.load(tmp_path)
+    with pytest.raises(ModelLoadError) as caught:
+        model.graph("audio_encoder")
+    message = str(caught.value)
+    assert "onnx/audio_encoder.onnx" in message and "mel_spectrogram is missing" in message
+
+
+def test_official_layout_side_tables_are_used(tmp_path: Path) -> None:
+    """The official layout: text and audio embeddings come from the .bin tables."""
+    write_model_dir(tmp_path)
+    model = Model.load(tmp_path)
+    table = model.table("embed_tokens")
+    assert table is not None
+    rows = np.fromfile(tmp_path / "onnx" / "embed_tokens.bin", dtype="<f4").reshape(32, 16)
+    np.testing.assert_array_equal(model.embeddings.text([3, 0, 31]), rows[[3, 0, 31]])
+    audio = np.fromfile(tmp_path / "onnx" / "audio_embedding.bin", dtype="<f4").reshape(10, 16)
+    # codebooks 2, codebook_size 5: frame (4, 1) -> rows 4 and 5 + 1
+    np.testing.assert_allclose(model.embeddings.frames([[4, 1]])[0], audio[4] + audio[6], rtol=1e-6)
+    with pytest.raises(ValueError, match=r"0\.\.4"):
+        model.embeddings.frames([[5, 0]])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_tables(tmp_path: Path, dtype: str) -> None:
+    values = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
+    if dtype == "float16":
+        raw = values.astype("<f2").tobytes()
+        want = values.astype(np.float16).astype(np.float32)
+    else:
+        bits = values.view(np.uint32) >> 16  # truncation to bfloat16
+        raw = bits.astype("<u2").tobytes()
+        want = (bits << 16).astype(np.uint32).view(np.float32)
+    (tmp_path / "t.bin").write_bytes(raw)
+    info = TableInfo(tmp_path / "t.json", tmp_path / "t.bin", 6, 4, dtype)
+    got = EmbeddingTable(info)([5, 0, 2])
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want[[5, 0, 2]])
+    with pytest.raises(IndexError, match=r"outside 0\.\.5"):
+        EmbeddingTable(info)([6])
+
+
+def test_config_from_settings() -> None:
+    from satellite.settings import ModelSettings
+
+    config = SessionConfig.from_settings(ModelSettings(providers=["cpu"], threads=3))
+    assert (config.providers, config.threads, config.optimization) == (("cpu",), 3, "all")
+    assert SessionConfig.from_settings(ModelSettings(), prepack=False).prepack is False
+
+
+def test_quantized_model_with_optional_decoder_inputs(tmp_path: Path) -> None:
+    """A q4 build: its decoder takes the optional `num_logits_to_keep`, which the engine feeds
+    (one position of logits per call), and a conversation runs on it."""
+    from models.build import build_model
+    from satellite.engine.chat import Chat
+    from satellite.engine.decoder import Decoder
+    from satellite.engine.generation import AudioFrame, TextToken, TurnEnd
+
+    build_model(tmp_path, size="tiny", variant="q4", seed=1)
+    model = Model.load(tmp_path, SessionConfig(threads=1))
+    assert model.graph("decoder").has_input("num_logits_to_keep")
+    decoder = Decoder(model.graph("decoder"), model.manifest.config, context_length=64)
+    decoder.push(model.embeddings.text([1, 6, 20, 10, 7]))
+    out = decoder.step()
+    assert out.logits.shape == (512,) and out.hidden.shape == (64,)
+    assert decoder.length == 5
+    chat = Chat(model, prefix=[[1, 6, 20, 10, 7, 10]], seed=0)
+    events = list(
+        chat.turn(
+            [[6, 21, 10, 7, 10, 6, 22, 10]],
+            chat.generation_config("interleaved", max_new_tokens=20),
+        )
+    )
+    end = events[-1]
+    assert isinstance(end, TurnEnd)
+    produced = sum(isinstance(e, TextToken | AudioFrame) for e in events)
+    assert end.steps == produced + (end.reason == "end_of_turn") >= 1
