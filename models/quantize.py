@@ -27,8 +27,8 @@ A tied pair is found by content (a table equal to a quantized MatMul weight tran
 by name, so a converted checkpoint is handled the same way.
 
 What stays in float: MatMuls of two activations (attention scores and context in the
-encoder), Conv kernels (the encoder's subsampling and depthwise convs: the quantizer handles
-MatMul and Gather only), small tables (the depthformer's 8 per-codebook norm gains), and the
+encoder), convolution kernels (the encoder's subsampling and depthwise convs, Mimi's SEANet:
+the quantizer handles MatMul and Gather only), small tables (the depthformer's 8 per-codebook norm gains), and the
 small vectors (norm gains, biases, short-conv taps, RoPE tables). Each graph's report says
 which nodes and why, and lands in the manifest under `options.quantization`.
 """
@@ -367,11 +367,11 @@ class _GraphJob:
         """MatMul with a constant weight -> MatMulNBits; registers weights a table may share."""
 
         def visit(node: onnx.NodeProto, stack: list[onnx.GraphProto]) -> list[onnx.NodeProto]:
-            if node.op_type == "Conv":
+            if node.op_type in ("Conv", "ConvTranspose"):
                 self.tally.keep(
                     node,
-                    "Conv kernel: the quantizer handles MatMul and Gather only "
-                    "(the encoder's subsampling and depthwise convolutions)",
+                    "convolution kernel: the quantizer handles MatMul and Gather only "
+                    "(the encoder's subsampling and depthwise convolutions, Mimi's SEANet)",
                 )
             if node.op_type != "MatMul":
                 return [node]

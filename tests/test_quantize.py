@@ -412,7 +412,7 @@ def test_every_weight_matmul_and_table_is_quantized(variant: str, dirs: dict[str
         assert report["matmul_total"] == len(nbits) + kept, role
     encoder = manifest.graphs["audio_encoder"].options["quantization"]["unquantized"]
     reasons = {k["op"]: k["reason"] for k in encoder}
-    assert "activation x activation" in reasons["MatMul"] and "Conv kernel" in reasons["Conv"]
+    assert "activation x activation" in reasons["MatMul"] and "convolution" in reasons["Conv"]
     depth = manifest.graphs["depthformer"].options["quantization"]["unquantized"]
     assert [k["nodes"] for k in depth] == [["/head/gain"]]
 
