@@ -10,6 +10,7 @@ from collections.abc import Iterable
 import pytest
 from engine_support import TURN_END, build_shaped, shaped_weights, waveform
 
+from models.build import build_model
 from models.config import tiny
 from models.tokenizer import build_tokenizer
 from satellite.engine.chat import Chat, ContextReset, Speech, system_prefix, user_turn
@@ -228,3 +229,33 @@ def test_rollback_to_a_checkpoint(model: Model) -> None:
     chat.rollback(saved)
     assert chat.context_used == used
     assert reply(chat.turn([PROMPT], config)) == second != first
+
+
+def test_audio_steps_skip_the_text_head_without_changing_the_reply(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """On a q4 build (whose decoder takes `num_logits_to_keep`) audio steps ask for no text
+    logits; the hidden states, and so every token and code, are the same as when every step
+    computes the head."""
+    directory = tmp_path_factory.mktemp("q4")
+    build_model(directory, size="tiny", variant="q4", seed=1, overwrite=True)
+    replies = []
+    skipped = []
+    for force_head in (False, True):
+        model = Model.load(directory, SessionConfig(threads=1))
+        chat = Chat(model, prefix=[SYSTEM], turn_end=TURN_END)
+        decoder_step = chat.decoder.step
+        asked: list[bool] = []
+
+        def step(logits: bool = True, _step=decoder_step, _asked=asked, _force=force_head):  # type: ignore[no-untyped-def]
+            out = _step(logits=logits or _force)
+            _asked.append(out.logits is not None)  # what was computed, not what was asked
+            return out
+
+        chat.decoder.step = step  # type: ignore[method-assign]
+        config = chat.generation_config("interleaved", max_new_tokens=60, audio=GREEDY_AUDIO)
+        replies.append(reply(chat.turn([PROMPT], config)))
+        skipped.append(asked.count(False))  # steps that ran without the text head
+    assert replies[0] == replies[1]
+    frames = sum(isinstance(r, tuple) for r in replies[0])
+    assert frames > 0 and skipped == [frames, 0], (frames, skipped)

@@ -119,7 +119,7 @@ class Chat:
         for part in prefix:
             self.decoder.push(self.embed(part))
         if self.decoder.pending_length:
-            self.decoder.step()
+            self.decoder.step(logits=False)
         self._start = self.decoder.snapshot()
 
     @property
@@ -177,7 +177,7 @@ class Chat:
         if self._busy:
             raise RuntimeError("cannot flush while a turn is being generated")
         if self.decoder.pending_length and self.decoder.free >= 0:
-            self.decoder.step()
+            self.decoder.step(logits=False)
 
     def turn(
         self, parts: Sequence[Part], config: GenerationConfig

@@ -45,8 +45,9 @@ class DecoderState:
 
 @dataclass(frozen=True)
 class StepOutput:
-    logits: FloatArray
-    """[vocab] text logits of the last position run."""
+    logits: FloatArray | None
+    """[vocab] text logits of the last position run; None when the step was asked to skip the
+    text head (graphs with a `num_logits_to_keep` input)."""
     hidden: FloatArray
     """[hidden] final-normed hidden state of the last position (the depthformer's input)."""
 
@@ -106,8 +107,10 @@ class Decoder:
         if array.shape[0]:
             self._pending.append(array)
 
-    def step(self) -> StepOutput:
+    def step(self, logits: bool = True) -> StepOutput:
         """Run the queued input; returns the last position's logits and hidden state.
+        `logits=False` skips the text head where the graph allows it (audio steps read only the
+        hidden state: the head is 2 x vocab x hidden bytes of reads saved per step).
         Raises ContextFullError (running nothing) when it does not fit, ValueError when
         nothing is queued."""
         if not self._pending:
@@ -118,12 +121,13 @@ class Decoder:
         queued = np.concatenate(self._pending, axis=0)
         self._pending = []
         out: StepOutput | None = None
+        last = (queued.shape[0] - 1) // self.chunk * self.chunk
         for start in range(0, queued.shape[0], self.chunk):
-            out = self._run(queued[start : start + self.chunk])
+            out = self._run(queued[start : start + self.chunk], logits and start == last)
         assert out is not None
         return out
 
-    def _run(self, embeds: FloatArray) -> StepOutput:
+    def _run(self, embeds: FloatArray, logits: bool) -> StepOutput:
         n = embeds.shape[0]
         total = self.length + n
         feeds: dict[str, npt.NDArray[np.generic]] = {
@@ -133,15 +137,17 @@ class Decoder:
         }
         if self.graph.has_input("position_ids"):
             feeds["position_ids"] = np.arange(self.length, total, dtype=np.int64)[None, :]
+        skip_head = not logits and self.graph.has_input("num_logits_to_keep")
         if self.graph.has_input("num_logits_to_keep"):
-            feeds["num_logits_to_keep"] = np.array(1, dtype=np.int64)
+            feeds["num_logits_to_keep"] = np.array(0 if skip_head else 1, dtype=np.int64)
         results = self.graph.run(self._outputs, feeds)
         self.cache = {past: results[2 + k] for k, (_, past) in enumerate(self._feedback)}
         self.length = total
         self.calls += 1
-        logits = np.asarray(results[0][0, -1], dtype=np.float32)
         hidden = np.asarray(results[1][0, -1], dtype=np.float32)
-        return StepOutput(logits=logits, hidden=hidden)
+        if skip_head:
+            return StepOutput(logits=None, hidden=hidden)
+        return StepOutput(logits=np.asarray(results[0][0, -1], dtype=np.float32), hidden=hidden)
 
     def snapshot(self) -> DecoderState:
         return DecoderState(

@@ -124,13 +124,14 @@ def generate(
     while steps < config.max_new_tokens:
         left -= 1
         try:
-            out = decoder.step()
+            out = decoder.step(logits=not audio)
         except ContextFullError as err:
             _LOG.warning("%s: the turn stops here", err)
             reason = "context_full"
             break
         steps += 1
         if not audio:
+            assert out.logits is not None
             token = sampler(out.logits, config.text)
             now = time.monotonic()
             if interleaved and token == IM_END:
