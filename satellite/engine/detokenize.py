@@ -270,6 +270,39 @@ class WindowedDecoder(_StftDecoder):
 
 CACHE_SLOTS = ("past_conv", "past_keys", "past_values")
 _PAST_AXIS = {"past_conv": None, "past_keys": 3, "past_values": 3}
+
+
+def zero_state(
+    graph: BoundSession,
+    batch_axis: Mapping[str, int],
+    past_axis: Mapping[str, int | None],
+    what: str,
+) -> dict[str, npt.NDArray[Any]]:
+    """Zero conv states and empty key/value caches for a streaming graph, shaped from its
+    inputs: batch 1 on `batch_axis[slot]`, length 0 on `past_axis[slot]`, every other axis as
+    the graph fixes it (a symbolic one there is an error naming the graph and input)."""
+    declared = {i.name: i for i in graph.session.get_inputs()}
+    state: dict[str, npt.NDArray[Any]] = {}
+    for slot in batch_axis:
+        spec = declared[graph.binding.input_name(slot)]
+        shape = []
+        for axis, dim in enumerate(spec.shape):
+            if axis == batch_axis[slot]:
+                shape.append(1)
+            elif axis == past_axis[slot]:
+                shape.append(0)
+            elif isinstance(dim, int):
+                shape.append(dim)
+            else:
+                raise DetokenizerError(
+                    f"{graph.where}: input {spec.name} axis {axis} is {dim!r}; {what}'s state "
+                    "sizes must be fixed in the graph"
+                )
+        dtype = np.float16 if spec.type == "tensor(float16)" else np.float32
+        state[slot] = np.zeros(shape, dtype)
+    return state
+
+
 """The axis of each state input that grows with the positions cached (starts at length 0)."""
 
 
@@ -287,27 +320,9 @@ class CachedDecoder(_StftDecoder):
         self._outputs = ["stft_features", "present_conv", "present_keys", "present_values"]
 
     def _zero_state(self) -> dict[str, npt.NDArray[Any]]:
-        """Zero conv states and empty key/value caches, shaped from the graph's inputs."""
-        declared = {i.name: i for i in self.graph.session.get_inputs()}
-        state: dict[str, npt.NDArray[Any]] = {}
-        for slot in CACHE_SLOTS:
-            spec = declared[self.graph.binding.input_name(slot)]
-            shape = []
-            for axis, dim in enumerate(spec.shape):
-                if axis == 1:
-                    shape.append(1)  # batch
-                elif axis == _PAST_AXIS[slot]:
-                    shape.append(0)
-                elif isinstance(dim, int):
-                    shape.append(dim)
-                else:
-                    raise DetokenizerError(
-                        f"{self.graph.where}: input {spec.name} axis {axis} is {dim!r}; the "
-                        "cached detokenizer's state sizes must be fixed in the graph"
-                    )
-            dtype = np.float16 if spec.type == "tensor(float16)" else np.float32
-            state[slot] = np.zeros(shape, dtype)
-        return state
+        return zero_state(
+            self.graph, dict.fromkeys(CACHE_SLOTS, 1), _PAST_AXIS, "the cached detokenizer"
+        )
 
     def _features(self, codes: CodeArray) -> npt.NDArray[Any]:
         features, self._state = self._continue(codes, self._state)

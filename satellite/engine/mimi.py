@@ -34,6 +34,7 @@ from satellite.engine.detokenize import (
     DetokenizerError,
     StreamingDetokenizer,
     bind,
+    zero_state,
 )
 from satellite.modeldir.manifest import Manifest
 
@@ -100,27 +101,7 @@ class MimiDecoder:
         """Frames decoded by `push` since the stream started."""
 
     def _zero_state(self) -> dict[str, npt.NDArray[Any]]:
-        """Zero conv states and empty key/value caches, shaped from the graph's inputs."""
-        declared = {i.name: i for i in self.graph.session.get_inputs()}
-        state: dict[str, npt.NDArray[Any]] = {}
-        for slot in STATE_SLOTS:
-            spec = declared[self.graph.binding.input_name(slot)]
-            shape = []
-            for axis, dim in enumerate(spec.shape):
-                if axis == _BATCH_AXIS[slot]:
-                    shape.append(1)
-                elif axis == _PAST_AXIS[slot]:
-                    shape.append(0)
-                elif isinstance(dim, int):
-                    shape.append(dim)
-                else:
-                    raise DetokenizerError(
-                        f"{self.graph.where}: input {spec.name} axis {axis} is {dim!r}; the "
-                        "streaming Mimi decoder's state sizes must be fixed in the graph"
-                    )
-            dtype = np.float16 if spec.type == "tensor(float16)" else np.float32
-            state[slot] = np.zeros(shape, dtype)
-        return state
+        return zero_state(self.graph, _BATCH_AXIS, _PAST_AXIS, "the streaming Mimi decoder")
 
     def push(self, codes: npt.ArrayLike) -> FloatArray:
         """Decode the next frames of the stream ([codebooks] or [codebooks, n]); returns their
