@@ -50,9 +50,13 @@ def bench_build(out: Path, size: str, variant: str, seed: int = 0) -> dict[str, 
     manifest = build_model(out, size=size, variant=variant, seed=seed, overwrite=True)
     seconds = time.monotonic() - started
     graphs: dict[str, int] = {}
+    counted: set[str] = set()
     for role, entry in manifest.graphs.items():
-        names = [entry.file, *entry.data_files]
-        graphs[role] = sum(manifest.files[n].size for n in names if n in manifest.files)
+        # A data file shared by two graphs (q4: the tied embedding table lives in the
+        # decoder's) is counted with the first graph that names it.
+        names = [n for n in (entry.file, *entry.data_files) if n in manifest.files]
+        graphs[role] = sum(manifest.files[n].size for n in names if n not in counted)
+        counted.update(names)
     counts = parameter_counts(size)
     return {
         "size": size,
