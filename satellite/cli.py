@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_model_commands(commands)
 
+    from satellite.engine.commands import add_engine_commands
+
+    add_engine_commands(commands)
+
     from satellite.bench.commands import add_bench_commands
 
     add_bench_commands(commands)
