@@ -42,6 +42,48 @@ def add_bench_commands(commands: Any) -> None:
     system.add_argument("--json", type=Path, metavar="FILE")
     system.set_defaults(handler=cmd_bench_memory)
 
+    engine = sub.add_parser(
+        "engine",
+        help="per-stage timings, time-to-first-audio, real-time factor and peak RSS of the engine",
+        description="Run the engine on a model directory with a 4-second spoken query: mel, "
+        "encoder, prefill, decoder step (and its Python side), depthformer and detokenizer "
+        "timings, time-to-first-audio and real-time factor in interleaved mode, peak RSS, and "
+        "the decoder step against this machine's memory-bandwidth floor. --reference runs the "
+        "reference implementation (liquid-audio + torch on CPU) on the same weights alongside.",
+    )
+    engine.add_argument("--model", type=Path, required=True, metavar="DIR", help="model directory")
+    engine.add_argument("--json", type=Path, metavar="FILE", help="also save the figures here")
+    engine.add_argument("--threads", type=int, default=0, help="intra-op threads (default: all)")
+    engine.add_argument("--repeats", type=int, default=5, help="repeats per timing (default 5)")
+    engine.add_argument("--steps", type=int, default=64, help="decoder steps timed (default 64)")
+    engine.add_argument(
+        "--audio-seconds",
+        type=float,
+        default=3.0,
+        help="audio generated for the real-time factor (default 3)",
+    )
+    engine.add_argument("--seed", type=int, default=0, help="audio sampling seed")
+    engine.add_argument(
+        "--bandwidth-mb", type=int, default=512, help="buffer of the bandwidth measurement"
+    )
+    engine.add_argument(
+        "--no-prepack",
+        action="store_true",
+        help="onnxruntime: do not pre-pack MatMul weights (less memory; 4-bit models run far "
+        "slower without it)",
+    )
+    engine.add_argument(
+        "--no-spinning",
+        action="store_true",
+        help="onnxruntime: idle worker threads sleep instead of spinning",
+    )
+    engine.add_argument(
+        "--reference",
+        action="store_true",
+        help="also run the reference on the same weights (needs the export and test extras)",
+    )
+    engine.set_defaults(handler=cmd_bench_engine)
+
 
 def _save(path: Path | None, figures: dict[str, Any]) -> None:
     if path is not None:
@@ -67,4 +109,24 @@ def cmd_bench_memory(args: argparse.Namespace) -> int:
         f"memory bandwidth: {result.copy_gb_s:.1f} GB/s (copy, read + write, {result.threads} threads)"
     )
     _save(args.json, {"copy_gb_s": round(result.copy_gb_s, 2), "threads": result.threads})
+    return 0
+
+
+def cmd_bench_engine(args: argparse.Namespace) -> int:
+    from satellite.bench.engine import bench_engine, format_report
+
+    report = bench_engine(
+        args.model,
+        threads=args.threads,
+        repeats=args.repeats,
+        decoder_steps=args.steps,
+        audio_seconds=args.audio_seconds,
+        seed=args.seed,
+        reference=args.reference,
+        bandwidth_mb=args.bandwidth_mb,
+        prepack=not args.no_prepack,
+        spinning=not args.no_spinning,
+    )
+    print(format_report(report))
+    _save(args.json, report)
     return 0
