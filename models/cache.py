@@ -38,10 +38,17 @@ def cache_root() -> Path:
     return Path(base) / "lfm-satellite" / "built"
 
 
+NOT_BUILD_INPUTS = ("bench_build.py", "bench_reference.py", "cache.py", "reference.py")
+"""Toolchain files that do not shape what a build writes; editing them keeps the cache."""
+
+
 def toolchain_digest() -> str:
-    """sha256 over the toolchain's source files and the manifest format, in name order."""
+    """sha256 over the toolchain's source files that shape a build, and the manifest format,
+    in name order."""
     digest = hashlib.sha256()
-    sources = [*sorted(Path(models.__file__).parent.glob("*.py")), Path(manifest_module.__file__)]
+    folder = Path(models.__file__).parent
+    builders = sorted(p for p in folder.glob("*.py") if p.name not in NOT_BUILD_INPUTS)
+    sources = [*builders, Path(manifest_module.__file__)]
     for path in sources:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())

@@ -102,6 +102,15 @@ def test_session_options() -> None:
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     with pytest.raises(ValueError, match="threads"):
         session_options(SessionConfig(threads=-1))
+    # spinning is off unless asked for: per-session pools otherwise fight over the cores
+    assert (
+        session_options(SessionConfig()).get_session_config_entry("session.intra_op.allow_spinning")
+        == "0"
+    )
+    with pytest.raises(RuntimeError, match="allow_spinning"):  # onnxruntime's default: spin
+        session_options(SessionConfig(spinning=True)).get_session_config_entry(
+            "session.intra_op.allow_spinning"
+        )
 
 
 def test_unreadable_graph_is_named(tmp_path: Path) -> None:

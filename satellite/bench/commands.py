@@ -73,9 +73,9 @@ def add_bench_commands(commands: Any) -> None:
         "slower without it)",
     )
     engine.add_argument(
-        "--no-spinning",
+        "--spinning",
         action="store_true",
-        help="onnxruntime: idle worker threads sleep instead of spinning",
+        help="onnxruntime: let idle worker threads spin (off by default, as in the daemon)",
     )
     engine.add_argument(
         "--reference",
@@ -125,7 +125,7 @@ def cmd_bench_engine(args: argparse.Namespace) -> int:
         reference=args.reference,
         bandwidth_mb=args.bandwidth_mb,
         prepack=not args.no_prepack,
-        spinning=not args.no_spinning,
+        spinning=args.spinning,
     )
     print(format_report(report))
     _save(args.json, report)

@@ -491,7 +491,7 @@ def bench_engine(
     reference: bool = False,
     bandwidth_mb: int = 512,
     prepack: bool = True,
-    spinning: bool = True,
+    spinning: bool = False,
 ) -> dict[str, Any]:
     """Measure the engine on the model directory `model` (and the reference, when asked);
     returns the report (see `format_report`)."""

@@ -43,7 +43,7 @@ class BenchSettings:
     """Intra-op threads (0: every core) for onnxruntime and torch alike."""
     prepack: bool = True
     """onnxruntime: pre-pack MatMul weights (`SessionConfig.prepack`)."""
-    spinning: bool = True
+    spinning: bool = False
     """onnxruntime: idle worker threads spin (`SessionConfig.spinning`)."""
     repeats: int = 5
     decoder_steps: int = 64
