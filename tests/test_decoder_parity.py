@@ -17,7 +17,7 @@ import pytest
 import torch
 from reference import TINY_SEED, tiny_reference
 
-from models.build import build_model
+from models.cache import cached_model
 from models.decoder import cache_names
 from satellite.modeldir.manifest import read_manifest
 
@@ -26,10 +26,8 @@ Feeds = dict[str, np.ndarray]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("tiny")
-    build_model(out, size="tiny", seed=TINY_SEED)
-    return out
+def model_dir() -> Path:
+    return cached_model("tiny", seed=TINY_SEED)
 
 
 @pytest.fixture(scope="module")

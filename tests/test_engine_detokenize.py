@@ -23,6 +23,7 @@ import torch
 from reference import TINY_SEED, liquid_audio, load_weights
 
 from models.build import build_model
+from models.cache import cached_model
 from models.config import tiny
 from models.detokenizer import context_frames
 from models.weights import random_detokenizer_weights
@@ -46,10 +47,8 @@ CHOICES = ("cached", "windowed")
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("detokenize") / "model"
-    build_model(out, size="tiny", seed=TINY_SEED)
-    return out
+def model_dir() -> Path:
+    return cached_model("tiny", seed=TINY_SEED)
 
 
 @pytest.fixture(scope="module")

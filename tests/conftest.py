@@ -1,0 +1,26 @@
+"""Shared test set-up: built models are cached per test run (models/cache.py), so modules that
+only read a tiny model share one build instead of each writing its own."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from models.cache import CACHE_ENV
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Point the model cache at this run's temporary folder: runs start clean and leave
+    nothing in the user's cache."""
+    root = tmp_path_factory.mktemp("model-cache")
+    before = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(root)
+    yield root
+    if before is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = before
