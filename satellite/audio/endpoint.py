@@ -1,0 +1,199 @@
+"""End of speech after the wake word, on pymicro-vad.
+
+`Endpointer` takes 16 kHz 16-bit mono PCM in chunks of any length, cuts it into the VAD's
+10 ms frames (a partial frame waits for the next chunk, so no audio is lost and the result
+does not depend on chunk size), and reports:
+
+A frame is speech when the VAD's probability is above `threshold` and the frame is louder
+than the quiet level (6 dB over the noise floor, the quietest frame of the last second heard
+before speech, and at least -60 dBFS). The energy test is there because pymicro-vad lags: on
+espeak-ng speech its probability crosses 0.5 about 0.3 s after the first sound and falls back
+about 0.65 s after the last, which would add 0.65 s to every reply's latency. The VAD also
+answers -1 (not speech) for its first 0.76 s of audio, so feed the endpointer continuously
+(e.g. the audio around the wake word too) rather than resetting it per utterance.
+
+- `SpeechStarted` once `min_speech_ms` of speech frames have been seen with no gap longer
+  than 50 ms; shorter bursts are ignored. The start is moved back over the loud frames just
+  before the VAD noticed (bounded by the ring), so it marks the first syllable.
+- `UtteranceEnded` when `trailing_silence_ms` of consecutive non-speech frames follow the
+  speech (`reason="silence"`), or when the utterance has lasted `max_utterance_seconds` from
+  the start of speech (`reason="max_length"`). Its audio runs from `preroll_ms` before the
+  first speech frame (kept in a ring of recent frames) to the frame that ended it, trailing
+  silence included.
+
+After an utterance ends the endpointer listens for the next one. Times are audio seconds since
+the endpointer was made or reset.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from pymicro_vad import MicroVad
+
+from satellite.settings import VadSettings
+
+SAMPLE_RATE = 16000
+FRAME_SAMPLES = 160
+FRAME_BYTES = 2 * FRAME_SAMPLES
+FRAME_MS = 10
+GAP_FRAMES = 5
+"""Non-speech frames a run of speech may contain and still count as one run (50 ms)."""
+LOOKBACK_FRAMES = 50
+"""How far the speech start may be moved back over loud frames before the VAD noticed."""
+NOISE_FRAMES = 100
+"""Frames (1 s) over which the noise floor is the quietest frame's level."""
+ABSOLUTE_QUIET = 10 ** (-60 / 20)
+"""Frame RMS (full scale 1.0) below which a frame is always quiet (-60 dBFS)."""
+QUIET_MARGIN = 10 ** (6 / 20)
+"""A frame is loud when its RMS is over the noise floor by this factor (6 dB)."""
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    """Speech has begun (seen for at least `min_speech_ms`)."""
+
+    seconds: float
+    """Audio time of the first speech frame."""
+
+
+@dataclass(frozen=True)
+class UtteranceEnded:
+    """The utterance is over."""
+
+    reason: Literal["silence", "max_length"]
+    """`silence`: trailing silence reached; `max_length`: `max_utterance_seconds` reached."""
+    start_seconds: float
+    """Audio time of the first byte of `audio` (preroll included)."""
+    speech_seconds: float
+    """Audio time of the first speech frame."""
+    end_seconds: float
+    """Audio time of the end of `audio`."""
+    audio: bytes
+    """16 kHz 16-bit mono PCM of the utterance, preroll included."""
+
+
+EndpointEvent = SpeechStarted | UtteranceEnded
+
+
+def _frames(ms: float) -> int:
+    return max(0, round(ms / FRAME_MS))
+
+
+class Endpointer:
+    """Speech start and end in a stream of 16 kHz 16-bit mono PCM (see the module docs)."""
+
+    def __init__(self, settings: VadSettings) -> None:
+        self.settings = settings
+        self._vad = MicroVad()
+        self._preroll = _frames(settings.preroll_ms)
+        self._min_speech = max(1, _frames(settings.min_speech_ms))
+        self._trailing = max(1, _frames(settings.trailing_silence_ms))
+        self._max_frames = max(1, _frames(settings.max_utterance_seconds * 1000))
+        self._pending = b""
+        self._frame = 0
+        ring = self._preroll + self._min_speech + GAP_FRAMES + LOOKBACK_FRAMES
+        self._ring: deque[tuple[bytes, bool]] = deque(maxlen=ring)
+        self._levels: deque[float] = deque(maxlen=NOISE_FRAMES)
+        self._run = 0
+        self._gap = 0
+        self._run_start = 0
+        self._speaking = False
+        self._utterance: list[bytes] = []
+        self._start_frame = 0
+        self._speech_frame = 0
+        self._silence = 0
+
+    @property
+    def speaking(self) -> bool:
+        """An utterance has started and not yet ended."""
+        return self._speaking
+
+    def process(self, chunk: bytes) -> list[EndpointEvent]:
+        """Feed PCM of any length; returns the events it completes, oldest first."""
+        data = self._pending + chunk
+        whole = len(data) - len(data) % FRAME_BYTES
+        self._pending = data[whole:]
+        events: list[EndpointEvent] = []
+        for offset in range(0, whole, FRAME_BYTES):
+            event = self._step(data[offset : offset + FRAME_BYTES])
+            if event is not None:
+                events.append(event)
+        return events
+
+    def _quiet_level(self) -> float:
+        floor = min(self._levels) if self._levels else 0.0
+        return max(ABSOLUTE_QUIET, floor * QUIET_MARGIN)
+
+    def _step(self, frame: bytes) -> EndpointEvent | None:
+        probability = self._vad.process_10ms(frame)
+        samples = np.frombuffer(frame, dtype="<i2").astype(np.float64) / 32768.0
+        level = float(np.sqrt(np.mean(samples * samples)))
+        loud = level > self._quiet_level()
+        speech = loud and probability > self.settings.threshold
+        self._frame += 1
+        if not self._speaking:
+            self._levels.append(level)
+            return self._listen(frame, speech, loud)
+        self._utterance.append(frame)
+        self._silence = 0 if speech else self._silence + 1
+        if self._silence >= self._trailing:
+            return self._end("silence")
+        if self._frame - self._speech_frame >= self._max_frames:
+            return self._end("max_length")
+        return None
+
+    def _listen(self, frame: bytes, speech: bool, loud: bool) -> SpeechStarted | None:
+        self._ring.append((frame, loud))
+        if speech:
+            if self._run == 0:
+                self._run_start = self._frame - 1
+            self._run += 1
+            self._gap = 0
+        elif self._run:
+            self._gap += 1
+            if self._gap > GAP_FRAMES:
+                self._run = self._gap = 0
+        if self._run < self._min_speech or self._gap:
+            return None
+        frames = list(self._ring)
+        first = run = max(0, len(frames) - (self._frame - self._run_start))
+        while first > max(0, run - LOOKBACK_FRAMES) and frames[first - 1][1]:
+            first -= 1
+        start = max(0, first - self._preroll)
+        self._speaking = True
+        self._speech_frame = self._frame - (len(frames) - first)
+        self._start_frame = self._frame - (len(frames) - start)
+        self._utterance = [data for data, _ in frames[start:]]
+        self._silence = 0
+        self._ring.clear()
+        self._run = self._gap = 0
+        return SpeechStarted(self._speech_frame * FRAME_MS / 1000)
+
+    def _end(self, reason: Literal["silence", "max_length"]) -> UtteranceEnded:
+        event = UtteranceEnded(
+            reason=reason,
+            start_seconds=self._start_frame * FRAME_MS / 1000,
+            speech_seconds=self._speech_frame * FRAME_MS / 1000,
+            end_seconds=self._frame * FRAME_MS / 1000,
+            audio=b"".join(self._utterance),
+        )
+        self._speaking = False
+        self._utterance = []
+        self._silence = 0
+        return event
+
+    def reset(self) -> None:
+        """Forget all audio (the VAD's state, the ring, any utterance) and restart the clock."""
+        self._vad.reset()
+        self._pending = b""
+        self._frame = 0
+        self._ring.clear()
+        self._levels.clear()
+        self._run = self._gap = 0
+        self._speaking = False
+        self._utterance = []
+        self._silence = 0
