@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     from satellite.bench.commands import add_bench_commands
 
     add_bench_commands(commands)
+
+    from satellite.audio.commands import add_audio_commands
+
+    add_audio_commands(commands)
     return parser
 
 
