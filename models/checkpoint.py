@@ -51,6 +51,7 @@ from models.config import (
 from models.mimi import MimiConfig, full_mimi, mimi_specs, tiny_mimi
 from models.weights import Array, check_layout, detokenizer_specs, model_specs
 from satellite.errors import UserError
+from satellite.modeldir.sidefiles import read_json
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -199,17 +200,7 @@ class SafetensorsWeights(Mapping[str, Array]):
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: file not found") from None
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path}: cannot read: {err}") from None
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return raw
+    return read_json(path, CheckpointError)
 
 
 class _Section:

@@ -20,18 +20,19 @@ class SideFileError(UserError):
     """A side file is missing or malformed; the message names the file and the key."""
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from `path`; SideFileError naming the file otherwise."""
+def read_json(path: Path, error: type[UserError] = SideFileError) -> dict[str, Any]:
+    """A JSON object from `path`; `error` (SideFileError by default) naming the file
+    otherwise."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise SideFileError(f"{path}: file not found") from None
+        raise error(f"{path}: file not found") from None
     except json.JSONDecodeError as err:
-        raise SideFileError(f"{path}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}") from None
+        raise error(f"{path}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise SideFileError(f"{path}: cannot read: {err}") from None
+        raise error(f"{path}: cannot read: {err}") from None
     if not isinstance(raw, dict):
-        raise SideFileError(f"{path}: expected a JSON object")
+        raise error(f"{path}: expected a JSON object")
     return raw
 
 
