@@ -24,7 +24,7 @@ the graph has none of the special cases of transformers' conv cache.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import onnx
@@ -59,6 +59,27 @@ class Lfm2Layers(Layers):
     ) -> None:
         super().__init__(g, weights, prefix, cfg.norm_eps)
         self.cfg = cfg
+
+    def stack(self, x: str, mixer: Callable[[int, str], str]) -> str:
+        """Every layer (its operator from `mixer(i, normed input)`, then the SwiGLU, each with
+        its residual) and the final norm; returns the final-normed hidden state. Each norm
+        after the first is fused with the residual add that precedes it."""
+        n = self.cfg.num_hidden_layers
+        residual = x
+        h = self.norm(x, "layers.0.operator_norm.weight", "/model/layers.0/operator_norm")
+        for i in range(n):
+            out = mixer(i, h)
+            h, residual = self.skip_norm(
+                out, residual, f"layers.{i}.ffn_norm.weight", f"/model/layers.{i}/ffn_norm"
+            )
+            out = self.swiglu(h, f"layers.{i}.feed_forward", f"/model/layers.{i}/mlp")
+            if i + 1 < n:
+                name = f"layers.{i + 1}.operator_norm.weight"
+                node = f"/model/layers.{i + 1}/operator_norm"
+            else:
+                name, node = "embedding_norm.weight", "/model/embedding_norm"
+            h, residual = self.skip_norm(out, residual, name, node)
+        return h
 
     def conv(self, i: int, x: str, past: str | None, present: str | None) -> str:
         """The short conv of layer i; `past` None starts from a zero state, `present` None
@@ -202,29 +223,17 @@ def build_decoder(
         rope = (g.weight("cos_cache", cos), g.weight("sin_cache", sin))
 
     bb = Lfm2Layers(g, cfg, weights, prefix)
-    residual = embeds
-    x = bb.norm(embeds, "layers.0.operator_norm.weight", "/model/layers.0/operator_norm")
     caches = iter(zip(past_names, present_names, strict=True))
-    for i in range(cfg.num_hidden_layers):
+
+    def mixer(i: int, h: str) -> str:
         if cfg.is_attention(i):
             pk, prk = next(caches)
             pv, prv = next(caches)
-            out = bb.attention(i, x, (pk, pv), (prk, prv), lengths, rope)
-        else:
-            past, present = next(caches)
-            out = bb.conv(i, x, past, present)
-        x, residual = bb.skip_norm(
-            out, residual, f"layers.{i}.ffn_norm.weight", f"/model/layers.{i}/ffn_norm"
-        )
-        out = bb.swiglu(x, f"layers.{i}.feed_forward", f"/model/layers.{i}/mlp")
-        if i + 1 < cfg.num_hidden_layers:
-            norm_name, node = (
-                f"layers.{i + 1}.operator_norm.weight",
-                f"/model/layers.{i + 1}/operator_norm",
-            )
-        else:
-            norm_name, node = "embedding_norm.weight", "/model/embedding_norm"
-        x, residual = bb.skip_norm(out, residual, norm_name, node)
+            return bb.attention(i, h, (pk, pv), (prk, prv), lengths, rope)
+        past, present = next(caches)
+        return bb.conv(i, h, past, present)
+
+    x = bb.stack(embeds, mixer)
 
     g.op("Identity", [x], name="/model/hidden_states", outputs=["hidden_states"])
     if keep is not None:  # the last `keep` positions: x[:, max(S - keep, 0):]

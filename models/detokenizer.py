@@ -136,22 +136,7 @@ def _trunk_and_head(
     and the Linear head, written to the output `stft_features`."""
     cfg = config.detokenizer.backbone
     trunk = Lfm2Layers(g, cfg, weights, "lfm.")
-    residual = x
-    h = trunk.norm(x, "layers.0.operator_norm.weight", "/model/layers.0/operator_norm")
-    for i in range(cfg.num_hidden_layers):
-        out = mixer(trunk, i, h)
-        h, residual = trunk.skip_norm(
-            out, residual, f"layers.{i}.ffn_norm.weight", f"/model/layers.{i}/ffn_norm"
-        )
-        out = trunk.swiglu(h, f"layers.{i}.feed_forward", f"/model/layers.{i}/mlp")
-        if i + 1 < cfg.num_hidden_layers:
-            name, node = (
-                f"layers.{i + 1}.operator_norm.weight",
-                f"/model/layers.{i + 1}/operator_norm",
-            )
-        else:
-            name, node = "embedding_norm.weight", "/model/embedding_norm"
-        h, residual = trunk.skip_norm(out, residual, name, node)
+    h = trunk.stack(x, lambda i, normed: mixer(trunk, i, normed))
 
     head = Lfm2Layers(g, cfg, weights, "")
     head.linear(h, "lin.weight", "/lin/MatMul", bias="lin.bias", out="stft_features")
