@@ -20,7 +20,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import models
 from models.config import config_for
 from satellite.modeldir import manifest as manifest_module
 from satellite.modeldir.manifest import MANIFEST_NAME
@@ -46,7 +45,7 @@ def toolchain_digest() -> str:
     """sha256 over the toolchain's source files that shape a build, and the manifest format,
     in name order."""
     digest = hashlib.sha256()
-    folder = Path(models.__file__).parent
+    folder = Path(__file__).parent  # `models` may import as a namespace (editable installs)
     builders = sorted(p for p in folder.glob("*.py") if p.name not in NOT_BUILD_INPUTS)
     sources = [*builders, Path(manifest_module.__file__)]
     for path in sources:

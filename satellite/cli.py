@@ -4,10 +4,13 @@ become messages and exit codes (never a traceback for a user's mistake)."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -15,6 +18,7 @@ from satellite import __version__
 from satellite.config import ConfigError, LoadedConfig, find_config_file, load_config, redacted
 from satellite.errors import UserError
 from satellite.logs import setup_logging
+from satellite.settings import Settings
 
 _LOG = logging.getLogger("satellite.cli")
 
@@ -87,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     from satellite.audio.commands import add_audio_commands
 
     add_audio_commands(commands)
+
+    from satellite.demo import add_demo_command
+
+    add_demo_command(commands)
     return parser
 
 
@@ -173,10 +181,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"  {line}")
     if args.dry_run:
         return 0
-    raise UserError(
-        "the daemon's audio and engine loops are not part of this version yet; "
-        "use `lfm-satellite run --dry-run` to check what would run"
-    )
+    config_dir = loaded.source.parent if loaded.source is not None else None
+    return asyncio.run(run_daemon(s, config_dir))
+
+
+async def run_daemon(settings: Settings, config_dir: Path | None) -> int:
+    """The daemon until SIGTERM or SIGINT (or the end of a `file` audio source)."""
+    from satellite.daemon import Daemon
+
+    daemon = Daemon(settings, config_dir=config_dir)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, _on_signal, daemon, signum)
+    try:
+        await daemon.run()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    return 0
+
+
+def _on_signal(daemon: Any, signum: int) -> None:
+    _LOG.info("%s: shutting down", signal.Signals(signum).name)
+    daemon.stop()
 
 
 def resolve_path(name: str, base: Path | None) -> Path:

@@ -36,6 +36,10 @@ class SatelliteSettings:
     Assistant what happened over MQTT. `ha`: stream audio to Home Assistant's pipeline like any
     Wyoming satellite."""
 
+    conversation_timeout_seconds: float = field(default=300.0, metadata=limits(0.0, 86400.0))
+    """`local` mode: the model remembers earlier turns of a conversation until it has been idle
+    this long; 0 starts every turn afresh."""
+
 
 @dataclass(frozen=True)
 class AudioSettings:
@@ -84,6 +88,13 @@ class AudioSettings:
     done_sound: str | None = None
     """WAV file played when the user has finished speaking; none by default."""
 
+    timer_sound: str | None = None
+    """WAV file rung when a Home Assistant timer finishes; a built-in chime when empty."""
+
+    timer_ring_seconds: float = field(default=300.0, metadata=limits(1.0, 3600.0))
+    """A finished timer rings until the wake word is heard, Home Assistant cancels it, or
+    this long."""
+
 
 @dataclass(frozen=True)
 class WakeSettings:
@@ -114,6 +125,9 @@ class VadSettings:
 
     min_speech_ms: int = field(default=150, metadata=limits(0, 5000))
     """Shorter bursts of speech are ignored as noise."""
+
+    no_speech_seconds: float = field(default=8.0, metadata=limits(1.0, 60.0))
+    """After the wake word, give up listening when no speech starts within this long."""
 
 
 @dataclass(frozen=True)

@@ -226,6 +226,10 @@ class AudioBackend:
             await self._output(tail)
         await self._drain()
 
+    def stop_playback(self) -> None:
+        """Drop the audio queued for playback now (barge-in); the next `play` starts afresh."""
+        self._resampler = None
+
     async def _output(self, samples: FloatArray) -> None:
         raise NotImplementedError
 
@@ -288,6 +292,10 @@ class _PacedBackend(AudioBackend):
     async def _drain(self) -> None:
         if self.realtime:
             await asyncio.sleep(max(0.0, self._play_until - time.monotonic()))
+
+    def stop_playback(self) -> None:
+        super().stop_playback()
+        self._play_until = time.monotonic()
 
 
 class NullBackend(_PacedBackend):
@@ -513,8 +521,7 @@ class SoundDeviceBackend(AudioBackend):
             self.jitter.stop()
 
     def stop_playback(self) -> None:
-        """Drop queued audio now (barge-in)."""
-        self._resampler = None
+        super().stop_playback()
         self.jitter.stop()
 
     async def close(self) -> None:

@@ -186,6 +186,16 @@ class Endpointer:
         self._silence = 0
         return event
 
+    def restart(self) -> None:
+        """Look for a new utterance from here on (after the wake word): any utterance or run
+        of speech in progress is dropped, and so is the preroll ring (it holds the wake word).
+        The VAD's state, the noise floor and the clock are kept."""
+        self._ring.clear()
+        self._run = self._gap = 0
+        self._speaking = False
+        self._utterance = []
+        self._silence = 0
+
     def reset(self) -> None:
         """Forget all audio (the VAD's state, the ring, any utterance) and restart the clock."""
         self._vad.reset()

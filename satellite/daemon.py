@@ -1,0 +1,688 @@
+"""The satellite daemon: audio, wake word, endpointing, the local model and Home Assistant, on
+one asyncio loop.
+
+Every capture chunk goes through `Daemon.on_chunk` (quick and synchronous: the wake-word model
+and the VAD take well under a millisecond per 20 ms chunk):
+
+- **idle**: the wake word starts a turn. The `awake` sound plays, Home Assistant (when
+  connected) gets `detection`, and the endpointer looks for an utterance from there on.
+- **listening** (`local` mode): the endpointer's `UtteranceEnded` hands the utterance (preroll
+  included) to the `Responder`; its audio is played block by block as it is generated
+  (**responding**). Home Assistant sees `voice-started`, `voice-stopped` and, once the reply
+  has been played, `played`.
+- **streaming** (`ha` mode): `run-pipeline` (asr -> tts) and the live mic audio go to Home
+  Assistant until the local endpointer hears the end of speech (`audio-stop`), or Home
+  Assistant says it has heard enough (`voice-stopped`, `transcript`, `error`). Its reply comes
+  back as `audio-start/chunk/stop` and is played, then `played` is sent.
+- Announcements (`audio-start/chunk/stop` outside a turn) are played the same way; `timer-*`
+  events keep a list of timers, and a finished one rings until the wake word is heard, Home
+  Assistant cancels it, or `audio.timer_ring_seconds` pass.
+
+Barge-in: while anything plays, the wake word stops it (and a reply being generated) and starts
+a new turn; a ringing timer is only silenced. With `audio.barge_in: false` the wake-word model
+gets no audio while the satellite plays (the mic is gated).
+
+Without speech `vad.no_speech_seconds` after the wake word, the turn is dropped. In `ha` mode a
+wake word while Home Assistant is not connected, or has paused the satellite, is logged and
+ignored. A `file` audio source that ends stops the daemon once the turn in progress is done.
+
+What happens is published to observers (`Daemon.observe`) as (kind, data) pairs: `wake`,
+`speech_started`, `utterance`, `turn_finished` (a `TurnReport`), `reply_text`,
+`ha_connected`, `ha_disconnected`, `timer_finished`, `error`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from wyoming.asr import Transcript
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.error import Error
+from wyoming.event import Event
+from wyoming.info import Info
+from wyoming.pipeline import PipelineStage, RunPipeline
+from wyoming.satellite import PauseSatellite, RunSatellite
+from wyoming.snd import Played
+from wyoming.timer import TimerCancelled, TimerFinished, TimerStarted, TimerUpdated
+from wyoming.tts import Synthesize
+from wyoming.vad import VoiceStarted, VoiceStopped
+from wyoming.wake import Detection
+
+from satellite.audio.backends import AudioBackend, Int16Array, open_backend
+from satellite.audio.convert import (
+    AudioFormatError,
+    StreamResampler,
+    float_to_pcm16,
+    pcm_to_float,
+)
+from satellite.audio.endpoint import Endpointer, SpeechStarted, UtteranceEnded
+from satellite.audio.sounds import Sound, chime, load_sound
+from satellite.audio.wake import Detection as WakeDetection
+from satellite.audio.wake import WakeWordDetector
+from satellite.reply import ReplyAudio, ReplyDone, ReplyText, Responder
+from satellite.settings import Settings
+from satellite.wyoming.announce import Announcer
+from satellite.wyoming.info import MIC_FORMAT, SatelliteDescription, satellite_info
+from satellite.wyoming.satellite_server import SatelliteServer
+
+_LOG = logging.getLogger("satellite.daemon")
+
+State = Literal["idle", "listening", "streaming", "responding"]
+Observer = Callable[[str, dict[str, Any]], None]
+MAX_RINGS = 1000
+"""Upper bound on chime repetitions of one finished timer (besides the ring time)."""
+
+
+@dataclass(frozen=True)
+class TurnReport:
+    """What one local turn took (seconds; `time.monotonic()` clock)."""
+
+    wake_word: str
+    utterance_seconds: float
+    """Audio handed to the model, preroll and trailing silence included."""
+    end_reason: str
+    """Why listening stopped: `silence` or `max_length`."""
+    reply_text: str
+    reply_reason: str
+    """Why generation stopped: end_of_turn, max_new_tokens, context_full, cancelled, error."""
+    reply_audio_seconds: float
+    frames: int
+    skipped_frames: int
+    time_to_first_audio: float | None
+    """From the end of the utterance (the endpointer's decision) to the first reply audio
+    handed to the speaker."""
+    engine_first_audio: float | None
+    """The engine's part of that: from the worker taking the turn to its first samples."""
+    overhead: float | None
+    """`time_to_first_audio - engine_first_audio`: the daemon's own share."""
+    total_seconds: float
+    """From the end of the utterance to the end of playback."""
+    error: str | None = None
+
+
+@dataclass
+class Timer:
+    id: str
+    name: str | None
+    total_seconds: int
+    started: float = field(default_factory=time.monotonic)
+    active: bool = True
+
+
+class Daemon:
+    """See the module docstring. `run()` until `stop()`; or `start()` / `close()` around your
+    own use (tests, the demo)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        config_dir: Path | None = None,
+        backend: AudioBackend | None = None,
+        responder: Responder | None = None,
+    ) -> None:
+        self.settings = settings
+        self.config_dir = config_dir
+        self.mode = settings.satellite.mode
+        self.backend = backend or open_backend(settings.audio)
+        self.responder = responder
+        self.wake = WakeWordDetector(settings.wake)
+        self.endpointer = Endpointer(settings.vad)
+        self.server = SatelliteServer(
+            settings.wyoming.satellite_host,
+            settings.wyoming.satellite_port,
+            self.info,
+            self,
+        )
+        self.announcer: Announcer | None = None
+        audio = settings.audio
+        self.awake_sound = load_sound(audio.awake_sound, "audio.awake_sound", config_dir)
+        self.done_sound = load_sound(audio.done_sound, "audio.done_sound", config_dir)
+        self.timer_sound = load_sound(audio.timer_sound, "audio.timer_sound", config_dir) or chime()
+        self.state: State = "idle"
+        self.paused = False
+        """Home Assistant paused the satellite (`ha` mode does not start pipelines)."""
+        self.timers: dict[str, Timer] = {}
+        self.turns: list[TurnReport] = []
+        self._observers: list[Observer] = []
+        self._stop = asyncio.Event()
+        self._input_ended = False
+        self._capture: asyncio.Task[None] | None = None
+        self._turn: asyncio.Task[None] | None = None
+        self._reply_cancel: Callable[[], None] | None = None
+        self._playback: asyncio.Task[None] | None = None
+        self._playback_kind = ""
+        self._ha_audio: asyncio.Queue[tuple[bytes, int, int] | None] | None = None
+        self._ring: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._wake_word = ""
+        self._turn_audio = 0
+        """Capture samples since the wake word (the no-speech timeout counts audio time)."""
+        self._speech_started = False
+        self._stream_ts = 0
+        rate = self.backend.input_rate
+        self._mic_resampler = (
+            None if rate == MIC_FORMAT.rate else StreamResampler(rate, MIC_FORMAT.rate)
+        )
+
+    # -- observers --------------------------------------------------------------------------
+
+    def observe(self, observer: Observer) -> None:
+        self._observers.append(observer)
+
+    def _notify(self, kind: str, **data: Any) -> None:
+        for observer in self._observers:
+            try:
+                observer(kind, data)
+            except Exception:
+                _LOG.exception("observer failed on %s", kind)
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def info(self) -> Info:
+        s = self.settings
+        return satellite_info(
+            SatelliteDescription(
+                name=s.satellite.name,
+                area=s.satellite.area,
+                wake_model=self.wake.model_id,
+                wake_phrase=self.wake.wake_word,
+                mode=self.mode,
+            )
+        )
+
+    @property
+    def playing(self) -> bool:
+        return self._playback is not None and not self._playback.done()
+
+    async def start(self) -> None:
+        """Load the model, open the audio, listen for Home Assistant, announce; then capture."""
+        loaded = time.monotonic()
+        if self.responder is None:
+            self.responder = await asyncio.to_thread(Responder.load, self.settings, self.config_dir)
+        await self.responder.prepare()
+        _LOG.info("model ready in %.1f s", time.monotonic() - loaded)
+        await self.backend.start()
+        await self.server.start()
+        if self.settings.wyoming.zeroconf:
+            wyoming = self.settings.wyoming
+            self.announcer = Announcer(
+                wyoming.zeroconf_name or self.settings.satellite.name,
+                self.server.bound_port,
+                wyoming.satellite_host,
+            )
+            await self.announcer.start()
+        self._capture = asyncio.create_task(self._capture_loop())
+        _LOG.info(
+            "satellite %r ready in %s mode; say %r",
+            self.settings.satellite.name,
+            self.mode,
+            self.wake.wake_word,
+        )
+
+    async def run(self) -> None:
+        """`start`, then run until `stop()` (or the end of a file source), then `close`."""
+        try:
+            await self.start()
+            await self._stop.wait()
+        finally:
+            await self.close()
+
+    def stop(self) -> None:
+        """Ask `run` to return (signal handlers call this)."""
+        self._stop.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+
+    async def close(self) -> None:
+        """Stop everything in order: capture, turns, playback, servers, zeroconf, model."""
+        self._stop.set()
+        if self._reply_cancel is not None:
+            self._reply_cancel()
+        for task in [self._capture, self._turn, self._playback, self._ring, *self._tasks]:
+            if task is not None and not task.done():
+                task.cancel()
+        pending = [t for t in [self._capture, self._turn, self._playback, self._ring] if t]
+        await asyncio.gather(*pending, *self._tasks, return_exceptions=True)
+        if self.announcer is not None:
+            with contextlib.suppress(Exception):
+                await self.announcer.stop()
+        await self.server.stop()
+        await self.backend.close()
+        if self.responder is not None:
+            await asyncio.to_thread(self.responder.close)
+        self.wake.close()
+        _LOG.info("satellite stopped")
+
+    async def _capture_loop(self) -> None:
+        try:
+            async for chunk in self.backend.chunks():
+                self.on_chunk(chunk)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            _LOG.error("audio capture failed: %s", err)
+            self._notify("error", where="audio", message=str(err))
+        self._input_ended = True
+        if self._stop.is_set():
+            return
+        _LOG.info("audio input ended; stopping after the turn in progress")
+        await self.wait_idle()
+        self._stop.set()
+
+    async def wait_idle(self, timeout: float = 600.0) -> None:
+        """Until no turn, stream or playback is in progress (bounded by `timeout`)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            busy = [t for t in (self._turn, self._playback, self._ring) if t and not t.done()]
+            if self.state in ("listening", "streaming") and not self._input_ended:
+                await asyncio.sleep(0.02)
+                continue
+            if not busy:
+                return
+            await asyncio.wait(busy, timeout=max(0.0, deadline - time.monotonic()))
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- audio in ---------------------------------------------------------------------------
+
+    def on_chunk(self, chunk: Int16Array) -> None:
+        """One capture chunk (16-bit mono at `audio.input_rate`)."""
+        pcm = self._to_16k(chunk)
+        gated = self.playing and not self.settings.audio.barge_in
+        if not gated:
+            for detection in self.wake.process(pcm):
+                self._on_wake(detection)
+        events = self.endpointer.process(pcm)
+        if self.state not in ("listening", "streaming"):
+            return
+        self._turn_audio += len(pcm) // 2
+        if self.state == "streaming":
+            self._stream_chunk(pcm)
+        for event in events:
+            if isinstance(event, SpeechStarted):
+                self._speech_started = True
+                self._notify("speech_started")
+                if self.mode == "local":
+                    self.server.send(VoiceStarted().event())
+            elif isinstance(event, UtteranceEnded):
+                self._on_utterance(event)
+                return
+        if (
+            not self._speech_started
+            and self._turn_audio > 16000 * self.settings.vad.no_speech_seconds
+        ):
+            _LOG.info("no speech %.0f s after the wake word; listening for the wake word again",
+                      self.settings.vad.no_speech_seconds)  # fmt: skip
+            if self.state == "streaming":
+                self.server.send(AudioStop().event())
+            self.state = "idle"
+
+    def _to_16k(self, chunk: Int16Array) -> bytes:
+        if self._mic_resampler is None:
+            return chunk.astype("<i2", copy=False).tobytes()
+        audio = chunk.astype(np.float32) / 32768.0
+        return float_to_pcm16(self._mic_resampler.process(audio))
+
+    def _on_wake(self, detection: WakeDetection) -> None:
+        if self._ring is not None and not self._ring.done():
+            _LOG.info("wake word: silencing the timer")
+            self._ring.cancel()
+            self.backend.stop_playback()
+            return
+        if self.mode == "ha" and (not self.server.connected or self.paused):
+            why = "has paused the satellite" if self.paused else "is not connected"
+            _LOG.warning(
+                "wake word heard, but Home Assistant %s; nothing to stream to "
+                "(satellite.mode: local answers with the local model)",
+                why,
+            )
+            return
+        if self.state != "idle" or self.playing:
+            _LOG.info("wake word: barge-in, stopping the %s", self._busy_with())
+            self._interrupt()
+        self._wake_word = detection.model
+        self._turn_audio = 0
+        self._speech_started = False
+        self.endpointer.restart()
+        _LOG.info("wake word %r (p=%.2f)", detection.wake_word, detection.probability)
+        self._notify("wake", wake_word=detection.model, probability=detection.probability)
+        millis = int(detection.seconds * 1000)
+        self.server.send(Detection(name=detection.model, timestamp=millis).event())
+        if self.awake_sound is not None:
+            self._play_sound(self.awake_sound)
+        if self.mode == "ha":
+            self.state = "streaming"
+            self._stream_ts = 0
+            self.server.send(
+                RunPipeline(
+                    start_stage=PipelineStage.ASR,
+                    end_stage=PipelineStage.TTS,
+                    wake_word_name=detection.model,
+                    restart_on_end=False,
+                ).event()
+            )
+        else:
+            self.state = "listening"
+
+    def _busy_with(self) -> str:
+        if self.state == "responding" or self._playback_kind == "reply":
+            return "reply"
+        if self.state == "streaming":
+            return "stream to Home Assistant"
+        return self._playback_kind or "turn"
+
+    def _interrupt(self) -> None:
+        """Stop the turn, the reply being generated and whatever plays."""
+        if self.state == "streaming":
+            self.server.send(AudioStop().event())
+        if self._reply_cancel is not None:
+            self._reply_cancel()
+        if self._turn is not None and not self._turn.done():
+            self._turn.cancel()
+        self._stop_playback()
+        self.state = "idle"
+
+    def _stream_chunk(self, pcm: bytes) -> None:
+        chunk = AudioChunk(
+            rate=MIC_FORMAT.rate,
+            width=MIC_FORMAT.width,
+            channels=MIC_FORMAT.channels,
+            audio=pcm,
+            timestamp=self._stream_ts,
+        )
+        self._stream_ts += len(pcm) * 1000 // (2 * MIC_FORMAT.rate)
+        self.server.send(chunk.event())
+
+    def _on_utterance(self, ended: UtteranceEnded) -> None:
+        decided = time.monotonic()
+        seconds = len(ended.audio) / 2 / MIC_FORMAT.rate
+        _LOG.info("utterance: %.2f s (%s)", seconds, ended.reason)
+        self._notify("utterance", seconds=seconds, reason=ended.reason)
+        if self.state == "streaming":
+            self.server.send(AudioStop(timestamp=self._stream_ts).event())
+            self.state = "idle"
+            return
+        self.server.send(VoiceStopped().event())
+        self.state = "responding"
+        self._turn = asyncio.create_task(self._respond(ended, decided))
+
+    # -- local turn -------------------------------------------------------------------------
+
+    async def answer(self, samples: np.ndarray, reason: str = "silence") -> TurnReport:
+        """Run one local turn on 16 kHz float32 speech, as if the endpointer had just closed
+        it (benchmarks drive the reply path through this)."""
+        pcm = np.round(np.clip(samples, -1.0, 32767 / 32768) * 32768).astype("<i2").tobytes()
+        ended = UtteranceEnded(reason, 0.0, 0.0, len(pcm) / 2 / 16000, pcm)  # type: ignore[arg-type]
+        self._wake_word = self._wake_word or "api"
+        self.state = "responding"
+        self._turn = asyncio.create_task(self._respond(ended, time.monotonic()))
+        await self._turn
+        return self.turns[-1]
+
+    async def _respond(self, ended: UtteranceEnded, decided: float) -> None:
+        assert self.responder is not None
+        samples = pcm_to_float(ended.audio, 2, 1)
+        reply = self.responder.reply(samples)
+        self._reply_cancel = reply.cancel
+        first_audio: float | None = None
+        pieces: list[str] = []
+        done: ReplyDone | None = None
+        queue: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
+        if self.done_sound is not None:
+            queue.put_nowait(self._sound_at_output(self.done_sound))
+        self._start_playback("reply", self._play_queue(queue, self.responder.sample_rate))
+        playback = self._playback
+        try:
+            async for event in reply:
+                if isinstance(event, ReplyAudio):
+                    if first_audio is None:
+                        first_audio = time.monotonic()
+                    queue.put_nowait(event.samples)
+                elif isinstance(event, ReplyText):
+                    pieces.append(event.text)
+                    self._notify("reply_text", text=event.text)
+                elif isinstance(event, ReplyDone):
+                    done = event
+            queue.put_nowait(None)
+            if playback is not None:
+                await asyncio.wait([playback])  # an announcement may have replaced it
+        except asyncio.CancelledError:
+            reply.cancel()
+            raise
+        finally:
+            self._reply_cancel = None
+            if self.state == "responding":
+                self.state = "idle"
+        assert done is not None
+        self._finish_turn(ended, decided, first_audio, done)
+
+    def _finish_turn(
+        self, ended: UtteranceEnded, decided: float, first_audio: float | None, done: ReplyDone
+    ) -> None:
+        ttfa = None if first_audio is None else first_audio - decided
+        engine = done.engine_first_audio
+        report = TurnReport(
+            wake_word=self._wake_word,
+            utterance_seconds=len(ended.audio) / 2 / MIC_FORMAT.rate,
+            end_reason=ended.reason,
+            reply_text=done.text,
+            reply_reason=done.reason,
+            reply_audio_seconds=done.audio_seconds,
+            frames=done.frames,
+            skipped_frames=done.skipped,
+            time_to_first_audio=ttfa,
+            engine_first_audio=engine,
+            overhead=None if ttfa is None or engine is None else ttfa - engine,
+            total_seconds=time.monotonic() - decided,
+            error=done.error,
+        )
+        self.turns.append(report)
+        if done.error:
+            _LOG.error("the local model failed on this turn: %s", done.error)
+            self._notify("error", where="engine", message=done.error)
+        _LOG.info(
+            "reply: %r (%s); %.2f s of audio, first audio after %s (engine %s)",
+            done.text,
+            done.reason,
+            done.audio_seconds,
+            _ms(ttfa),
+            _ms(engine),
+        )
+        self.server.send(Played().event())
+        self._notify("turn_finished", report=report)
+
+    # -- playback ---------------------------------------------------------------------------
+
+    def _sound_at_output(self, sound: Sound) -> np.ndarray:
+        from satellite.audio.convert import resample
+
+        rate = self.responder.sample_rate if self.responder is not None else sound.rate
+        return resample(sound.samples, sound.rate, rate)
+
+    def _start_playback(self, kind: str, coro: Any) -> None:
+        self._stop_playback()
+        self._playback_kind = kind
+        self._playback = asyncio.create_task(coro)
+
+    def _stop_playback(self) -> None:
+        if self._playback is not None and not self._playback.done():
+            self._playback.cancel()
+            self.backend.stop_playback()
+        self._playback = None
+        self._playback_kind = ""
+
+    async def _play_queue(self, queue: asyncio.Queue[Any], rate: int) -> None:
+        """Play float32 blocks (or 16-bit PCM bytes) from `queue` until None, then drain."""
+        while (block := await queue.get()) is not None:
+            if isinstance(block, bytes):
+                block = pcm_to_float(block, 2, 1)
+            await self.backend.play(block, rate)
+        await self.backend.drain()
+
+    def _play_sound(self, sound: Sound) -> None:
+        async def play() -> None:
+            await self.backend.play(sound.samples, sound.rate)
+            await self.backend.drain()
+
+        if not self.playing:
+            self._start_playback("sound", play())
+
+    # -- Home Assistant ---------------------------------------------------------------------
+
+    def on_connected(self) -> None:
+        self.paused = False
+        self._notify("ha_connected")
+
+    def on_disconnected(self, reason: str) -> None:
+        if self.state == "streaming":
+            _LOG.warning("Home Assistant went away while audio was streaming to it")
+            self.state = "idle"
+        self._ha_audio = None
+        self._notify("ha_disconnected", reason=reason)
+
+    def on_event(self, event: Event) -> None:
+        kind = event.type
+        if RunSatellite.is_type(kind):
+            self.paused = False
+        elif PauseSatellite.is_type(kind):
+            self.paused = True
+            _LOG.info("Home Assistant paused the satellite")
+            if self.state == "streaming":
+                self.server.send(AudioStop().event())
+                self.state = "idle"
+        elif AudioStart.is_type(kind):
+            self._ha_audio_start(AudioStart.from_event(event))
+        elif AudioChunk.is_type(kind):
+            self._ha_audio_chunk(AudioChunk.from_event(event))
+        elif AudioStop.is_type(kind):
+            if self._ha_audio is not None:
+                self._ha_audio.put_nowait(None)
+                self._ha_audio = None
+        elif VoiceStopped.is_type(kind) or Transcript.is_type(kind) or Error.is_type(kind):
+            if Transcript.is_type(kind):
+                _LOG.info("Home Assistant heard: %r", Transcript.from_event(event).text)
+            elif Error.is_type(kind):
+                error = Error.from_event(event)
+                _LOG.warning("Home Assistant pipeline error: %s (%s)", error.text, error.code)
+                self._notify("error", where="home_assistant", message=error.text)
+            if self.state == "streaming":
+                self.server.send(AudioStop(timestamp=self._stream_ts).event())
+                self.state = "idle"
+        elif Synthesize.is_type(kind):
+            _LOG.info("Home Assistant replies: %r", Synthesize.from_event(event).text)
+        elif kind.startswith("timer-"):
+            self._on_timer(event)
+        else:
+            _LOG.debug("from Home Assistant: %s", kind)
+
+    def _ha_audio_start(self, start: AudioStart) -> None:
+        if self._ha_audio is not None:
+            self._ha_audio.put_nowait(None)
+        queue: asyncio.Queue[tuple[bytes, int, int] | None] = asyncio.Queue()
+        self._ha_audio = queue
+        converter = _Converter(start.rate, start.width, start.channels)
+        kind = "tts" if self.mode == "ha" else "announcement"
+
+        async def play() -> None:
+            try:
+                while (block := await queue.get()) is not None:
+                    audio = converter.convert(block)
+                    if audio is not None:
+                        await self.backend.play(audio, start.rate)
+                await self.backend.drain()
+            finally:
+                if self._ha_audio is queue:
+                    self._ha_audio = None
+            self.server.send(Played().event())
+
+        self._start_playback(kind, play())
+
+    def _ha_audio_chunk(self, chunk: AudioChunk) -> None:
+        if self._ha_audio is None:
+            return  # stopped (barge-in) or no audio-start: dropped
+        self._ha_audio.put_nowait((chunk.audio, chunk.width, chunk.channels))
+
+    def _on_timer(self, event: Event) -> None:
+        kind = event.type
+        if TimerStarted.is_type(kind):
+            started = TimerStarted.from_event(event)
+            self.timers[started.id] = Timer(started.id, started.name, started.total_seconds)
+            _LOG.info("timer %s started: %d s", started.name or started.id, started.total_seconds)
+        elif TimerUpdated.is_type(kind):
+            updated = TimerUpdated.from_event(event)
+            timer = self.timers.get(updated.id)
+            if timer is not None:
+                timer.active, timer.total_seconds = updated.is_active, updated.total_seconds
+        elif TimerCancelled.is_type(kind):
+            cancelled = TimerCancelled.from_event(event)
+            self.timers.pop(cancelled.id, None)
+            if self._ring is not None and getattr(self._ring, "timer_id", None) == cancelled.id:
+                self._ring.cancel()
+                self.backend.stop_playback()
+        elif TimerFinished.is_type(kind):
+            finished = TimerFinished.from_event(event)
+            timer = self.timers.pop(finished.id, None)
+            name = timer.name if timer is not None and timer.name else finished.id
+            _LOG.info("timer %s finished; ringing until the wake word is heard", name)
+            self._notify("timer_finished", id=finished.id, name=name)
+            if self._ring is not None and not self._ring.done():
+                self._ring.cancel()
+            self._ring = asyncio.create_task(self._ring_timer())
+            self._ring.timer_id = finished.id  # type: ignore[attr-defined]
+
+    async def _ring_timer(self) -> None:
+        """The chime, once per its own length, until cancelled, `timer_ring_seconds` or
+        MAX_RINGS (paced by the clock, so a backend that plays faster than real time does
+        not ring any more often)."""
+        ring_seconds = self.settings.audio.timer_ring_seconds
+        sound = self.timer_sound
+        start = time.monotonic()
+        try:
+            for count in range(MAX_RINGS):
+                if time.monotonic() - start >= ring_seconds:
+                    _LOG.info("the timer rang for %.0f s; stopping", ring_seconds)
+                    break
+                if not self.playing:
+                    await self.backend.play(sound.samples, sound.rate)
+                    await self.backend.drain()
+                next_ring = start + (count + 1) * max(sound.seconds, 0.1)
+                await asyncio.sleep(max(0.0, next_ring - time.monotonic()))
+        finally:
+            self._notify("timer_silenced")
+
+
+class _Converter:
+    """Home Assistant's PCM (any width and channel count) -> float32 mono; a chunk that cannot
+    be read is logged once and skipped."""
+
+    def __init__(self, rate: int, width: int, channels: int) -> None:
+        self.rate, self.width, self.channels = rate, width, channels
+        self.warned = False
+
+    def convert(self, block: tuple[bytes, int, int]) -> np.ndarray | None:
+        data, width, channels = block
+        try:
+            return pcm_to_float(data, width or self.width, channels or self.channels)
+        except AudioFormatError as err:
+            if not self.warned:
+                _LOG.warning("audio from Home Assistant skipped: %s", err)
+                self.warned = True
+            return None
+
+
+def _ms(seconds: float | None) -> str:
+    return "none" if seconds is None else f"{seconds * 1000:.0f} ms"

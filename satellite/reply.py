@@ -1,0 +1,305 @@
+"""Spoken replies from the local model, generated off the event loop.
+
+`Responder` owns the model's conversation (a `Chat` on the interleaved system prompt, kept
+across turns until it has been idle for `satellite.conversation_timeout_seconds`) and one
+worker thread. `Responder.reply(samples)` starts a turn on 16 kHz mono speech and returns a
+`Reply`, an async iterator of what the worker produces, the moment it exists:
+
+- `ReplyText`: a piece of the reply's text;
+- `ReplyAudio`: a block of float32 audio at `Responder.sample_rate` (24 kHz) from the
+  streaming detokenizer, one per generated frame (80 ms) in steady state;
+- `ReplyDone` (last): why the turn ended, the whole text, and the engine's own timings.
+
+`Reply.cancel()` (barge-in) stops generation before the next token; the conversation stays
+consistent (the turn is closed as the model expects). A frame holding the end-of-audio code
+in a codebook other than the first cannot be decoded (a random tiny model makes them, a
+trained one does not); it is skipped and counted, never clamped.
+
+Timings are `time.monotonic()` seconds. `ReplyDone.engine_first_audio` is the engine's share
+of the time to first audio: from the worker taking the turn to the detokenizer returning the
+first samples. Whatever the caller measures beyond that is the daemon's own overhead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from satellite.errors import UserError
+
+if TYPE_CHECKING:
+    from satellite.engine.chat import Chat
+    from satellite.engine.detokenize import StreamingDetokenizer
+    from satellite.engine.model import Model
+    from satellite.engine.template import Tokens
+    from satellite.settings import Settings
+
+_LOG = logging.getLogger("satellite.reply")
+
+FloatArray = npt.NDArray[np.float32]
+FRAMES_PER_SECOND = 12.5
+"""Generated audio frames per second of speech (80 ms each)."""
+TEXT_ALLOWANCE = 64
+"""Tokens beyond the audio frames a reply may take (its text runs, the end markers)."""
+
+
+class ReplyError(UserError):
+    """A turn that could not be generated (the message says why)."""
+
+
+@dataclass(frozen=True)
+class ReplyText:
+    text: str
+    time: float
+
+
+@dataclass(frozen=True)
+class ReplyAudio:
+    samples: FloatArray
+    """float32 mono at the responder's sample rate."""
+    time: float
+    """When the detokenizer returned it (worker thread)."""
+
+
+@dataclass(frozen=True)
+class ReplyDone:
+    reason: Literal["end_of_turn", "max_new_tokens", "context_full", "cancelled", "error"]
+    text: str
+    frames: int
+    """Audio frames decoded."""
+    skipped: int
+    """Frames skipped: a code the detokenizer cannot decode (see the module docstring)."""
+    audio_seconds: float
+    requested: float
+    """When `Responder.reply` was called."""
+    engine_start: float
+    """When the worker took the turn."""
+    engine_first_audio: float | None
+    """Seconds from `engine_start` to the first samples (None: the reply had no audio)."""
+    engine_seconds: float
+    """Seconds the worker spent on the turn."""
+    error: str | None = None
+    context_reset: bool = False
+    """The conversation history was dropped to make room for this turn."""
+
+
+ReplyEvent = ReplyText | ReplyAudio | ReplyDone
+
+
+class Reply:
+    """One turn in progress: `async for event in reply` until ReplyDone; `cancel()` to stop."""
+
+    def __init__(self, requested: float) -> None:
+        self.requested = requested
+        self._queue: asyncio.Queue[ReplyEvent] = asyncio.Queue()
+        self._loop = asyncio.get_running_loop()
+        self._cancel = threading.Event()
+        self.done: ReplyDone | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def cancel(self) -> None:
+        """Stop generating before the next token (thread-safe, idempotent)."""
+        self._cancel.set()
+
+    def post(self, event: ReplyEvent) -> None:
+        """From the worker thread: hand an event to the loop."""
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+
+    async def __aiter__(self) -> AsyncIterator[ReplyEvent]:
+        while self.done is None:
+            event = await self._queue.get()
+            if isinstance(event, ReplyDone):
+                self.done = event
+            yield event
+
+
+class Responder:
+    """The local model as a conversation partner (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: Model,
+        tokens: Tokens,
+        *,
+        max_reply_seconds: float = 30.0,
+        conversation_timeout: float = 300.0,
+        seed: int | None = None,
+    ) -> None:
+        self.model = model
+        self.tokens = tokens
+        self.max_new_tokens = int(max_reply_seconds * FRAMES_PER_SECOND * 1.5) + TEXT_ALLOWANCE
+        self.max_frames = max(1, round(max_reply_seconds * FRAMES_PER_SECOND))
+        self.conversation_timeout = conversation_timeout
+        self.seed = seed
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._chat: Chat | None = None
+        self._detokenizer: StreamingDetokenizer | None = None
+        self._last_turn: float | None = None
+        self.turns = 0
+
+    @classmethod
+    def load(cls, settings: Settings, config_dir: Path | None = None) -> Responder:
+        """The model the settings name, with its sessions opened (blocking: seconds)."""
+        from satellite.engine.load import model_directory
+        from satellite.engine.model import Model, ModelLoadError
+        from satellite.engine.sessions import SessionConfig
+        from satellite.engine.template import Tokens
+
+        choice = model_directory(None, settings.model, config_dir)
+        model = Model.load(choice.directory, SessionConfig.from_settings(settings.model))
+        tokenizer = model.tokenizer()
+        if tokenizer is None:
+            raise ModelLoadError(
+                f"{choice.directory}: the model directory has no tokenizer (manifest "
+                "`tokenizer`); the satellite needs one to read the model's text"
+            )
+        tokens = Tokens(tokenizer, str(choice.directory / str(model.manifest.tokenizer)))
+        _LOG.info(
+            "model: %s (%s) from %s", model.manifest.name, model.manifest.variant, choice.origin
+        )
+        return cls(
+            model,
+            tokens,
+            max_reply_seconds=settings.safety.max_reply_seconds,
+            conversation_timeout=settings.satellite.conversation_timeout_seconds,
+        )
+
+    @property
+    def sample_rate(self) -> int:
+        return 24_000 if self._detokenizer is None else self._detokenizer.sample_rate
+
+    async def prepare(self) -> None:
+        """Open every session and run the system prompt, in the worker (so the first turn
+        does not pay for it)."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._prepare)
+
+    def _prepare(self) -> None:
+        from satellite.engine.chat import Chat, system_prefix
+        from satellite.engine.detokenize import from_model
+        from satellite.engine.template import INTERLEAVED_PROMPT
+
+        if self._chat is not None:
+            return
+        prefix = system_prefix(self.tokens, INTERLEAVED_PROMPT)
+        self._chat = Chat(self.model, prefix=prefix, seed=self.seed)
+        self._chat.encoder  # noqa: B018 (opens the encoder's session now)
+        self._detokenizer = from_model(self.model)
+
+    def reply(self, samples: FloatArray) -> Reply:
+        """Start a turn on `samples` (16 kHz mono float32) and return it at once."""
+        reply = Reply(time.monotonic())
+        self._executor.submit(self._run, reply, np.asarray(samples, np.float32))
+        return reply
+
+    def reset(self) -> None:
+        """Forget the conversation before the next turn (runs in the worker, after any turn
+        in progress)."""
+        self._executor.submit(self._reset)
+
+    def _reset(self) -> None:
+        if self._chat is not None:
+            self._chat.reset()
+        self._last_turn = None
+
+    def close(self) -> None:
+        """Stop the worker after the turn in progress (callers cancel it first)."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def _run(self, reply: Reply, samples: FloatArray) -> None:
+        start = time.monotonic()
+        try:
+            self._prepare()
+            done = self._turn(reply, samples, start)
+        except Exception as err:  # reported to the loop, which logs it and goes on listening
+            _LOG.debug("turn failed", exc_info=True)
+            done = ReplyDone(
+                "error", "", 0, 0, 0.0, reply.requested, start, None,
+                time.monotonic() - start, error=str(err) or type(err).__name__,
+            )  # fmt: skip
+        self._last_turn = time.monotonic()
+        self.turns += 1
+        reply.post(done)
+
+    def _turn(self, reply: Reply, samples: FloatArray, start: float) -> ReplyDone:
+        from satellite.engine.chat import ContextReset, Speech, user_turn
+        from satellite.engine.generation import AudioFrame, TextToken, TurnEnd
+
+        chat, detokenizer = self._chat, self._detokenizer
+        assert chat is not None and detokenizer is not None
+        if self._last_turn is not None and start - self._last_turn > self.conversation_timeout:
+            _LOG.info("conversation idle for %.0f s; starting a new one", start - self._last_turn)
+            chat.reset()
+        config = chat.generation_config("interleaved", max_new_tokens=self.max_new_tokens)
+        reason: str = "max_new_tokens"
+        pieces: list[str] = []
+        frames = skipped = 0
+        samples_out = 0
+        first: float | None = None
+        reset = False
+        turn = chat.turn(user_turn(self.tokens, Speech(samples)), config)
+        try:
+            for event in turn:
+                if reply.cancelled:
+                    reason = "cancelled"
+                    break
+                if isinstance(event, TextToken):
+                    if event.text:
+                        pieces.append(event.text)
+                        reply.post(ReplyText(event.text, event.time))
+                elif isinstance(event, AudioFrame):
+                    if event.end_of_audio:
+                        continue
+                    if any(not 0 <= c < detokenizer.codebook_size for c in event.codes):
+                        skipped += 1
+                        continue
+                    audio = detokenizer.push(np.asarray(event.codes, np.int64))
+                    frames += 1
+                    if audio.size:
+                        now = time.monotonic()
+                        first = now if first is None else first
+                        samples_out += audio.size
+                        reply.post(ReplyAudio(audio, now))
+                    if frames >= self.max_frames:
+                        reason = "max_new_tokens"
+                        break
+                elif isinstance(event, TurnEnd):
+                    reason = event.reason
+                elif isinstance(event, ContextReset):
+                    reset = True
+        finally:
+            close = getattr(turn, "close", None)
+            if close is not None:
+                close()
+        if reason == "cancelled":
+            detokenizer.reset()
+        else:
+            tail = detokenizer.finish()
+            if tail.size:
+                samples_out += tail.size
+                reply.post(ReplyAudio(tail, time.monotonic()))
+        end = time.monotonic()
+        return ReplyDone(
+            reason=reason,  # type: ignore[arg-type]
+            text="".join(pieces),
+            frames=frames,
+            skipped=skipped,
+            audio_seconds=samples_out / detokenizer.sample_rate,
+            requested=reply.requested,
+            engine_start=start,
+            engine_first_audio=None if first is None else first - start,
+            engine_seconds=end - start,
+            context_reset=reset,
+        )

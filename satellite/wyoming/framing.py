@@ -1,0 +1,81 @@
+"""Reading and writing Wyoming events on a stream, with limits.
+
+An event is one JSON header line (`type`, `version`, `data_length`, `payload_length`, maybe
+an inline `data`), then `data_length` bytes of JSON data, then `payload_length` bytes of
+payload. `read_event` refuses what a peer could use to exhaust memory (a header line, data or
+payload over the limits) and anything malformed with a `ProtocolError` naming the problem;
+the connection cannot be trusted after one and is closed by the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from wyoming.event import Event, async_write_event
+
+MAX_HEADER_BYTES = 64 * 1024
+MAX_DATA_BYTES = 1024 * 1024
+MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
+"""Largest payload accepted: 4 MiB (about 2 minutes of 16 kHz 16-bit audio in one chunk)."""
+
+
+class ProtocolError(Exception):
+    """A malformed or oversized event; the message says what was wrong."""
+
+
+def _length(header: dict[str, Any], key: str, limit: int) -> int:
+    value = header.get(key)
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ProtocolError(f"{key} must be a non-negative integer, not {value!r}")
+    if value > limit:
+        raise ProtocolError(f"{key} {value} is over the limit of {limit} bytes")
+    return value
+
+
+async def read_event(
+    reader: asyncio.StreamReader,
+    *,
+    max_data: int = MAX_DATA_BYTES,
+    max_payload: int = MAX_PAYLOAD_BYTES,
+) -> Event | None:
+    """The next event, or None at a clean end of stream."""
+    try:
+        line = await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError as err:
+        if not err.partial.strip():
+            return None
+        raise ProtocolError("the stream ended inside an event header") from None
+    except asyncio.LimitOverrunError:
+        raise ProtocolError(f"an event header is longer than {MAX_HEADER_BYTES} bytes") from None
+    try:
+        header = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ProtocolError(f"an event header is not JSON ({err})") from None
+    if not isinstance(header, dict) or not isinstance(header.get("type"), str):
+        raise ProtocolError("an event header has no `type`")
+    data = header.get("data") or {}
+    if not isinstance(data, dict):
+        raise ProtocolError(f"{header['type']}: `data` must be an object")
+    data_length = _length(header, "data_length", max_data)
+    payload_length = _length(header, "payload_length", max_payload)
+    try:
+        if data_length:
+            extra = json.loads(await reader.readexactly(data_length))
+            if not isinstance(extra, dict):
+                raise ProtocolError(f"{header['type']}: its data is not a JSON object")
+            data.update(extra)
+        payload = await reader.readexactly(payload_length) if payload_length else None
+    except asyncio.IncompleteReadError:
+        raise ProtocolError(f"{header['type']}: the stream ended inside the event") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ProtocolError(f"{header['type']}: its data is not JSON ({err})") from None
+    return Event(type=header["type"], data=data, payload=payload)
+
+
+async def write_event(event: Event, writer: asyncio.StreamWriter) -> None:
+    """Write one event and wait for the transport to take it."""
+    await async_write_event(event, writer)

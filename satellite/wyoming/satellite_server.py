@@ -1,0 +1,251 @@
+"""The Wyoming satellite endpoint Home Assistant connects to (port 10700).
+
+The server owns connections and liveness; what events mean is the daemon's business (it gets
+them through `SatelliteEvents`). Home Assistant's Wyoming integration, as a client:
+
+- connects, sends `run-satellite`, then `describe`, and a `ping` about 2 s after each `pong`;
+  it gives up on a satellite that sends nothing for 5 s and reconnects 3 s later;
+- on teardown or mute sends `pause-satellite`.
+
+Here:
+
+- any connection gets `describe` answered with `info` and `ping` with `pong`, also while
+  another one is active (Home Assistant's config flow probes with a second connection);
+- the connection that sent `run-satellite` last is the active one: its other events go to the
+  daemon, and `send` writes to it; a new `run-satellite` elsewhere takes over and the old
+  connection is closed;
+- the active connection counts as gone after `silence_timeout` (5 s) without an event (Home
+  Assistant pings every ~2 s, so silence means it is gone), other connections after
+  `idle_timeout`; the satellite goes on working and takes the next connection;
+- writes go through a bounded outbox per connection, so a slow peer never blocks the audio
+  path: when the outbox is full the event is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from wyoming.event import Event
+from wyoming.info import Describe, Info
+from wyoming.ping import Ping, Pong
+from wyoming.satellite import RunSatellite
+
+from satellite.wyoming.framing import MAX_HEADER_BYTES, ProtocolError, read_event, write_event
+
+_LOG = logging.getLogger("satellite.wyoming")
+
+SILENCE_TIMEOUT = 5.0
+IDLE_TIMEOUT = 60.0
+OUTBOX_EVENTS = 512
+"""Events a connection may have waiting to be written (10 s of 20 ms audio chunks)."""
+
+
+class SatelliteEvents(Protocol):
+    """What the daemon hears from the server."""
+
+    def on_connected(self) -> None:
+        """A connection sent `run-satellite` and is now the active one."""
+
+    def on_event(self, event: Event) -> None:
+        """An event from the active connection (not describe, ping or pong)."""
+
+    def on_disconnected(self, reason: str) -> None:
+        """The active connection is gone (closed, silent too long, or replaced)."""
+
+
+class _Connection:
+    def __init__(
+        self, number: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.number = number
+        self.reader = reader
+        self.writer = writer
+        self.outbox: asyncio.Queue[Event | None] = asyncio.Queue(OUTBOX_EVENTS)
+        self.dropped = 0
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.closed = asyncio.Event()
+
+    def queue(self, event: Event) -> bool:
+        try:
+            self.outbox.put_nowait(event)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 100 == 0:
+                _LOG.warning(
+                    "connection %d (%s) is not reading; %d events dropped",
+                    self.number,
+                    self.peer,
+                    self.dropped,
+                )
+            return False
+        return True
+
+    async def write_loop(self) -> None:
+        try:
+            while (event := await self.outbox.get()) is not None:
+                await write_event(event, self.writer)
+        except (ConnectionError, OSError) as err:
+            _LOG.debug("connection %d: write failed: %s", self.number, err)
+        finally:
+            self.closed.set()
+            self.writer.close()
+
+
+class SatelliteServer:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        info: Callable[[], Info],
+        events: SatelliteEvents,
+        *,
+        silence_timeout: float = SILENCE_TIMEOUT,
+        idle_timeout: float = IDLE_TIMEOUT,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.info = info
+        self.events = events
+        self.silence_timeout = silence_timeout
+        self.idle_timeout = idle_timeout
+        self._server: asyncio.Server | None = None
+        self._active: _Connection | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._numbers = itertools.count(1)
+        self.connections = 0
+        """Connections open now."""
+        self.last_event: float | None = None
+        """`time.monotonic()` of the last event from the active connection."""
+
+    @property
+    def connected(self) -> bool:
+        """Home Assistant is connected (a live connection sent `run-satellite`)."""
+        return self._active is not None
+
+    @property
+    def bound_port(self) -> int:
+        """The port listened on (the real one when `port` was 0)."""
+        if self._server is None or not self._server.sockets:
+            return self.port
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        try:
+            self._server = await asyncio.start_server(
+                self._serve, self.host, self.port, limit=MAX_HEADER_BYTES
+            )
+        except OSError as err:
+            raise OSError(
+                f"wyoming.satellite_port: cannot listen on {self.host}:{self.port}: "
+                f"{err.strerror or err}"
+            ) from None
+        _LOG.info("Wyoming satellite listening on %s:%d", self.host, self.bound_port)
+
+    async def stop(self) -> None:
+        """Stop listening and close every connection."""
+        if self._server is not None:
+            self._server.close()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    def send(self, event: Event) -> bool:
+        """Queue `event` for Home Assistant; False when none is connected or it was dropped."""
+        if self._active is None:
+            return False
+        return self._active.queue(event)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        conn = _Connection(next(self._numbers), reader, writer)
+        self.connections += 1
+        _LOG.debug("connection %d from %s", conn.number, conn.peer)
+        writing = asyncio.create_task(conn.write_loop())
+        reason = "closed by the peer"
+        try:
+            reason = await self._read_loop(conn)
+        except asyncio.CancelledError:
+            reason = "the satellite is stopping"
+            raise
+        finally:
+            self.connections -= 1
+            self._tasks.discard(task)
+            with contextlib.suppress(asyncio.QueueFull):
+                conn.outbox.put_nowait(None)
+            closing = asyncio.ensure_future(conn.closed.wait())
+            await asyncio.wait([closing], timeout=1.0)  # let the outbox flush
+            closing.cancel()
+            writing.cancel()
+            writer.close()
+            if self._active is conn:
+                self._active = None
+                self.last_event = None
+                _LOG.info("Home Assistant disconnected (%s)", reason)
+                self.events.on_disconnected(reason)
+            else:
+                _LOG.debug("connection %d closed (%s)", conn.number, reason)
+
+    async def _read_loop(self, conn: _Connection) -> str:
+        while not conn.closed.is_set():
+            timeout = self.silence_timeout if self._active is conn else self.idle_timeout
+            try:
+                async with asyncio.timeout(timeout):
+                    event = await read_event(conn.reader)
+            except TimeoutError:
+                return f"nothing received for {timeout:g} s"
+            except ProtocolError as err:
+                _LOG.warning("connection %d (%s): %s; closing it", conn.number, conn.peer, err)
+                return f"protocol error: {err}"
+            except (ConnectionError, OSError) as err:
+                return f"connection error: {err}"
+            if event is None:
+                return "closed by the peer"
+            if self._active is conn:
+                self.last_event = time.monotonic()
+            self._dispatch(conn, event)
+        return "closed"
+
+    def _dispatch(self, conn: _Connection, event: Event) -> None:
+        if Describe.is_type(event.type):
+            conn.queue(self.info().event())
+        elif Ping.is_type(event.type):
+            conn.queue(Pong(text=Ping.from_event(event).text).event())
+        elif Pong.is_type(event.type):
+            pass
+        elif RunSatellite.is_type(event.type):
+            self._activate(conn)
+        elif self._active is conn:
+            self.events.on_event(event)
+        else:
+            _LOG.debug(
+                "connection %d: %s ignored (not the active connection)", conn.number, event.type
+            )
+
+    def _activate(self, conn: _Connection) -> None:
+        old = self._active
+        if old is conn:
+            self.events.on_event(RunSatellite().event())
+            return
+        self._active = conn
+        self.last_event = time.monotonic()
+        if old is not None:
+            _LOG.info("Home Assistant reconnected from %s; closing the old connection", conn.peer)
+            old.writer.close()
+            self.events.on_disconnected("replaced by a new connection")
+        _LOG.info("Home Assistant connected from %s", conn.peer)
+        self.events.on_connected()
