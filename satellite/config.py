@@ -460,6 +460,8 @@ def _convert(tp: Any, value: Any) -> Any:
         options = typing.get_args(tp)
         if isinstance(value, int | float) and not isinstance(value, bool):
             value = str(value)
+        if value is None and "null" in options:
+            value = "null"  # YAML reads a bare `null` (the choice's name) as nothing
         return value if value in options else _INVALID
     if origin is list:
         (item_tp,) = typing.get_args(tp)

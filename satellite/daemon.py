@@ -27,7 +27,8 @@ wake word while Home Assistant is not connected, or has paused the satellite, is
 ignored. A `file` audio source that ends stops the daemon once the turn in progress is done.
 
 What happens is published to observers (`Daemon.observe`) as (kind, data) pairs: `wake`,
-`speech_started`, `utterance`, `turn_finished` (a `TurnReport`), `reply_text`,
+`speech_started`, `utterance`, `turn_finished` (a `TurnReport`), `turn_interrupted`,
+`reply_text`, `timer_silenced`,
 `ha_connected`, `ha_disconnected`, `timer_finished`, `error`.
 """
 
@@ -152,6 +153,8 @@ class Daemon:
         """Home Assistant paused the satellite (`ha` mode does not start pipelines)."""
         self.timers: dict[str, Timer] = {}
         self.turns: list[TurnReport] = []
+        """Local turns that finished (interrupted ones are counted in `interrupted`)."""
+        self.interrupted = 0
         self._observers: list[Observer] = []
         self._stop = asyncio.Event()
         self._input_ended = False
@@ -462,6 +465,8 @@ class Daemon:
                 await asyncio.wait([playback])  # an announcement may have replaced it
         except asyncio.CancelledError:
             reply.cancel()
+            self.interrupted += 1
+            self._notify("turn_interrupted")
             raise
         finally:
             self._reply_cancel = None

@@ -243,3 +243,11 @@ def test_unreadable_config_file(tmp_path: Path) -> None:
         message = pipe.read().decode()
     os.waitpid(pid, 0)
     assert message == f"{config}: cannot read config file: permission denied"
+
+
+def test_bare_null_is_the_null_backend(tmp_path: Path) -> None:
+    """YAML reads `backend: null` as nothing; for a choice named `null` it means that choice."""
+    path = tmp_path / "satellite.yaml"
+    path.write_text("audio:\n  backend: null\nmodel:\n  directory:\n")
+    settings = load_config(path).settings
+    assert settings.audio.backend == "null" and settings.model.directory is None

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,13 +247,17 @@ class AudioBackend:
 
 class _PacedBackend(AudioBackend):
     """Capture from an array, paced at real time (the chunk is yielded when its last sample
-    would have been recorded, by `time.monotonic`) or as fast as possible; playback counted,
-    and in real time `drain` lasts as long as the audio would."""
+    would have been recorded, by `time.monotonic`) or as fast as possible. Playback in real
+    time behaves like a speaker: queued audio counts as played (and is written) only once its
+    time has come, `drain` lasts as long as the audio would, and `stop_playback` drops what
+    has not been played yet; as fast as possible, audio is played the moment it is queued."""
 
     def __init__(self, settings: AudioSettings, realtime: bool) -> None:
         super().__init__(settings)
         self.realtime = realtime
         self._play_until = 0.0
+        self._pending: deque[FloatArray] = deque()
+        self._pending_samples = 0
 
     def _source(self) -> Int16Array | None:
         """All capture audio at input_rate (None: endless silence)."""
@@ -281,10 +286,35 @@ class _PacedBackend(AudioBackend):
             yield chunk
 
     async def _output(self, samples: FloatArray) -> None:
-        self._played += samples.shape[0]
+        samples = samples * np.float32(self.volume)
+        if not self.realtime:
+            self._emit(samples)
+            return
         now = time.monotonic()
+        self._flush(now)
         self._play_until = max(self._play_until, now) + samples.shape[0] / self.output_rate
-        self._write(samples * np.float32(self.volume))
+        self._pending.append(samples)
+        self._pending_samples += samples.shape[0]
+
+    def _flush(self, now: float) -> None:
+        """In real time: hand on the queued samples whose playing time has come (a speaker
+        has played them), oldest first."""
+        unplayed = max(0, math.ceil((self._play_until - now) * self.output_rate))
+        due = self._pending_samples - unplayed
+        while due > 0 and self._pending:
+            head = self._pending[0]
+            take = min(due, head.shape[0])
+            self._emit(head[:take])
+            due -= take
+            self._pending_samples -= take
+            if take == head.shape[0]:
+                self._pending.popleft()
+            else:
+                self._pending[0] = head[take:]
+
+    def _emit(self, samples: FloatArray) -> None:
+        self._played += samples.shape[0]
+        self._write(samples)
 
     def _write(self, samples: FloatArray) -> None:
         """Where played audio goes (nowhere by default)."""
@@ -292,10 +322,16 @@ class _PacedBackend(AudioBackend):
     async def _drain(self) -> None:
         if self.realtime:
             await asyncio.sleep(max(0.0, self._play_until - time.monotonic()))
+            self._flush(max(time.monotonic(), self._play_until))
 
     def stop_playback(self) -> None:
+        """What has been played so far stays played; the rest is dropped."""
         super().stop_playback()
-        self._play_until = time.monotonic()
+        now = time.monotonic()
+        self._flush(now)
+        self._pending.clear()
+        self._pending_samples = 0
+        self._play_until = now
 
 
 class NullBackend(_PacedBackend):

@@ -36,6 +36,7 @@ from wyoming.info import Describe, Info
 from wyoming.ping import Ping, Pong
 from wyoming.satellite import RunSatellite
 
+from satellite.errors import UserError
 from satellite.wyoming.framing import MAX_HEADER_BYTES, ProtocolError, read_event, write_event
 
 _LOG = logging.getLogger("satellite.wyoming")
@@ -44,6 +45,10 @@ SILENCE_TIMEOUT = 5.0
 IDLE_TIMEOUT = 60.0
 OUTBOX_EVENTS = 512
 """Events a connection may have waiting to be written (10 s of 20 ms audio chunks)."""
+
+
+class WyomingServerError(UserError):
+    """The server cannot listen (port taken, address not on this machine)."""
 
 
 class SatelliteEvents(Protocol):
@@ -144,7 +149,7 @@ class SatelliteServer:
                 self._serve, self.host, self.port, limit=MAX_HEADER_BYTES
             )
         except OSError as err:
-            raise OSError(
+            raise WyomingServerError(
                 f"wyoming.satellite_port: cannot listen on {self.host}:{self.port}: "
                 f"{err.strerror or err}"
             ) from None
