@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check the config and print what would run, then exit",
     )
+    run.add_argument(
+        "--model",
+        metavar="DIR|NAME",
+        help="model directory or catalog name (default: the config's `model` section)",
+    )
     run.set_defaults(handler=cmd_run)
 
     from satellite.modeldir.commands import add_model_commands
@@ -160,7 +165,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"audio       {s.audio.backend} backend, capture {s.audio.input_rate} Hz x{s.audio.input_channels}, "
         f"playback {s.audio.output_rate} Hz",
         f"wake word   {s.wake.model} (sensitivity {s.wake.sensitivity})",
-        f"model       {s.model.directory or s.model.name} [{s.model.variant}] on {', '.join(s.model.providers)}",
+        f"model       {args.model or s.model.directory or s.model.name} [{s.model.variant}] on "
+        f"{', '.join(s.model.providers)}",
         f"wyoming     satellite {s.wyoming.satellite_host}:{s.wyoming.satellite_port}"
         + (
             f", services {s.wyoming.services_host}:{s.wyoming.services_port}"
@@ -182,14 +188,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     config_dir = loaded.source.parent if loaded.source is not None else None
-    return asyncio.run(run_daemon(s, config_dir))
+    return asyncio.run(run_daemon(s, config_dir, args.model))
 
 
-async def run_daemon(settings: Settings, config_dir: Path | None) -> int:
+async def run_daemon(settings: Settings, config_dir: Path | None, model: str | None = None) -> int:
     """The daemon until SIGTERM or SIGINT (or the end of a `file` audio source)."""
     from satellite.daemon import Daemon
 
-    daemon = Daemon(settings, config_dir=config_dir)
+    daemon = Daemon(settings, config_dir=config_dir, model=model)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, _on_signal, daemon, signum)

@@ -129,8 +129,11 @@ class Daemon:
         config_dir: Path | None = None,
         backend: AudioBackend | None = None,
         responder: Responder | None = None,
+        model: str | None = None,
     ) -> None:
+        """`model`: a model directory or catalog name over the settings' `model` section."""
         self.settings = settings
+        self.model_spec = model
         self.config_dir = config_dir
         self.mode = settings.satellite.mode
         self.backend = backend or open_backend(settings.audio)

@@ -135,7 +135,7 @@ def tiny_model() -> Path:
     load_toolchain()
     from models.cache import cached_model
 
-    print("building the tiny model (first run only) ...", flush=True)
+    print("model: the tiny one (random weights; built on first use, then cached) ...", flush=True)
     return cached_model("tiny", "q4")
 
 
@@ -188,6 +188,7 @@ async def _demo(settings: Settings, model: Path, args: argparse.Namespace) -> in
     ha = asyncio.create_task(_home_assistant(daemon.server.bound_port, say))
     try:
         await daemon.wait_stopped()
+        await asyncio.sleep(0.3)  # let the simulated Home Assistant read the last events
     finally:
         ha.cancel()
         with contextlib.suppress(asyncio.CancelledError):

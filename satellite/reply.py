@@ -151,14 +151,17 @@ class Responder:
         self.turns = 0
 
     @classmethod
-    def load(cls, settings: Settings, config_dir: Path | None = None) -> Responder:
-        """The model the settings name, with its sessions opened (blocking: seconds)."""
+    def load(
+        cls, settings: Settings, config_dir: Path | None = None, spec: str | None = None
+    ) -> Responder:
+        """The model `spec` (a directory or catalog name) or else the one the settings name,
+        with its sessions opened (blocking: seconds)."""
         from satellite.engine.load import model_directory
         from satellite.engine.model import Model, ModelLoadError
         from satellite.engine.sessions import SessionConfig
         from satellite.engine.template import Tokens
 
-        choice = model_directory(None, settings.model, config_dir)
+        choice = model_directory(spec, settings.model, config_dir)
         model = Model.load(choice.directory, SessionConfig.from_settings(settings.model))
         tokenizer = model.tokenizer()
         if tokenizer is None:

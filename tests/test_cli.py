@@ -53,7 +53,7 @@ def test_console_script_is_installed() -> None:
 def test_user_mistakes_are_messages_not_tracebacks(tmp_path: Path) -> None:
     cases = [
         (["--config", str(tmp_path / "missing.yaml"), "run", "--dry-run"], "config file not found"),
-        (["run"], "not part of this version yet"),
+        (["run"], "lfm-satellite model fetch LiquidAI/LFM2.5-Audio-1.5B-ONNX"),
         (["check-config", str(tmp_path)], "is a directory"),
         (["model", "verify", str(tmp_path / "nowhere")], "nowhere"),
         (["model", "info", str(tmp_path)], "manifest"),

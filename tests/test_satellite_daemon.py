@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import signal
 import socket
@@ -14,15 +15,23 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from zeroconf import IPVersion
 from zeroconf.asyncio import AsyncZeroconf
 
-from satellite.audio.wavfile import read_wav
+from satellite.audio.sounds import SoundError
+from satellite.audio.wavfile import read_wav, write_wav
 from satellite.daemon import Daemon
 from satellite.settings import VadSettings
 from satellite.wyoming.announce import SERVICE_TYPE, instance_name
-from tests.satellite_support import HomeAssistant, daemon_settings, script_wav, tiny_model
+from tests.satellite_support import (
+    HomeAssistant,
+    daemon_settings,
+    script_wav,
+    tiny_model,
+    wake_and_ask,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 REPLY_SECONDS = 5.0
@@ -198,3 +207,50 @@ def test_demo_runs_a_full_turn(tmp_path: Path) -> None:
                  "its reply is noise", "lfm-satellite model fetch"):  # fmt: skip
         assert line in out, out
     assert read_wav(tmp_path / "reply.wav").samples.size > 0
+
+
+async def test_awake_and_done_sounds_frame_the_reply(model: Path, tmp_path: Path) -> None:
+    source, output = tmp_path / "mic.wav", tmp_path / "speaker.wav"
+    script_wav(source, wake_and_ask())
+    awake, done = tmp_path / "awake.wav", tmp_path / "done.wav"
+    write_wav(awake, np.full(4800, 0.25, np.float32), 16000)  # 0.3 s
+    write_wav(done, np.full(8000, -0.25, np.float32), 16000)  # 0.5 s
+    settings = daemon_settings(
+        model, input_file=source, output_file=output, awake_sound=str(awake), done_sound=str(done)
+    )
+    daemon = Daemon(settings)
+    await daemon.start()
+    try:
+        await asyncio.wait_for(daemon.wait_stopped(), 30)
+    finally:
+        await daemon.close()
+    [turn] = daemon.turns
+    heard = read_wav(output).samples
+    assert abs(heard.size / 24000 - (0.3 + 0.5 + turn.reply_audio_seconds)) < 0.05
+    assert np.allclose(heard[100:7000], 0.25, atol=0.01), "the awake sound comes first"
+    start = 7200  # 0.3 s at 24 kHz
+    assert np.allclose(heard[start + 100 : start + 11900], -0.25, atol=0.01), "then the done sound"
+
+
+def test_missing_sound_is_named(model: Path, tmp_path: Path) -> None:
+    settings = daemon_settings(model, backend="null", done_sound=str(tmp_path / "nope.wav"))
+    with pytest.raises(SoundError, match=r"^audio\.done_sound: .*nope\.wav"):
+        Daemon(settings)
+
+
+def test_bench_turns_reports_the_overhead(model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "turns.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "satellite", "bench", "turns", "--model", str(model),
+         "--turns", "3", "--threads", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "daemon overhead ms" in done.stdout
+    report = json.loads(out.read_text())
+    assert report["turns"] == 3 and report["turns_with_audio"] == 3
+    ttfa, engine, overhead = (
+        report[k] for k in ("time_to_first_audio_ms", "engine_ms", "overhead_ms")
+    )
+    assert overhead["count"] == 3 and 0 <= overhead["p50"] <= ttfa["p50"]
+    assert abs(ttfa["mean"] - engine["mean"] - overhead["mean"]) < 0.05

@@ -84,6 +84,22 @@ def add_bench_commands(commands: Any) -> None:
     )
     engine.set_defaults(handler=cmd_bench_engine)
 
+    turns = sub.add_parser(
+        "turns",
+        help="time to first audio of local turns through the daemon, and the daemon's overhead",
+        description="Run the daemon (null audio at real time) and drive N local turns through "
+        "its reply path with a 4-second spoken query: time to first audio, the engine's part of "
+        "it, and the daemon's own overhead (the difference), as p50/p95/p99/max.",
+    )
+    turns.add_argument("--model", type=Path, metavar="DIR", help="model directory (default: tiny)")
+    turns.add_argument("--turns", type=int, default=50, help="turns (default 50)")
+    turns.add_argument("--threads", type=int, default=0, help="intra-op threads (default: all)")
+    turns.add_argument(
+        "--reply-seconds", type=float, default=1.0, help="longest reply per turn (default 1)"
+    )
+    turns.add_argument("--json", type=Path, metavar="FILE", help="also save the figures here")
+    turns.set_defaults(handler=cmd_bench_turns)
+
 
 def _save(path: Path | None, figures: dict[str, Any]) -> None:
     if path is not None:
@@ -126,6 +142,24 @@ def cmd_bench_engine(args: argparse.Namespace) -> int:
         bandwidth_mb=args.bandwidth_mb,
         prepack=not args.no_prepack,
         spinning=args.spinning,
+    )
+    print(format_report(report))
+    _save(args.json, report)
+    return 0
+
+
+def cmd_bench_turns(args: argparse.Namespace) -> int:
+    from satellite.bench.turns import bench_turns, format_report
+    from satellite.demo import tiny_model
+    from satellite.errors import UserError
+
+    if args.turns < 1:
+        raise UserError(f"--turns must be at least 1, not {args.turns}")
+    report = bench_turns(
+        args.model or tiny_model(),
+        turns=args.turns,
+        threads=args.threads,
+        reply_seconds=args.reply_seconds,
     )
     print(format_report(report))
     _save(args.json, report)

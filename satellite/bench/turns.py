@@ -1,0 +1,103 @@
+"""`lfm-satellite bench turns`: the daemon's own share of the time to first audio.
+
+The daemon runs as in production (capture at real time through the null backend, so the
+wake-word model and the VAD keep working on the loop; the Wyoming server up), and N local
+turns are driven through its reply path (`Daemon.answer`) with the benchmark's spoken query.
+For each turn:
+
+- time to first audio: from the end of the utterance to the first reply audio handed to the
+  speaker;
+- engine: from the worker taking the turn to the detokenizer's first samples;
+- overhead = the difference: handing the utterance to the worker thread, the event hop back
+  to the loop, queueing for playback, resampling.
+
+Turns run back to back, each reply played out at real time before the next (so the tiny
+model's noisy replies are cut to `--reply-seconds`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from satellite.settings import Settings
+from satellite.telemetry.stats import Window
+
+
+async def _run(settings: Settings, turns: int, seconds: float) -> list[Any]:
+    from satellite.bench.query import spoken_query
+    from satellite.daemon import Daemon
+
+    query = spoken_query(seconds)
+    daemon = Daemon(settings)
+    await daemon.start()
+    reports = []
+    try:
+        for _ in range(turns):
+            reports.append(await daemon.answer(query.samples))
+    finally:
+        await daemon.close()
+    return reports
+
+
+def bench_turns(
+    model: Path, *, turns: int = 50, threads: int = 0, reply_seconds: float = 1.0,
+    query_seconds: float = 4.0,
+) -> dict[str, Any]:  # fmt: skip
+    base = Settings()
+    replace = dataclasses.replace
+    settings = replace(
+        base,
+        satellite=replace(base.satellite, conversation_timeout_seconds=0.0),
+        audio=replace(base.audio, backend="null", realtime=True),
+        model=replace(base.model, directory=str(model), threads=threads),
+        wyoming=replace(base.wyoming, satellite_host="127.0.0.1", satellite_port=0, zeroconf=False),
+        safety=replace(base.safety, max_reply_seconds=reply_seconds),
+    )
+    started = time.monotonic()
+    reports = asyncio.run(_run(settings, turns, query_seconds))
+    windows = {
+        name: Window(turns) for name in ("time_to_first_audio_ms", "engine_ms", "overhead_ms")
+    }
+    for report in reports:
+        if report.overhead is None:
+            continue
+        windows["time_to_first_audio_ms"].add(report.time_to_first_audio * 1000)
+        windows["engine_ms"].add(report.engine_first_audio * 1000)
+        windows["overhead_ms"].add(report.overhead * 1000)
+    return {
+        "model": str(model),
+        "turns": turns,
+        "turns_with_audio": len(windows["overhead_ms"]),
+        "threads": threads,
+        "query_seconds": query_seconds,
+        "reply_seconds": reply_seconds,
+        "machine": platform.machine(),
+        "wall_seconds": round(time.monotonic() - started, 1),
+        **{name: window.summary().as_dict() for name, window in windows.items()},
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [
+        f"local turns on {report['model']}: {report['turns_with_audio']} of {report['turns']} "
+        f"with audio ({report['query_seconds']:g} s query, replies cut at "
+        f"{report['reply_seconds']:g} s, {report['wall_seconds']} s in all)",
+        f"{'':24}{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}",
+    ]
+    for name, label in (
+        ("time_to_first_audio_ms", "time to first audio ms"),
+        ("engine_ms", "engine ms"),
+        ("overhead_ms", "daemon overhead ms"),
+    ):
+        s = report[name]
+        cells = "".join(
+            f"{'-' if s[k] is None else format(s[k], '.1f'):>9}"
+            for k in ("p50", "p95", "p99", "max")
+        )
+        lines.append(f"{label:24}{cells}")
+    return "\n".join(lines)
