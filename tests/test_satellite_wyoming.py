@@ -282,3 +282,47 @@ async def test_ha_mode_paused_or_disconnected_starts_no_pipeline(
     assert "run-pipeline" not in ha.types() and "audio-chunk" not in ha.types()
     assert "wake" not in heard
     assert "Home Assistant has paused the satellite" in caplog.text
+
+
+async def test_wake_word_silences_a_ringing_timer(model: Path, tmp_path: Path) -> None:
+    """A finished timer rings until the wake word; that wake word starts no turn."""
+    source, output = tmp_path / "mic.wav", tmp_path / "speaker.wav"
+    script_wav(source, [("silence", 4.0), ("say", "okay nabu"), ("silence", 2.5)])
+    daemon = Daemon(daemon_settings(model, input_file=source, output_file=output))
+    seen: list[tuple[str, float]] = []
+    daemon.observe(lambda kind, data: seen.append((kind, time.monotonic())))
+    await daemon.start()
+    ha = HomeAssistant(daemon.server.bound_port)
+    await ha.connect()
+    try:
+        await ha.wait_for("info", 5)
+        await ha.send(TimerStarted(id="tea", total_seconds=180, name="tea").event())
+        await ha.send(TimerFinished(id="tea").event())
+        await asyncio.wait_for(daemon.wait_stopped(), 20)
+    finally:
+        await ha.close()
+        await daemon.close()
+    kinds = [kind for kind, _ in seen]
+    assert "timer_finished" in kinds and "timer_silenced" in kinds, kinds
+    assert "wake" not in kinds and "utterance" not in kinds and not daemon.turns
+    finished = dict(seen)["timer_finished"]
+    silenced = dict(seen)["timer_silenced"]
+    rang = silenced - finished
+    assert 3.5 < rang < 6.5, f"rang for {rang:.1f} s; the wake word came about 4.8 s in"
+    heard = read_wav(output).samples.size / 24000
+    assert abs(heard - rang) < 1.3, f"{heard:.2f} s of chime for {rang:.2f} s of ringing"
+
+
+async def test_zeroconf_off_announces_nothing(idle_daemon: Daemon) -> None:
+    from zeroconf import IPVersion
+    from zeroconf.asyncio import AsyncZeroconf
+
+    from satellite.wyoming.announce import SERVICE_TYPE, instance_name
+
+    assert idle_daemon.announcer is None
+    zc = AsyncZeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only)
+    try:
+        name = f"{instance_name('Test Satellite')}.{SERVICE_TYPE}"
+        assert await zc.async_get_service_info(SERVICE_TYPE, name, 1500) is None
+    finally:
+        await zc.async_close()
