@@ -78,6 +78,10 @@ _LOG = logging.getLogger("satellite.daemon")
 
 State = Literal["idle", "listening", "streaming", "responding"]
 Observer = Callable[[str, dict[str, Any]], None]
+CAPTURE_STALL_SECONDS = 3.0
+"""No capture chunk for this long: the audio loop is unhealthy."""
+ENGINE_STALL_SECONDS = 120.0
+"""One turn in the engine's worker for longer than this: the engine is unhealthy."""
 MAX_RINGS = 1000
 """Upper bound on chime repetitions of one finished timer (besides the ring time)."""
 
@@ -174,6 +178,10 @@ class Daemon:
         """Capture samples since the wake word (the no-speech timeout counts audio time)."""
         self._speech_started = False
         self._stream_ts = 0
+        self.last_chunk = 0.0
+        """`time.monotonic()` of the last capture chunk."""
+        self.chunks = 0
+        self.started = time.monotonic()
         rate = self.backend.input_rate
         self._mic_resampler = (
             None if rate == MIC_FORMAT.rate else StreamResampler(rate, MIC_FORMAT.rate)
@@ -205,6 +213,21 @@ class Daemon:
             )
         )
 
+    def health(self) -> str | None:
+        """None while the audio and engine loops are healthy, else what is wrong (for the
+        service watchdog and the health report)."""
+        now = time.monotonic()
+        if self._capture is None:
+            return "audio capture has not started"
+        if self._capture.done() and not self._input_ended:
+            return "audio capture stopped"
+        if not self._input_ended and now - self.last_chunk > CAPTURE_STALL_SECONDS:
+            return f"no audio from the microphone for {now - self.last_chunk:.0f} s"
+        busy = None if self.responder is None else self.responder.busy_since
+        if busy is not None and now - busy > ENGINE_STALL_SECONDS:
+            return f"the engine has been on one turn for {now - busy:.0f} s"
+        return None
+
     @property
     def playing(self) -> bool:
         return self._playback is not None and not self._playback.done()
@@ -226,6 +249,7 @@ class Daemon:
                 wyoming.satellite_host,
             )
             await self.announcer.start()
+        self.last_chunk = time.monotonic()
         self._capture = asyncio.create_task(self._capture_loop())
         _LOG.info(
             "satellite %r ready in %s mode; say %r",
@@ -307,6 +331,8 @@ class Daemon:
 
     def on_chunk(self, chunk: Int16Array) -> None:
         """One capture chunk (16-bit mono at `audio.input_rate`)."""
+        self.last_chunk = time.monotonic()
+        self.chunks += 1
         pcm = self._to_16k(chunk)
         gated = self.playing and not self.settings.audio.barge_in
         if not gated:

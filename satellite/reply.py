@@ -149,6 +149,8 @@ class Responder:
         self._detokenizer: StreamingDetokenizer | None = None
         self._last_turn: float | None = None
         self.turns = 0
+        self.busy_since: float | None = None
+        """`time.monotonic()` when the worker took the turn in progress (None: idle)."""
 
     @classmethod
     def load(
@@ -223,6 +225,7 @@ class Responder:
 
     def _run(self, reply: Reply, samples: FloatArray) -> None:
         start = time.monotonic()
+        self.busy_since = start
         try:
             self._prepare()
             done = self._turn(reply, samples, start)
@@ -234,6 +237,7 @@ class Responder:
             )  # fmt: skip
         self._last_turn = time.monotonic()
         self.turns += 1
+        self.busy_since = None
         reply.post(done)
 
     def _turn(self, reply: Reply, samples: FloatArray, start: float) -> ReplyDone:

@@ -326,3 +326,16 @@ async def test_zeroconf_off_announces_nothing(idle_daemon: Daemon) -> None:
         assert await zc.async_get_service_info(SERVICE_TYPE, name, 1500) is None
     finally:
         await zc.async_close()
+
+
+async def test_health_sees_a_stalled_audio_loop(idle_daemon: Daemon) -> None:
+    await asyncio.sleep(0.2)
+    assert idle_daemon.health() is None and idle_daemon.chunks > 0
+    idle_daemon.last_chunk -= 10.0  # as if the microphone had delivered nothing for 10 s
+    assert "no audio from the microphone for 10 s" == idle_daemon.health()
+    await asyncio.sleep(0.1)
+    assert idle_daemon.health() is None, "chunks flow again"
+    assert idle_daemon._capture is not None
+    idle_daemon._capture.cancel()
+    await asyncio.sleep(0.05)
+    assert idle_daemon.health() == "audio capture stopped"
