@@ -41,11 +41,12 @@ NOT_BUILD_INPUTS = ("bench_build.py", "bench_reference.py", "cache.py", "referen
 """Toolchain files that do not shape what a build writes; editing them keeps the cache."""
 
 
-def toolchain_digest() -> str:
-    """sha256 over the toolchain's source files that shape a build, and the manifest format,
-    in name order."""
+def toolchain_digest(folder: Path | None = None) -> str:
+    """sha256 over the toolchain's source files (in `folder`, default: this package's) that
+    shape a build, and the manifest format, in name order."""
     digest = hashlib.sha256()
-    folder = Path(__file__).parent  # `models` may import as a namespace (editable installs)
+    # not `models.__file__`: with an editable install `models` may import as a namespace
+    folder = folder or Path(__file__).parent
     builders = sorted(p for p in folder.glob("*.py") if p.name not in NOT_BUILD_INPUTS)
     sources = [*builders, Path(manifest_module.__file__)]
     for path in sources:

@@ -295,8 +295,15 @@ class _Checker:
                 ("audio", "input_file"),
                 "the file backend needs an input WAV file; set audio.input_file",
             )
-        for key in ("input_file", "awake_sound", "done_sound"):
+        for key in ("input_file", "awake_sound", "done_sound", "timer_sound"):
             self.check_readable(("audio", key), getattr(a, key))
+        d = s.device_control
+        self.check_readable(("device_control", "allowlist_file"), d.allowlist_file)
+        if d.enabled and d.allowlist_file is None and self.ok("device_control.enabled"):
+            self.problem(
+                ("device_control", "allowlist_file"),
+                "device control needs an allowlist; set device_control.allowlist_file",
+            )
         if s.wake.model not in WAKE_WORDS and self.ok("wake.model"):
             path = self.resolve(s.wake.model)
             if not (s.wake.model.endswith(".json") and path.is_file()):

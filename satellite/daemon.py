@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -68,8 +69,9 @@ from satellite.audio.endpoint import Endpointer, SpeechStarted, UtteranceEnded
 from satellite.audio.sounds import Sound, chime, load_sound
 from satellite.audio.wake import Detection as WakeDetection
 from satellite.audio.wake import WakeWordDetector
+from satellite.controls import Controls, ControlStore, default_state_file
 from satellite.reply import ReplyAudio, ReplyDone, ReplyText, Responder
-from satellite.settings import Settings
+from satellite.settings import Settings, WakeSettings
 from satellite.wyoming.announce import Announcer
 from satellite.wyoming.info import MIC_FORMAT, SatelliteDescription, satellite_info
 from satellite.wyoming.satellite_server import SatelliteServer
@@ -139,10 +141,16 @@ class Daemon:
         self.settings = settings
         self.model_spec = model
         self.config_dir = config_dir
-        self.mode = settings.satellite.mode
+        state_file = settings.satellite.state_file
+        self.store = ControlStore(
+            _resolve(state_file, config_dir) if state_file else default_state_file()
+        )
+        self.controls = self.store.load(Controls.from_settings(settings))
+        self.mode = self.controls.mode
         self.backend = backend or open_backend(settings.audio)
+        self.backend.volume = self.controls.volume
         self.responder = responder
-        self.wake = WakeWordDetector(settings.wake)
+        self.wake = WakeWordDetector(self._wake_settings(self.controls))
         self.endpointer = Endpointer(settings.vad)
         self.server = SatelliteServer(
             settings.wyoming.satellite_host,
@@ -186,6 +194,47 @@ class Daemon:
         self._mic_resampler = (
             None if rate == MIC_FORMAT.rate else StreamResampler(rate, MIC_FORMAT.rate)
         )
+
+    # -- live controls ----------------------------------------------------------------------
+
+    def _wake_settings(self, controls: Controls) -> WakeSettings:
+        return dataclasses.replace(
+            self.settings.wake, model=controls.wake_word, sensitivity=controls.sensitivity
+        )
+
+    def set_control(self, name: str, value: Any) -> Controls:
+        """Change one live control (ControlError for a bad value), apply it now, save it."""
+        old = self.controls
+        new = old.set(name, value)
+        if new == old:
+            return new
+        if (new.wake_word, new.sensitivity) != (old.wake_word, old.sensitivity):
+            detector = WakeWordDetector(self._wake_settings(new))
+            self.wake.close()
+            self.wake = detector
+        changed_course = new.mode != old.mode or (new.muted and not old.muted)
+        if changed_course and (self.state != "idle" or self.playing):
+            self._interrupt()
+        self.mode = new.mode
+        self.backend.volume = new.volume
+        self.controls = new
+        self.store.save(new)
+        _LOG.info("%s set to %r", name, getattr(new, name))
+        self._notify("control_changed", name=name, value=getattr(new, name))
+        return new
+
+    def restart_pipeline(self) -> None:
+        """Start listening afresh: stop any turn, playback and ringing; forget the
+        conversation and the detectors' state."""
+        _LOG.info("restarting the pipeline")
+        self._interrupt()
+        if self._ring is not None and not self._ring.done():
+            self._ring.cancel()
+        self.wake.reset()
+        self.endpointer.reset()
+        if self.responder is not None:
+            self.responder.reset()
+        self._notify("pipeline_restarted")
 
     # -- observers --------------------------------------------------------------------------
 
@@ -334,6 +383,8 @@ class Daemon:
         self.last_chunk = time.monotonic()
         self.chunks += 1
         pcm = self._to_16k(chunk)
+        if self.controls.muted:
+            return
         gated = self.playing and not self.settings.audio.barge_in
         if not gated:
             for detection in self.wake.process(pcm):
@@ -716,6 +767,11 @@ class _Converter:
                 _LOG.warning("audio from Home Assistant skipped: %s", err)
                 self.warned = True
             return None
+
+
+def _resolve(name: str, base: Path | None) -> Path:
+    path = Path(name).expanduser()
+    return path if path.is_absolute() or base is None else base / path
 
 
 def _ms(seconds: float | None) -> str:

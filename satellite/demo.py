@@ -102,13 +102,23 @@ def spoken_query(wake_word: str, question: str, path: Path) -> float:
 
 
 def demo_settings(
-    base: Settings, model: Path, source: Path, output: Path, args: argparse.Namespace
+    base: Settings,
+    model: Path,
+    source: Path,
+    output: Path,
+    args: argparse.Namespace,
+    scratch: Path,
 ) -> Settings:
     """The embedded defaults: `local` mode, file audio at real time, loopback, no zeroconf."""
     replace = dataclasses.replace
     return replace(
         base,
-        satellite=replace(base.satellite, name="LFM Satellite demo", mode="local"),
+        satellite=replace(
+            base.satellite,
+            name="LFM Satellite demo",
+            mode="local",
+            state_file=str(scratch / "state.json"),  # not the user's saved controls
+        ),
         audio=replace(
             base.audio,
             backend="file",
@@ -153,7 +163,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                   f"then {args.question!r} ({seconds:.1f} s, played at real time)")  # fmt: skip
         else:
             print(f"microphone: {source} (played at real time)")
-        settings = demo_settings(base, model, source, args.output, args)
+        settings = demo_settings(base, model, source, args.output, args, Path(folder))
         return asyncio.run(_demo(settings, model, args))
 
 

@@ -36,6 +36,11 @@ class SatelliteSettings:
     Assistant what happened over MQTT. `ha`: stream audio to Home Assistant's pipeline like any
     Wyoming satellite."""
 
+    state_file: str | None = None
+    """File where live changes (mute, volume, wake word, sensitivity, voice, mode: the MQTT
+    controls) are kept across restarts. Empty: `$STATE_DIRECTORY/state.json` under systemd,
+    else `~/.local/state/lfm-satellite/state.json`."""
+
     conversation_timeout_seconds: float = field(default=300.0, metadata=limits(0.0, 86400.0))
     """`local` mode: the model remembers earlier turns of a conversation until it has been idle
     this long; 0 starts every turn afresh."""
@@ -238,6 +243,25 @@ class MqttSettings:
     keepalive: int = field(default=60, metadata=limits(5, 3600))
     """Seconds between keep-alive pings to the broker."""
 
+    outbox_size: int = field(default=1000, metadata=limits(10, 1000000))
+    """Messages kept while the broker is away; beyond this the oldest are dropped (and
+    counted in the health report)."""
+
+
+@dataclass(frozen=True)
+class DeviceControlSettings:
+    enabled: bool = False
+    """Let the model control devices: tool calls in its replies are checked against the
+    allowlist and published to the devices' MQTT command topics."""
+
+    allowlist_file: str | None = None
+    """YAML file listing the entities the model may control, their command topics and the
+    payload of each allowed action (see `devices.example.yaml`). Required when enabled."""
+
+    confirm_seconds: float = field(default=15.0, metadata=limits(1.0, 300.0))
+    """How long a sensitive action (locks, alarm panels, garage doors) waits for a spoken
+    yes before it is dropped."""
+
 
 @dataclass(frozen=True)
 class HealthSettings:
@@ -309,6 +333,9 @@ class Settings:
 
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     """MQTT broker for discovery, controls, events and health."""
+
+    device_control: DeviceControlSettings = field(default_factory=DeviceControlSettings)
+    """Devices the model may control through MQTT."""
 
     health: HealthSettings = field(default_factory=HealthSettings)
     """Latency and jitter health reports and alerts."""

@@ -70,13 +70,21 @@ def daemon_settings(
     input_file: Path | None = None,
     output_file: Path | None = None,
     max_reply_seconds: float = 2.0,
+    state_file: str | None = None,
     **audio: Any,
 ) -> Settings:
     base = Settings()
     replace = dataclasses.replace
     return replace(
         base,
-        satellite=replace(base.satellite, name="Test Satellite", area="Kitchen", mode=mode),  # type: ignore[arg-type]
+        satellite=replace(
+            base.satellite,
+            name="Test Satellite",
+            area="Kitchen",
+            mode=mode,  # type: ignore[arg-type]
+            state_file=state_file
+            or str(Path(tempfile.mkdtemp(prefix="lfm-state-")) / "state.json"),
+        ),
         audio=replace(
             base.audio,
             backend=backend,  # type: ignore[arg-type]

@@ -34,13 +34,13 @@ def test_key_changes_with_arguments() -> None:
 
 def test_key_changes_with_toolchain_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     copy = tmp_path / "models"
-    shutil.copytree(Path(models.__file__).parent, copy)
-    monkeypatch.setattr(models, "__file__", str(copy / "__init__.py"))
-    before = toolchain_digest()
+    shutil.copytree(Path(models.cache.__file__).parent, copy)
+    assert toolchain_digest(copy) == toolchain_digest()
+    before = toolchain_digest(copy)
     with (copy / "decoder.py").open("a") as f:
         f.write("\n# changed\n")
-    assert toolchain_digest() != before
-    changed = toolchain_digest()
+    assert toolchain_digest(copy) != before
+    changed = toolchain_digest(copy)
     with (copy / "bench_build.py").open("a") as f:  # benchmarks do not shape a build
         f.write("\n# changed\n")
-    assert toolchain_digest() == changed
+    assert toolchain_digest(copy) == changed

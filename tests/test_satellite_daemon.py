@@ -133,7 +133,7 @@ async def test_run_until_signal_then_clean_shutdown(
     name = f"Run Test {signum.name}"
     config = tmp_path / "satellite.yaml"
     config.write_text(
-        f"satellite:\n  name: {name}\n"
+        f"satellite:\n  name: {name}\n  state_file: {tmp_path / 'state.json'}\n"
         "audio:\n  backend: null\n"
         f"model:\n  directory: {model}\n  threads: 1\n"
         f"wyoming:\n  satellite_host: 127.0.0.1\n  satellite_port: {port}\n  zeroconf: true\n"

@@ -332,7 +332,7 @@ async def test_health_sees_a_stalled_audio_loop(idle_daemon: Daemon) -> None:
     await asyncio.sleep(0.2)
     assert idle_daemon.health() is None and idle_daemon.chunks > 0
     idle_daemon.last_chunk -= 10.0  # as if the microphone had delivered nothing for 10 s
-    assert "no audio from the microphone for 10 s" == idle_daemon.health()
+    assert idle_daemon.health() == "no audio from the microphone for 10 s"
     await asyncio.sleep(0.1)
     assert idle_daemon.health() is None, "chunks flow again"
     assert idle_daemon._capture is not None
