@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_audio_commands(commands)
 
+    from satellite.mqtt.commands import add_mqtt_commands
+
+    add_mqtt_commands(commands)
+
     from satellite.demo import add_demo_command
 
     add_demo_command(commands)

@@ -28,7 +28,8 @@ ignored. A `file` audio source that ends stops the daemon once the turn in progr
 
 What happens is published to observers (`Daemon.observe`) as (kind, data) pairs: `wake`,
 `speech_started`, `utterance`, `turn_finished` (a `TurnReport`), `turn_interrupted`,
-`reply_text`, `timer_silenced`,
+`reply_text`, `timer_silenced`, `control_changed`, `pipeline_restarted`, `ha_transcript`,
+`ha_reply`, `played`,
 `ha_connected`, `ha_disconnected`, `timer_finished`, `error`.
 """
 
@@ -42,7 +43,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from wyoming.asr import Transcript
@@ -72,9 +73,13 @@ from satellite.audio.wake import WakeWordDetector
 from satellite.controls import Controls, ControlStore, default_state_file
 from satellite.reply import ReplyAudio, ReplyDone, ReplyText, Responder
 from satellite.settings import Settings, WakeSettings
+from satellite.telemetry.stats import InterarrivalJitter
 from satellite.wyoming.announce import Announcer
 from satellite.wyoming.info import MIC_FORMAT, SatelliteDescription, satellite_info
 from satellite.wyoming.satellite_server import SatelliteServer
+
+if TYPE_CHECKING:
+    from satellite.mqtt.bridge import MqttBridge
 
 _LOG = logging.getLogger("satellite.daemon")
 
@@ -110,6 +115,8 @@ class TurnReport:
     """The engine's part of that: from the worker taking the turn to its first samples."""
     overhead: float | None
     """`time_to_first_audio - engine_first_audio`: the daemon's own share."""
+    engine_seconds: float
+    """The worker's whole time on the turn."""
     total_seconds: float
     """From the end of the utterance to the end of playback."""
     error: str | None = None
@@ -159,6 +166,7 @@ class Daemon:
             self,
         )
         self.announcer: Announcer | None = None
+        self.mqtt: MqttBridge | None = None
         audio = settings.audio
         self.awake_sound = load_sound(audio.awake_sound, "audio.awake_sound", config_dir)
         self.done_sound = load_sound(audio.done_sound, "audio.done_sound", config_dir)
@@ -190,6 +198,11 @@ class Daemon:
         """`time.monotonic()` of the last capture chunk."""
         self.chunks = 0
         self.started = time.monotonic()
+        self.input_jitter = InterarrivalJitter(self.backend.input_rate)
+        """RFC 3550 jitter of capture chunks: their sample clock against their arrival."""
+        self.playback_jitter = InterarrivalJitter(24_000)
+        """RFC 3550 jitter of reply audio reaching the speaker, early blocks counted as on
+        time (only lateness, the cause of gaps, counts)."""
         rate = self.backend.input_rate
         self._mic_resampler = (
             None if rate == MIC_FORMAT.rate else StreamResampler(rate, MIC_FORMAT.rate)
@@ -277,6 +290,21 @@ class Daemon:
             return f"the engine has been on one turn for {now - busy:.0f} s"
         return None
 
+    def counters(self) -> dict[str, Any]:
+        """Audio and connection counters for the health report."""
+        stats = self.backend.stats()
+        return {
+            "mode": self.mode,
+            "muted": self.controls.muted,
+            "state": self.state,
+            "chunks": stats.chunks,
+            "overflows": stats.overflows,
+            "underruns": stats.underruns,
+            "interrupted_turns": self.interrupted,
+            "home_assistant_connected": self.server.connected,
+            "wyoming_connections": self.server.connections,
+        }
+
     @property
     def playing(self) -> bool:
         return self._playback is not None and not self._playback.done()
@@ -298,6 +326,11 @@ class Daemon:
                 wyoming.satellite_host,
             )
             await self.announcer.start()
+        if self.settings.mqtt.enabled:
+            from satellite.mqtt.bridge import MqttBridge
+
+            self.mqtt = MqttBridge(self)
+            await self.mqtt.start()
         self.last_chunk = time.monotonic()
         self._capture = asyncio.create_task(self._capture_loop())
         _LOG.info(
@@ -332,6 +365,8 @@ class Daemon:
                 task.cancel()
         pending = [t for t in [self._capture, self._turn, self._playback, self._ring] if t]
         await asyncio.gather(*pending, *self._tasks, return_exceptions=True)
+        if self.mqtt is not None:
+            await self.mqtt.stop()
         if self.announcer is not None:
             with contextlib.suppress(Exception):
                 await self.announcer.stop()
@@ -380,8 +415,9 @@ class Daemon:
 
     def on_chunk(self, chunk: Int16Array) -> None:
         """One capture chunk (16-bit mono at `audio.input_rate`)."""
-        self.last_chunk = time.monotonic()
+        self.last_chunk = now = time.monotonic()
         self.chunks += 1
+        self.input_jitter.add(chunk.shape[0], now)
         pcm = self._to_16k(chunk)
         if self.controls.muted:
             return
@@ -572,6 +608,7 @@ class Daemon:
             time_to_first_audio=ttfa,
             engine_first_audio=engine,
             overhead=None if ttfa is None or engine is None else ttfa - engine,
+            engine_seconds=done.engine_seconds,
             total_seconds=time.monotonic() - decided,
             error=done.error,
         )
@@ -612,9 +649,17 @@ class Daemon:
 
     async def _play_queue(self, queue: asyncio.Queue[Any], rate: int) -> None:
         """Play float32 blocks (or 16-bit PCM bytes) from `queue` until None, then drain."""
+        jitter = self.playback_jitter
+        jitter.restart()
+        start: float | None = None
+        media = 0.0
         while (block := await queue.get()) is not None:
             if isinstance(block, bytes):
                 block = pcm_to_float(block, 2, 1)
+            now = time.monotonic()
+            start = now if start is None else start
+            jitter.add(round(block.shape[0] * jitter.rate / rate), max(now, start + media))
+            media += block.shape[0] / rate
             await self.backend.play(block, rate)
         await self.backend.drain()
 
@@ -659,7 +704,9 @@ class Daemon:
                 self._ha_audio = None
         elif VoiceStopped.is_type(kind) or Transcript.is_type(kind) or Error.is_type(kind):
             if Transcript.is_type(kind):
-                _LOG.info("Home Assistant heard: %r", Transcript.from_event(event).text)
+                text = Transcript.from_event(event).text
+                _LOG.info("Home Assistant heard: %r", text)
+                self._notify("ha_transcript", text=text)
             elif Error.is_type(kind):
                 error = Error.from_event(event)
                 _LOG.warning("Home Assistant pipeline error: %s (%s)", error.text, error.code)
@@ -668,7 +715,9 @@ class Daemon:
                 self.server.send(AudioStop(timestamp=self._stream_ts).event())
                 self.state = "idle"
         elif Synthesize.is_type(kind):
-            _LOG.info("Home Assistant replies: %r", Synthesize.from_event(event).text)
+            text = Synthesize.from_event(event).text
+            _LOG.info("Home Assistant replies: %r", text)
+            self._notify("ha_reply", text=text)
         elif kind.startswith("timer-"):
             self._on_timer(event)
         else:
@@ -693,6 +742,7 @@ class Daemon:
                 if self._ha_audio is queue:
                     self._ha_audio = None
             self.server.send(Played().event())
+            self._notify("played", what=kind)
 
         self._start_playback(kind, play())
 

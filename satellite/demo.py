@@ -136,6 +136,7 @@ def demo_settings(
             services_enabled=False,
         ),
         safety=replace(base.safety, max_reply_seconds=args.max_reply_seconds),
+        mqtt=replace(base.mqtt, enabled=False),
     )
 
 

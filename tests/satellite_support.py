@@ -24,7 +24,7 @@ from models.cache import cached_model
 from satellite.audio.convert import resample
 from satellite.audio.wavfile import read_wav, write_wav
 from satellite.demo import espeak
-from satellite.settings import Settings
+from satellite.settings import MqttSettings, Settings
 
 PING_DELAY = 2.0
 """Home Assistant pings 2 s after each pong (assist_satellite.py `_PING_SEND_DELAY`)."""
@@ -71,6 +71,7 @@ def daemon_settings(
     output_file: Path | None = None,
     max_reply_seconds: float = 2.0,
     state_file: str | None = None,
+    mqtt: MqttSettings | None = None,
     **audio: Any,
 ) -> Settings:
     base = Settings()
@@ -96,6 +97,7 @@ def daemon_settings(
         model=replace(base.model, directory=str(model), threads=1),
         wyoming=replace(base.wyoming, satellite_host="127.0.0.1", satellite_port=0, zeroconf=False),
         safety=replace(base.safety, max_reply_seconds=max_reply_seconds),
+        mqtt=mqtt or replace(base.mqtt, enabled=False),
     )
 
 

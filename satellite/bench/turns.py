@@ -57,6 +57,7 @@ def bench_turns(
         model=replace(base.model, directory=str(model), threads=threads),
         wyoming=replace(base.wyoming, satellite_host="127.0.0.1", satellite_port=0, zeroconf=False),
         safety=replace(base.safety, max_reply_seconds=reply_seconds),
+        mqtt=replace(base.mqtt, enabled=False),
     )
     started = time.monotonic()
     reports = asyncio.run(_run(settings, turns, query_seconds))

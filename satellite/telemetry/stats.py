@@ -86,6 +86,8 @@ class InterarrivalJitter:
         self._samples = 0
         self._last: tuple[float, float] | None = None
         self.jitter_s = 0.0
+        self.peak_s = 0.0
+        """The highest jitter since the last `take_peak` (a spike between two looks)."""
         self.chunks = 0
 
     def add(self, samples: int, arrival: float) -> None:
@@ -95,9 +97,20 @@ class InterarrivalJitter:
             last_media, last_arrival = self._last
             d = (arrival - last_arrival) - (media - last_media)
             self.jitter_s += (abs(d) - self.jitter_s) / 16.0
+            self.peak_s = max(self.peak_s, self.jitter_s)
         self._last = (media, arrival)
         self._samples += samples
         self.chunks += 1
+
+    def take_peak(self) -> float:
+        """The peak jitter (ms) since the last call; the peak restarts from the current value."""
+        peak, self.peak_s = self.peak_s, self.jitter_s
+        return peak * 1000.0
+
+    def restart(self) -> None:
+        """A new stream begins (its clock starts at 0); the jitter estimate carries on."""
+        self._samples = 0
+        self._last = None
 
     @property
     def jitter_ms(self) -> float:

@@ -1,0 +1,210 @@
+"""The satellite on MQTT: discovery, control state and commands, events, health.
+
+`MqttBridge` joins a running `Daemon` to an `MqttLink`:
+
+- on every (re)connect, and whenever Home Assistant announces itself (`online` on
+  `<prefix>/status`), the discovery payload and every state are published (retained);
+- commands on `<base>/<control>/set` change the daemon's live controls (`Daemon.set_control`);
+  a malformed one is refused with an `error` event naming the topic and the value, and the
+  control's state is republished so Home Assistant shows the value that stands;
+- the daemon's observer events become event-entity messages on `<base>/event` (JSON with
+  `event_type`), and each finished turn is also kept (retained) on `<base>/last_turn`;
+- every `health.interval_seconds` the health report goes to `<base>/health` (retained); an
+  alert change publishes it at once and sends `alert_raised` / `alert_cleared`.
+
+Nothing here waits on the network: publishing goes through the link's outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from satellite.controls import ControlError
+from satellite.mqtt.client import MqttLink, Payload
+from satellite.mqtt.discovery import CONTROL_TOPICS, Topics, device_payload
+from satellite.telemetry.health import AlertChange, HealthMonitor
+
+if TYPE_CHECKING:
+    from satellite.daemon import Daemon, TurnReport
+
+_LOG = logging.getLogger("satellite.mqtt")
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+class MqttBridge:
+    def __init__(self, daemon: Daemon, link: MqttLink | None = None) -> None:
+        self.daemon = daemon
+        settings = daemon.settings
+        self.settings = settings
+        self.topics = Topics.from_settings(settings)
+        self.link = link or MqttLink(settings.mqtt, self.topics.base, config_dir=daemon.config_dir)
+        self.health = HealthMonitor(settings.health, daemon)
+        self.health.on_alert.append(self._on_alert)
+        self._ha_turn: dict[str, Any] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def model_name(self) -> str:
+        responder = self.daemon.responder
+        if responder is None:
+            return "not loaded"
+        manifest = responder.model.manifest
+        return f"{manifest.name} ({manifest.variant})"
+
+    async def start(self) -> None:
+        daemon, topics, link = self.daemon, self.topics, self.link
+        daemon.observe(self.health.observe)
+        daemon.observe(self._on_daemon)
+        link.on_connect.append(self.publish_all)
+        link.subscribe(topics.ha_status, self._on_ha_status)
+        for control in CONTROL_TOPICS:
+            link.subscribe(topics.command(control), self._on_command)
+        link.subscribe(topics.restart, self._on_restart)
+        await link.start()
+        self._task = asyncio.create_task(self._health_loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.link.stop()
+
+    # -- publishing -------------------------------------------------------------------------
+
+    def publish_all(self) -> None:
+        """Discovery, every control's state, and the health report (all retained)."""
+        payload = device_payload(self.settings, self.topics, self.model_name)
+        self.link.publish(self.topics.discovery, payload, retain=True, qos=1)
+        for control in CONTROL_TOPICS:
+            self.publish_state(control)
+        self.publish_health()
+
+    def publish_state(self, control: str) -> None:
+        controls = self.daemon.controls
+        values: dict[str, Payload] = {
+            "mute": "ON" if controls.muted else "OFF",
+            "volume": round(controls.volume * 100),
+            "wake_word": controls.wake_word,
+            "sensitivity": round(controls.sensitivity, 3),
+            "voice": controls.voice,
+            "mode": controls.mode,
+        }
+        self.link.publish(self.topics.state(control), values[control], retain=True, qos=1)
+
+    def publish_health(self, check: bool = True) -> None:
+        report = self.health.report(check)
+        report["model"] = self.model_name
+        report["mqtt_dropped"] = self.link.dropped
+        report["queues"] = {"mqtt_outbox": self.link.queued}
+        self.link.publish(self.topics.health, report, retain=True)
+
+    def event(self, event_type: str, **data: Any) -> None:
+        self.link.publish(self.topics.event, {"event_type": event_type, **data}, qos=1)
+
+    async def _health_loop(self) -> None:
+        interval = self.settings.health.interval_seconds
+        while True:
+            await asyncio.sleep(interval)
+            self.publish_health()
+
+    # -- from Home Assistant ----------------------------------------------------------------
+
+    def _on_ha_status(self, topic: str, payload: bytes) -> None:
+        if payload.strip().lower() == b"online":
+            _LOG.info("mqtt: Home Assistant is online; republishing discovery and states")
+            self.publish_all()
+
+    def _on_command(self, topic: str, payload: bytes) -> None:
+        control = topic.removeprefix(self.topics.base + "/").removesuffix("/set")
+        text = payload.decode("utf-8", errors="replace").strip()
+        try:
+            self.daemon.set_control(*_parse_command(control, text))
+        except ControlError as err:
+            _LOG.warning("mqtt: %s: refused %r: %s", topic, text[:100], err)
+            self.event("error", where="mqtt", topic=topic, value=text[:100], message=str(err))
+        self.publish_state(control)
+
+    def _on_restart(self, topic: str, payload: bytes) -> None:
+        text = payload.decode("utf-8", errors="replace").strip()
+        if text != "PRESS":
+            message = f"restart: expected PRESS, got {text[:100]!r}"
+            self.event("error", where="mqtt", topic=topic, value=text[:100], message=message)
+            return
+        self.daemon.restart_pipeline()
+
+    # -- from the daemon --------------------------------------------------------------------
+
+    def _on_daemon(self, kind: str, data: dict[str, Any]) -> None:
+        mode = self.daemon.mode
+        if kind == "wake":
+            self.event("wake_detected", wake_word=data["wake_word"],
+                       probability=round(data["probability"], 3))  # fmt: skip
+            self.event("turn_started", mode=mode)
+            self._ha_turn = {}
+        elif kind == "turn_finished":
+            self._turn_finished(data["report"])
+        elif kind == "ha_transcript":
+            self._ha_turn["transcript"] = data["text"]
+        elif kind == "ha_reply":
+            self._ha_turn["reply"] = data["text"]
+        elif kind == "played" and data.get("what") == "tts" and self._ha_turn:
+            turn = {"mode": "ha", "transcript": None, "reply": "", **self._ha_turn}
+            self._ha_turn = {}
+            self.event("turn_finished", **turn)
+            self.link.publish(self.topics.last_turn, turn, retain=True)
+        elif kind == "error":
+            self.event("error", where=data.get("where"), message=data.get("message"))
+        elif kind == "control_changed":
+            topic = "mute" if data["name"] == "muted" else data["name"]
+            if topic in CONTROL_TOPICS:
+                self.publish_state(topic)
+
+    def _turn_finished(self, report: TurnReport) -> None:
+        turn = {
+            "mode": "local",
+            "transcript": None,
+            "reply": report.reply_text,
+            "reason": report.reply_reason,
+            "reply_seconds": round(report.reply_audio_seconds, 2),
+            "time_to_first_audio_ms": _ms(report.time_to_first_audio),
+            "engine_ms": _ms(report.engine_first_audio),
+            "overhead_ms": _ms(report.overhead),
+            "turn_ms": _ms(report.total_seconds),
+        }
+        self.event("turn_finished", **turn)
+        self.link.publish(self.topics.last_turn, turn, retain=True)
+
+    def _on_alert(self, change: AlertChange) -> None:
+        self.event(
+            "alert_raised" if change.raised else "alert_cleared",
+            alert=change.name,
+            value_ms=round(change.value, 1),
+            threshold_ms=round(change.threshold, 1),
+        )
+        self.publish_health(check=False)  # called from a check: report what it decided
+
+
+def _parse_command(control: str, text: str) -> tuple[str, Any]:
+    """A command payload -> (control name, value) for `Daemon.set_control`."""
+    if control == "mute":
+        if text.upper() not in ("ON", "OFF"):
+            raise ControlError(f"mute: expected ON or OFF, got {text[:100]!r}")
+        return "muted", text.upper() == "ON"
+    if control in ("volume", "sensitivity"):
+        try:
+            number = float(text)
+        except ValueError:
+            raise ControlError(f"{control}: expected a number, got {text[:100]!r}") from None
+        if number != number:  # NaN
+            raise ControlError(f"{control}: expected a number, got {text[:100]!r}")
+        if control == "volume":
+            if not 0 <= number <= 100:
+                raise ControlError(f"volume: {text} is out of range; expected 0 to 100")
+            return "volume", number / 100
+        return "sensitivity", number
+    return control, text

@@ -1,0 +1,351 @@
+"""MQTT against a real mosquitto on loopback: discovery (checked field by field against Home
+Assistant's documented schema, tests/ha_mqtt_schema.py), controls round trip and persistence,
+Home Assistant's birth message, broker restarts, wrong password, TLS mismatch, malformed
+commands, the jitter alert, and `mqtt unregister`."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from satellite.audio.backends import FileBackend
+from satellite.audio.wake import WakeWordDetector
+from satellite.daemon import Daemon
+from satellite.mqtt.client import retry_delay
+from satellite.mqtt.discovery import Topics, device_payload
+from satellite.settings import HealthSettings, MqttSettings, Settings, WakeSettings
+from tests.broker import Broker, Watcher
+from tests.ha_mqtt_schema import validate_device_discovery
+from tests.satellite_support import daemon_settings, tiny_model
+
+BASE = "lfm_satellite/test_satellite"
+DISCOVERY = "homeassistant/device/lfm_satellite_test_satellite/config"
+
+
+@pytest.fixture(scope="module")
+def model() -> Path:
+    return tiny_model()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    b = Broker(tmp_path)
+    b.start()
+    yield b
+    b.stop()
+
+
+def _mqtt(port: int, **extra: Any) -> MqttSettings:
+    return MqttSettings(enabled=True, host="127.0.0.1", port=port, **extra)
+
+
+@pytest.fixture
+async def running(model: Path, broker: Broker, tmp_path: Path) -> AsyncIterator[Daemon]:
+    settings = daemon_settings(
+        model, backend="null", mqtt=_mqtt(broker.port), state_file=str(tmp_path / "state.json")
+    )
+    daemon = Daemon(settings)
+    await daemon.start()
+    yield daemon
+    await daemon.close()
+
+
+def _events(watcher: Watcher) -> list[dict[str, Any]]:
+    return [json.loads(p) for p in watcher.on(f"{BASE}/event")]
+
+
+@pytest.mark.parametrize("area", [None, "Kitchen"])
+def test_discovery_payload_matches_home_assistants_schema(model: Path, area: str | None) -> None:
+    settings = daemon_settings(model)
+    settings = dataclasses.replace(
+        settings, satellite=dataclasses.replace(settings.satellite, area=area)
+    )
+    topics = Topics.from_settings(settings)
+    payload = device_payload(settings, topics, "tiny (q4)")
+    assert topics.discovery == DISCOVERY
+    assert validate_device_discovery(topics.discovery, payload) == []
+    ids = [c["unique_id"] for c in payload["cmps"].values()]
+    assert len(ids) == len(set(ids)) == len(payload["cmps"])
+    platforms = {c["platform"] for c in payload["cmps"].values()}
+    assert {"switch", "number", "select", "button", "event", "sensor", "binary_sensor"} <= platforms
+    # and the validator does catch what is wrong
+    broken = json.loads(json.dumps(payload))
+    broken["cmps"]["volume"]["mode"] = "dial"
+    del broken["cmps"]["mute"]["unique_id"]
+    assert len(validate_device_discovery(topics.discovery, broken)) >= 2
+
+
+def test_retry_delays_grow_capped_with_jitter() -> None:
+    delays = [retry_delay(n) for n in range(1, 12) for _ in range(20)]
+    assert min(delays) >= 0.5 and max(delays) <= 60.0
+    first = [retry_delay(1) for _ in range(50)]
+    assert len({round(d, 6) for d in first}) > 40, "random jitter"
+    assert all(30.0 <= retry_delay(10) <= 60.0 for _ in range(20))
+
+
+async def test_discovery_states_and_commands_round_trip(running: Daemon, broker: Broker) -> None:
+    ha = Watcher(broker.port, ["#"])
+    try:
+        await ha.wait(lambda: bool(ha.on(DISCOVERY)), 10, "discovery")
+        assert ha.on(f"{BASE}/availability")[-1] == b"online"
+        discovery = json.loads(ha.on(DISCOVERY)[-1])
+        assert validate_device_discovery(DISCOVERY, discovery) == []
+        assert discovery["dev"]["name"] == "Test Satellite" and discovery["dev"]["sa"] == "Kitchen"
+        await ha.wait(lambda: bool(ha.on(f"{BASE}/volume/state")), 5, "volume state")
+        assert ha.on(f"{BASE}/mute/state")[-1] == b"OFF"
+
+        ha.publish(f"{BASE}/volume/set", "40")
+        ha.publish(f"{BASE}/mute/set", "ON")
+        ha.publish(f"{BASE}/wake_word/set", "alexa")
+        ha.publish(f"{BASE}/mode/set", "ha")
+        await ha.wait(lambda: ha.on(f"{BASE}/mode/state")[-1:] == [b"ha"], 5, "mode state")
+        assert ha.on(f"{BASE}/volume/state")[-1] == b"40"
+        assert ha.on(f"{BASE}/mute/state")[-1] == b"ON"
+        c = running.controls
+        assert (c.volume, c.muted, c.wake_word, c.mode) == (0.4, True, "alexa", "ha")
+        assert running.backend.volume == 0.4 and running.wake.model_id == "alexa"
+        assert running.mode == "ha"
+        saved = json.loads(running.store.path.read_text())
+        assert saved["volume"] == 0.4 and saved["wake_word"] == "alexa" and saved["muted"]
+
+        # malformed commands: an error event each, the state that stands republished
+        ha.clear()
+        for topic, value in (("volume", "loud"), ("volume", "250"), ("mute", "maybe"),
+                             ("wake_word", "siri"), ("sensitivity", "nan"), ("restart", "now")):  # fmt: skip
+            ha.publish(f"{BASE}/{topic}/set", value)
+        await ha.wait(lambda: len(_events(ha)) >= 6, 5, "six error events")
+        errors = _events(ha)
+        assert [e["event_type"] for e in errors] == ["error"] * 6
+        assert (
+            "expected a number" in errors[0]["message"] and "out of range" in errors[1]["message"]
+        )
+        assert "siri" in errors[3]["message"] and "PRESS" in errors[5]["message"]
+        await ha.wait(lambda: ha.on(f"{BASE}/volume/state")[-1:] == [b"40"], 5, "volume kept")
+        assert running.controls.volume == 0.4 and running.health() is None
+
+        ha.publish(f"{BASE}/restart/set", "PRESS")
+        await asyncio.sleep(0.3)
+        assert running.health() is None
+    finally:
+        ha.close()
+
+
+async def test_controls_persist_across_restarts(
+    model: Path, broker: Broker, tmp_path: Path
+) -> None:
+    state = str(tmp_path / "state.json")
+    settings = daemon_settings(model, backend="null", mqtt=_mqtt(broker.port), state_file=state)
+    first = Daemon(settings)
+    await first.start()
+    first.set_control("voice", "uk_male")
+    first.set_control("sensitivity", 0.7)
+    await first.close()
+    second = Daemon(settings)
+    assert (second.controls.voice, second.controls.sensitivity) == ("uk_male", 0.7)
+    default = WakeWordDetector(WakeSettings())
+    assert second.wake.cutoff == first.wake.cutoff != default.cutoff, "sensitivity applied"
+    default.close()
+    second.wake.close()
+
+
+async def test_home_assistant_birth_republishes(running: Daemon, broker: Broker) -> None:
+    ha = Watcher(broker.port, [DISCOVERY, f"{BASE}/+/state"])
+    try:
+        await ha.wait(lambda: bool(ha.on(DISCOVERY)), 10, "discovery")
+        ha.clear()
+        ha.publish("homeassistant/status", "online")
+        await ha.wait(lambda: bool(ha.on(DISCOVERY)) and bool(ha.on(f"{BASE}/mode/state")), 5,
+                      "republished after Home Assistant's birth message")  # fmt: skip
+        fresh = [r for t, _, r, _ in ha.messages if t == DISCOVERY]
+        assert fresh and not fresh[-1], "republished live, not only the retained copy"
+    finally:
+        ha.close()
+
+
+async def test_broker_restart_mid_run(running: Daemon, broker: Broker) -> None:
+    """The broker dies and comes back (empty: persistence off): the satellite reconnects and
+    republishes availability, discovery and states; what happened meanwhile is delivered; the
+    audio loop never stalls."""
+    ha = Watcher(broker.port, ["#"])
+    try:
+        await ha.wait(lambda: bool(ha.on(DISCOVERY)), 10, "discovery")
+        chunks = running.chunks
+        broker.stop()
+        await asyncio.sleep(0.5)
+        assert not running.mqtt.link.connected  # type: ignore[union-attr]
+        running.set_control("volume", 0.25)  # published while the broker is away
+        for _ in range(10):
+            await asyncio.sleep(0.1)
+            assert running.health() is None, "the audio loop stalled"
+        assert running.chunks > chunks + 30
+        ha.clear()
+        broker.start()
+        await ha.wait(lambda: bool(ha.on(DISCOVERY)), 20, "discovery after the restart")
+        await ha.wait(lambda: ha.on(f"{BASE}/volume/state")[-1:] == [b"25"], 5, "new volume")
+        assert ha.on(f"{BASE}/availability")[-1] == b"online"
+        assert running.mqtt.link.connects == 2  # type: ignore[union-attr]
+        assert running.health() is None
+    finally:
+        ha.close()
+
+
+async def test_outbox_drops_are_counted_while_offline(model: Path, tmp_path: Path) -> None:
+    port = Broker(tmp_path).port  # nothing listens there
+    settings = daemon_settings(model, backend="null", mqtt=_mqtt(port, outbox_size=10))
+    daemon = Daemon(settings)
+    await daemon.start()
+    try:
+        link = daemon.mqtt.link  # type: ignore[union-attr]
+        for i in range(25):
+            link.publish(f"{BASE}/test", str(i))
+        assert link.queued == 10 and link.dropped == 15
+        assert daemon.health() is None
+    finally:
+        await daemon.close()
+
+
+async def test_wrong_password_is_reported(
+    model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = Broker(tmp_path, users={"sat": "right"})
+    broker.start()
+    try:
+        secret = tmp_path / "password"
+        secret.write_text("wrong\n")
+        mqtt = _mqtt(broker.port, username="sat", password_file=str(secret))
+        daemon = Daemon(daemon_settings(model, backend="null", mqtt=mqtt))
+        caplog.set_level(logging.ERROR, "satellite.mqtt")
+        await daemon.start()
+        try:
+            deadline = time.monotonic() + 10
+            while "refused the connection" not in caplog.text and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert "mqtt.username and mqtt.password" in caplog.text, caplog.text
+            assert not daemon.mqtt.link.connected  # type: ignore[union-attr]
+            assert daemon.health() is None
+        finally:
+            await daemon.close()
+    finally:
+        broker.stop()
+
+
+async def test_tls_host_name_mismatch_and_match(
+    model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = Broker(tmp_path, tls=True)
+    broker.start()
+    try:
+        ca = str(broker.certs["ca"])
+        caplog.set_level(logging.INFO, "satellite.mqtt")
+        mismatch = _mqtt(broker.port, tls=True, ca_file=ca)  # the certificate names localhost
+        daemon = Daemon(daemon_settings(model, backend="null", mqtt=mismatch))
+        await daemon.start()
+        try:
+            deadline = time.monotonic() + 10
+            while "TLS handshake" not in caplog.text and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert "TLS handshake with 127.0.0.1" in caplog.text, caplog.text
+            assert "mqtt.ca_file" in caplog.text and not daemon.mqtt.link.connected  # type: ignore[union-attr]
+        finally:
+            await daemon.close()
+        good = dataclasses.replace(mismatch, host="localhost")
+        daemon = Daemon(daemon_settings(model, backend="null", mqtt=good))
+        await daemon.start()
+        try:
+            deadline = time.monotonic() + 10
+            while not daemon.mqtt.link.connected and time.monotonic() < deadline:  # type: ignore[union-attr]
+                await asyncio.sleep(0.05)
+            assert daemon.mqtt.link.connected, caplog.text  # type: ignore[union-attr]
+        finally:
+            await daemon.close()
+    finally:
+        broker.stop()
+
+
+class HiccupBackend(FileBackend):
+    """The file backend with a USB-microphone hiccup: chunk `stall_at` arrives late."""
+
+    def __init__(self, settings: Any, stall_at: int, stall: float) -> None:
+        super().__init__(settings)
+        self.stall_at, self.stall = stall_at, stall
+
+    async def chunks(self):  # type: ignore[no-untyped-def, override]
+        index = 0
+        async for chunk in super().chunks():
+            index += 1
+            if index == self.stall_at:
+                await asyncio.sleep(self.stall)
+            yield chunk
+
+
+async def test_jitter_spike_raises_and_clears_the_alert(
+    model: Path, broker: Broker, tmp_path: Path
+) -> None:
+    from satellite.audio.wavfile import write_wav
+
+    source = tmp_path / "quiet.wav"
+    write_wav(source, np.zeros(16000 * 9, np.float32), 16000)
+    settings = daemon_settings(model, input_file=source, mqtt=_mqtt(broker.port))
+    settings = dataclasses.replace(
+        settings, health=HealthSettings(interval_seconds=1.0, jitter_alert_ms=20.0)
+    )
+    backend = HiccupBackend(settings.audio, stall_at=100, stall=0.4)  # 2 s in, 400 ms late
+    daemon = Daemon(settings, backend=backend)
+    ha = Watcher(broker.port, [f"{BASE}/event", f"{BASE}/health"])
+    await daemon.start()
+    try:
+        await ha.wait(lambda: "alert_raised" in [e["event_type"] for e in _events(ha)], 8,
+                      "alert raised")  # fmt: skip
+        raised = next(e for e in _events(ha) if e["event_type"] == "alert_raised")
+        assert raised["alert"] == "jitter" and raised["value_ms"] > 20.0
+        await ha.wait(lambda: "alert_cleared" in [e["event_type"] for e in _events(ha)], 8,
+                      "alert cleared")  # fmt: skip
+        cleared = next(e for e in _events(ha) if e["event_type"] == "alert_cleared")
+        assert cleared["value_ms"] < 16.0  # below threshold x alert_clear_ratio (0.8)
+        health = [json.loads(p) for p in ha.on(f"{BASE}/health")]
+        assert any(h["alerts"]["jitter"] for h in health)
+        assert all(k in health[-1] for k in ("ttfa_ms", "input_jitter_ms", "memory_mb", "uptime_s"))
+    finally:
+        ha.close()
+        await daemon.close()
+
+
+def test_unregister_removes_the_device(broker: Broker, tmp_path: Path) -> None:
+    config = tmp_path / "satellite.yaml"
+    config.write_text(
+        f"satellite:\n  name: Test Satellite\nmqtt:\n  host: 127.0.0.1\n  port: {broker.port}\n"
+    )
+    ha = Watcher(broker.port, [DISCOVERY])
+    try:
+        ha.publish(DISCOVERY, json.dumps({"dev": {"ids": ["x"]}}), retain=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "satellite", "--config", str(config), "mqtt", "unregister"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert DISCOVERY in done.stdout
+    finally:
+        ha.close()
+    late = Watcher(broker.port, [DISCOVERY])  # a new subscriber gets no retained discovery
+    try:
+        time.sleep(0.5)
+        assert late.on(DISCOVERY) == []
+    finally:
+        late.close()
+
+
+def test_settings_default_base_topic() -> None:
+    topics = Topics.from_settings(Settings())
+    assert topics.base == "lfm_satellite/lfm_satellite"
+    assert topics.discovery == "homeassistant/device/lfm_satellite_lfm_satellite/config"
