@@ -299,6 +299,11 @@ class _Checker:
             self.check_readable(("audio", key), getattr(a, key))
         d = s.device_control
         self.check_readable(("device_control", "allowlist_file"), d.allowlist_file)
+        if d.enabled and not s.mqtt.enabled and self.ok("device_control.enabled", "mqtt.enabled"):
+            self.problem(
+                ("device_control", "enabled"),
+                "device control publishes through MQTT; set mqtt.enabled: true",
+            )
         if d.enabled and d.allowlist_file is None and self.ok("device_control.enabled"):
             self.problem(
                 ("device_control", "allowlist_file"),

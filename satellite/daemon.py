@@ -71,6 +71,7 @@ from satellite.audio.sounds import Sound, chime, load_sound
 from satellite.audio.wake import Detection as WakeDetection
 from satellite.audio.wake import WakeWordDetector
 from satellite.controls import Controls, ControlStore, default_state_file
+from satellite.mqtt.devices import Entity, load_allowlist, tool_list
 from satellite.reply import ReplyAudio, ReplyDone, ReplyText, Responder
 from satellite.settings import Settings, WakeSettings
 from satellite.telemetry.stats import InterarrivalJitter
@@ -83,7 +84,7 @@ if TYPE_CHECKING:
 
 _LOG = logging.getLogger("satellite.daemon")
 
-State = Literal["idle", "listening", "streaming", "responding"]
+State = Literal["idle", "listening", "streaming", "responding", "confirming"]
 Observer = Callable[[str, dict[str, Any]], None]
 CAPTURE_STALL_SECONDS = 3.0
 """No capture chunk for this long: the audio loop is unhealthy."""
@@ -168,6 +169,10 @@ class Daemon:
         self.announcer: Announcer | None = None
         self.mqtt: MqttBridge | None = None
         audio = settings.audio
+        control = settings.device_control
+        self.allowlist: dict[str, Entity] | None = None
+        if control.enabled and control.allowlist_file:
+            self.allowlist = load_allowlist(_resolve(control.allowlist_file, config_dir))
         self.awake_sound = load_sound(audio.awake_sound, "audio.awake_sound", config_dir)
         self.done_sound = load_sound(audio.done_sound, "audio.done_sound", config_dir)
         self.timer_sound = load_sound(audio.timer_sound, "audio.timer_sound", config_dir) or chime()
@@ -262,6 +267,16 @@ class Daemon:
                 _LOG.exception("observer failed on %s", kind)
 
     # -- life cycle -------------------------------------------------------------------------
+
+    @property
+    def system_prompt(self) -> str | None:
+        """The conversation's system prompt: the interleaved one, plus the tools when the
+        model may control devices."""
+        if not self.allowlist:
+            return None
+        from satellite.engine.template import INTERLEAVED_PROMPT
+
+        return f"{INTERLEAVED_PROMPT}\n{tool_list(self.allowlist)}"
 
     def info(self) -> Info:
         s = self.settings
@@ -426,7 +441,7 @@ class Daemon:
             for detection in self.wake.process(pcm):
                 self._on_wake(detection)
         events = self.endpointer.process(pcm)
-        if self.state not in ("listening", "streaming"):
+        if self.state not in ("listening", "streaming", "confirming"):
             return
         self._turn_audio += len(pcm) // 2
         if self.state == "streaming":
@@ -440,15 +455,20 @@ class Daemon:
             elif isinstance(event, UtteranceEnded):
                 self._on_utterance(event)
                 return
-        if (
-            not self._speech_started
-            and self._turn_audio > 16000 * self.settings.vad.no_speech_seconds
-        ):
-            _LOG.info("no speech %.0f s after the wake word; listening for the wake word again",
-                      self.settings.vad.no_speech_seconds)  # fmt: skip
+        confirming = self.state == "confirming"
+        wait = (
+            self.settings.device_control.confirm_seconds
+            if confirming
+            else self.settings.vad.no_speech_seconds
+        )
+        if not self._speech_started and self._turn_audio > 16000 * wait:
+            _LOG.info("no speech %.0f s after the %s; listening for the wake word again",
+                      wait, "question" if confirming else "wake word")  # fmt: skip
             if self.state == "streaming":
                 self.server.send(AudioStop().event())
             self.state = "idle"
+            if confirming:
+                self._turn = asyncio.create_task(self._answered(None))
 
     def _to_16k(self, chunk: Int16Array) -> bytes:
         if self._mic_resampler is None:
@@ -536,6 +556,10 @@ class Daemon:
             self.state = "idle"
             return
         self.server.send(VoiceStopped().event())
+        if self.state == "confirming":
+            self.state = "responding"
+            self._turn = asyncio.create_task(self._answered(ended))
+            return
         self.state = "responding"
         self._turn = asyncio.create_task(self._respond(ended, decided))
 
@@ -590,6 +614,76 @@ class Daemon:
                 self.state = "idle"
         assert done is not None
         self._finish_turn(ended, decided, first_audio, done)
+        if done.error is None:
+            await self.act_on(done.text)
+
+    # -- device control ---------------------------------------------------------------------
+
+    async def act_on(self, text: str) -> None:
+        """The tool calls in a reply's text: each is sent, refused or held for a spoken yes
+        (see `satellite.mqtt.devices`), and the outcome is said. With one held, the satellite
+        listens for the answer without a wake word."""
+        devices = self.mqtt.devices if self.mqtt is not None else None
+        if devices is None:
+            return
+        self.state = "responding"
+        try:
+            for outcome in devices.handle(text):
+                _LOG.info("device control: %s (%s)", outcome.kind, outcome.reason or outcome.say)
+                await self.say(outcome.say)
+        finally:
+            if self.state == "responding":
+                self.state = "idle"
+        if devices.waiting and self.state == "idle":
+            self.state = "confirming"
+            self._turn_audio = 0
+            self._speech_started = False
+            self.endpointer.restart()
+
+    async def _answered(self, ended: UtteranceEnded | None) -> None:
+        """The user's answer to a confirmation question (None: none came in time)."""
+        assert self.responder is not None and self.mqtt is not None
+        devices = self.mqtt.devices
+        assert devices is not None
+        text = ""
+        if ended is not None:
+            heard = self.responder.transcribe(pcm_to_float(ended.audio, 2, 1))
+            async for _ in heard:
+                pass
+            text = heard.done.text if heard.done is not None else ""
+        _LOG.info("confirmation answer: %r", text)
+        self._notify("confirmation", transcript=text)
+        self.state = "responding"
+        try:
+            for outcome in devices.confirm(text):
+                await self.say(outcome.say)
+        finally:
+            if self.state == "responding":
+                self.state = "idle"
+
+    async def say(self, text: str) -> None:
+        """Speak `text` with the model's text to speech (the current voice), streamed."""
+        if not text or self.responder is None:
+            return
+        _LOG.info("saying: %r", text)
+        self._notify("said", text=text)
+        reply = self.responder.speak(text, self.controls.voice)
+        self._reply_cancel = reply.cancel
+        queue: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
+        self._start_playback("speech", self._play_queue(queue, self.responder.sample_rate))
+        playback = self._playback
+        try:
+            async for event in reply:
+                if isinstance(event, ReplyAudio):
+                    queue.put_nowait(event.samples)
+            queue.put_nowait(None)
+            if playback is not None:
+                await asyncio.wait([playback])
+        except asyncio.CancelledError:
+            reply.cancel()
+            raise
+        finally:
+            self._reply_cancel = None
 
     def _finish_turn(
         self, ended: UtteranceEnded, decided: float, first_audio: float | None, done: ReplyDone

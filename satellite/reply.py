@@ -26,7 +26,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from satellite.engine.chat import Chat
     from satellite.engine.detokenize import StreamingDetokenizer
     from satellite.engine.model import Model
-    from satellite.engine.template import Tokens
+    from satellite.engine.template import Accent, Gender, Tokens
     from satellite.settings import Settings
 
 _LOG = logging.getLogger("satellite.reply")
@@ -51,6 +51,14 @@ FRAMES_PER_SECOND = 12.5
 """Generated audio frames per second of speech (80 ms each)."""
 TEXT_ALLOWANCE = 64
 """Tokens beyond the audio frames a reply may take (its text runs, the end markers)."""
+ASR_TOKENS = 128
+"""Longest transcript of a short answer (a confirmation), in tokens."""
+VOICE_PROMPTS: dict[str, tuple[Accent, Gender]] = {
+    "us_female": ("US", "female"),
+    "us_male": ("US", "male"),
+    "uk_female": ("UK", "female"),
+    "uk_male": ("UK", "male"),
+}
 
 
 class ReplyError(UserError):
@@ -137,8 +145,10 @@ class Responder:
         max_reply_seconds: float = 30.0,
         conversation_timeout: float = 300.0,
         seed: int | None = None,
+        system_prompt: str | None = None,
     ) -> None:
         self.model = model
+        self.system_prompt = system_prompt
         self.tokens = tokens
         self.max_new_tokens = int(max_reply_seconds * FRAMES_PER_SECOND * 1.5) + TEXT_ALLOWANCE
         self.max_frames = max(1, round(max_reply_seconds * FRAMES_PER_SECOND))
@@ -146,6 +156,8 @@ class Responder:
         self.seed = seed
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self._chat: Chat | None = None
+        self._tts: dict[str, Chat] = {}
+        self._asr: Chat | None = None
         self._detokenizer: StreamingDetokenizer | None = None
         self._last_turn: float | None = None
         self.turns = 0
@@ -154,7 +166,11 @@ class Responder:
 
     @classmethod
     def load(
-        cls, settings: Settings, config_dir: Path | None = None, spec: str | None = None
+        cls,
+        settings: Settings,
+        config_dir: Path | None = None,
+        spec: str | None = None,
+        system_prompt: str | None = None,
     ) -> Responder:
         """The model `spec` (a directory or catalog name) or else the one the settings name,
         with its sessions opened (blocking: seconds)."""
@@ -180,6 +196,7 @@ class Responder:
             tokens,
             max_reply_seconds=settings.safety.max_reply_seconds,
             conversation_timeout=settings.satellite.conversation_timeout_seconds,
+            system_prompt=system_prompt,
         )
 
     @property
@@ -198,7 +215,7 @@ class Responder:
 
         if self._chat is not None:
             return
-        prefix = system_prefix(self.tokens, INTERLEAVED_PROMPT)
+        prefix = system_prefix(self.tokens, self.system_prompt or INTERLEAVED_PROMPT)
         self._chat = Chat(self.model, prefix=prefix, seed=self.seed)
         self._chat.encoder  # noqa: B018 (opens the encoder's session now)
         self._detokenizer = from_model(self.model)
@@ -208,6 +225,118 @@ class Responder:
         reply = Reply(time.monotonic())
         self._executor.submit(self._run, reply, np.asarray(samples, np.float32))
         return reply
+
+    def speak(self, text: str, voice: str = "us_female") -> Reply:
+        """Say `text` (text to speech, sequential mode) in one of the four voices; the Reply
+        yields its audio blocks as they are generated."""
+        reply = Reply(time.monotonic())
+        self._executor.submit(
+            self._guarded, reply, lambda start: self._speak(reply, text, voice, start)
+        )
+        return reply
+
+    def transcribe(self, samples: FloatArray) -> Reply:
+        """Speech to text (the ASR prompt, greedy); `ReplyDone.text` is the transcript."""
+        reply = Reply(time.monotonic())
+        audio = np.asarray(samples, np.float32)
+        self._executor.submit(
+            self._guarded, reply, lambda start: self._transcribe(reply, audio, start)
+        )
+        return reply
+
+    def _guarded(self, reply: Reply, work: Callable[[float], ReplyDone]) -> None:
+        start = time.monotonic()
+        self.busy_since = start
+        try:
+            self._prepare()
+            done = work(start)
+        except Exception as err:
+            _LOG.debug("engine task failed", exc_info=True)
+            done = ReplyDone(
+                "error", "", 0, 0, 0.0, reply.requested, start, None,
+                time.monotonic() - start, error=str(err) or type(err).__name__,
+            )  # fmt: skip
+        self.busy_since = None
+        reply.post(done)
+
+    def _side_chat(self, prompt: str) -> Chat:
+        from satellite.engine.chat import Chat, system_prefix
+
+        return Chat(self.model, prefix=system_prefix(self.tokens, prompt), seed=self.seed)
+
+    def _speak(self, reply: Reply, text: str, voice: str, start: float) -> ReplyDone:
+        from satellite.engine.chat import user_turn
+        from satellite.engine.generation import AUDIO_START, AudioFrame, TextToken, TurnEnd
+        from satellite.engine.template import tts_prompt
+
+        accent, gender = VOICE_PROMPTS.get(voice, ("US", "female"))
+        chat = self._tts.get(voice)
+        if chat is None:
+            chat = self._tts[voice] = self._side_chat(tts_prompt(accent, gender))
+        chat.reset()
+        detokenizer = self._detokenizer
+        assert detokenizer is not None
+        config = chat.generation_config(
+            "sequential", max_new_tokens=TEXT_ALLOWANCE + self.max_frames + 1
+        )
+        reason, frames, skipped, texts, out = "max_new_tokens", 0, 0, 0, 0
+        first: float | None = None
+        turn = chat.turn(user_turn(self.tokens, text), config)
+        try:
+            for event in turn:
+                if reply.cancelled:
+                    reason = "cancelled"
+                    break
+                if isinstance(event, TextToken):
+                    texts += 1
+                    if event.token != AUDIO_START and texts >= TEXT_ALLOWANCE:
+                        break
+                elif isinstance(event, AudioFrame):
+                    if event.end_of_audio:
+                        reason = "end_of_turn"
+                        break
+                    if any(not 0 <= c < detokenizer.codebook_size for c in event.codes):
+                        skipped += 1
+                        continue
+                    audio = detokenizer.push(np.asarray(event.codes, np.int64))
+                    frames += 1
+                    if audio.size:
+                        now = time.monotonic()
+                        first = now if first is None else first
+                        out += audio.size
+                        reply.post(ReplyAudio(audio, now))
+                    if frames + skipped >= self.max_frames:
+                        break
+                elif isinstance(event, TurnEnd):
+                    reason = event.reason
+        finally:
+            close = getattr(turn, "close", None)
+            if close is not None:
+                close()
+        tail = detokenizer.finish()
+        if tail.size:
+            out += tail.size
+            reply.post(ReplyAudio(tail, time.monotonic()))
+        return ReplyDone(
+            reason, text, frames, skipped, out / detokenizer.sample_rate,  # type: ignore[arg-type]
+            reply.requested, start, None if first is None else first - start,
+            time.monotonic() - start,
+        )  # fmt: skip
+
+    def _transcribe(self, reply: Reply, samples: FloatArray, start: float) -> ReplyDone:
+        from satellite.engine.commands import transcribe_one
+        from satellite.engine.template import ASR_PROMPT
+
+        if self._asr is None:
+            self._asr = self._side_chat(ASR_PROMPT)
+        result = transcribe_one(self._asr, self.tokens, samples, ASR_TOKENS)
+        reason = (
+            result.reason if result.reason in ("end_of_turn", "max_new_tokens") else "end_of_turn"
+        )
+        return ReplyDone(
+            reason, result.text, 0, 0, 0.0, reply.requested, start, None,  # type: ignore[arg-type]
+            time.monotonic() - start,
+        )  # fmt: skip
 
     def reset(self) -> None:
         """Forget the conversation before the next turn (runs in the worker, after any turn

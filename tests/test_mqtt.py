@@ -349,3 +349,31 @@ def test_settings_default_base_topic() -> None:
     topics = Topics.from_settings(Settings())
     assert topics.base == "lfm_satellite/lfm_satellite"
     assert topics.discovery == "homeassistant/device/lfm_satellite_lfm_satellite/config"
+
+
+async def test_a_spoken_turn_is_reported_as_events(
+    model: Path, broker: Broker, tmp_path: Path
+) -> None:
+    from tests.satellite_support import script_wav, wake_and_ask
+
+    source = tmp_path / "mic.wav"
+    script_wav(source, wake_and_ask())
+    settings = daemon_settings(model, input_file=source, mqtt=_mqtt(broker.port))
+    daemon = Daemon(settings)
+    ha = Watcher(broker.port, [f"{BASE}/event", f"{BASE}/last_turn"])
+    await daemon.start()
+    try:
+        await asyncio.wait_for(daemon.wait_stopped(), 30)
+        await ha.wait(lambda: len(_events(ha)) >= 3, 5, "three events")
+    finally:
+        await daemon.close()
+        ha.close()
+    events = _events(ha)
+    assert [e["event_type"] for e in events] == ["wake_detected", "turn_started", "turn_finished"]
+    assert events[0]["wake_word"] == "okay_nabu" and events[1]["mode"] == "local"
+    [turn] = daemon.turns
+    finished = events[2]
+    assert finished["reply"] == turn.reply_text and finished["mode"] == "local"
+    assert finished["time_to_first_audio_ms"] == round(turn.time_to_first_audio * 1000, 1)  # type: ignore[operator]
+    last = {k: v for k, v in finished.items() if k != "event_type"}
+    assert json.loads(ha.on(f"{BASE}/last_turn")[-1]) == last

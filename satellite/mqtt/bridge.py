@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from satellite.controls import ControlError
 from satellite.mqtt.client import MqttLink, Payload
+from satellite.mqtt.devices import DeviceController
 from satellite.mqtt.discovery import CONTROL_TOPICS, Topics, device_payload
 from satellite.telemetry.health import AlertChange, HealthMonitor
 
@@ -46,6 +47,14 @@ class MqttBridge:
         self.health = HealthMonitor(settings.health, daemon)
         self.health.on_alert.append(self._on_alert)
         self._ha_turn: dict[str, Any] = {}
+        self.devices: DeviceController | None = None
+        if daemon.allowlist is not None:
+            self.devices = DeviceController(
+                daemon.allowlist,
+                publish=lambda topic, payload: self.link.publish(topic, payload, qos=1),
+                event=self.event,
+                confirm_seconds=settings.device_control.confirm_seconds,
+            )
         self._task: asyncio.Task[None] | None = None
 
     @property
