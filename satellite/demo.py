@@ -7,6 +7,8 @@
 3. The daemon runs in `local` mode on 127.0.0.1 with an ephemeral port, and a simulated Home
    Assistant connects to it with the `wyoming` client library as Home Assistant does
    (`run-satellite`, `describe`, a `ping` every 2 s) and prints what the satellite tells it.
+   When mosquitto is installed, a broker is started on a free loopback port, the satellite
+   publishes discovery, events and health there, and what it publishes is printed too.
 4. When the input has been heard and answered, the turn's timings are printed and it exits 0.
 """
 
@@ -16,11 +18,15 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +114,7 @@ def demo_settings(
     output: Path,
     args: argparse.Namespace,
     scratch: Path,
+    mqtt_port: int | None = None,
 ) -> Settings:
     """The embedded defaults: `local` mode, file audio at real time, loopback, no zeroconf."""
     replace = dataclasses.replace
@@ -136,8 +143,60 @@ def demo_settings(
             services_enabled=False,
         ),
         safety=replace(base.safety, max_reply_seconds=args.max_reply_seconds),
-        mqtt=replace(base.mqtt, enabled=False),
+        mqtt=replace(
+            base.mqtt,
+            enabled=mqtt_port is not None,
+            host="127.0.0.1",
+            port=mqtt_port or 1883,
+            tls=False,
+            username=None,
+            password=None,
+            password_file=None,
+            base_topic=None,
+        ),
+        device_control=replace(base.device_control, enabled=False),
     )
+
+
+@contextlib.contextmanager
+def local_mosquitto(folder: Path) -> Iterator[int | None]:
+    """A mosquitto broker on a free loopback port for the demo (None: not installed)."""
+    program = shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/bin/mosquitto") if Path(p).is_file()), None
+    )
+    if program is None:
+        print("mqtt: mosquitto is not installed; the demo runs without MQTT")
+        yield None
+        return
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    lines = [f"listener {port} 127.0.0.1", "allow_anonymous true", "persistence false"]
+    if os.geteuid() == 0:
+        lines.append("user root")
+    config = folder / "mosquitto.conf"
+    config.write_text("\n".join(lines) + "\n")
+    broker = subprocess.Popen([program, "-c", str(config)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and broker.poll() is None:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        if broker.poll() is not None:
+            print("mqtt: mosquitto did not start; the demo runs without MQTT")
+            yield None
+            return
+        print(f"mqtt: a local mosquitto on 127.0.0.1:{port}")
+        yield port
+    finally:
+        broker.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            broker.wait(5)
+        if broker.poll() is None:
+            broker.kill()
 
 
 def tiny_model() -> Path:
@@ -164,8 +223,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
                   f"then {args.question!r} ({seconds:.1f} s, played at real time)")  # fmt: skip
         else:
             print(f"microphone: {source} (played at real time)")
-        settings = demo_settings(base, model, source, args.output, args, Path(folder))
-        return asyncio.run(_demo(settings, model, args))
+        with local_mosquitto(Path(folder)) as mqtt_port:
+            settings = demo_settings(
+                base, model, source, args.output, args, Path(folder), mqtt_port
+            )
+            return asyncio.run(_demo(settings, model, args))
 
 
 async def _demo(settings: Settings, model: Path, args: argparse.Namespace) -> int:
@@ -173,8 +235,11 @@ async def _demo(settings: Settings, model: Path, args: argparse.Namespace) -> in
 
     started = time.monotonic()
 
+    printing = threading.Lock()  # the MQTT subscriber prints from its own thread
+
     def say(line: str) -> None:
-        print(f"[{time.monotonic() - started:6.2f} s] {line}", flush=True)
+        with printing:
+            print(f"[{time.monotonic() - started:6.2f} s] {line}", flush=True)
 
     def observe(kind: str, data: dict[str, Any]) -> None:
         if kind == "wake":
@@ -197,6 +262,7 @@ async def _demo(settings: Settings, model: Path, args: argparse.Namespace) -> in
     await daemon.start()
     say(f"satellite listening on 127.0.0.1:{daemon.server.bound_port}")
     ha = asyncio.create_task(_home_assistant(daemon.server.bound_port, say))
+    watcher = _watch_mqtt(settings, say) if settings.mqtt.enabled else None
     try:
         await daemon.wait_stopped()
         await asyncio.sleep(0.3)  # let the simulated Home Assistant read the last events
@@ -205,11 +271,46 @@ async def _demo(settings: Settings, model: Path, args: argparse.Namespace) -> in
         with contextlib.suppress(asyncio.CancelledError):
             await ha
         await daemon.close()
+        if watcher is not None:
+            watcher.loop_stop()
+            watcher.disconnect()
     if not daemon.turns:
         print("\nno turn happened: the wake word was not heard in the input", file=sys.stderr)
         return 1
     _print_report(daemon.turns[-1], args)
     return 0
+
+
+def _watch_mqtt(settings: Settings, say: Any) -> Any:
+    """A subscriber printing the satellite's events and availability, as Home Assistant
+    would see them."""
+    import json
+
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from satellite.mqtt.discovery import Topics
+
+    topics = Topics.from_settings(settings)
+
+    def on_message(client: Any, userdata: Any, message: Any) -> None:
+        text = bytes(message.payload).decode(errors="replace")
+        if message.topic == topics.event:
+            event = json.loads(text)
+            kind = event.pop("event_type", "?")
+            event.pop("reply", None)
+            say(f"mqtt: event {kind} {event if event else ''}".rstrip())
+        elif message.topic == topics.discovery:
+            say(f"mqtt: discovery for {len(json.loads(text)['cmps'])} entities")
+        else:
+            say(f"mqtt: {message.topic.removeprefix(topics.base + '/')} = {text}")
+
+    client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+    client.on_message = on_message
+    client.connect(settings.mqtt.host, settings.mqtt.port)
+    client.subscribe([(topics.event, 1), (topics.availability, 1), (topics.discovery, 1)])
+    client.loop_start()
+    return client
 
 
 async def _home_assistant(port: int, say: Any) -> None:

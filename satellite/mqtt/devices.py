@@ -243,7 +243,7 @@ class DeviceController:
                 p.call,
                 p.entity,
                 "no confirmation in time",
-            )  # fmt: skip
+            )
             for p in gone
         ]
 
