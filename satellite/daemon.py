@@ -315,6 +315,7 @@ class Daemon:
             "chunks": stats.chunks,
             "overflows": stats.overflows,
             "underruns": stats.underruns,
+            "playback_queued_s": round(self.backend.queued / self.backend.output_rate, 3),
             "interrupted_turns": self.interrupted,
             "home_assistant_connected": self.server.connected,
             "wyoming_connections": self.server.connections,

@@ -28,7 +28,8 @@ def free_port() -> int:
 
 
 def make_certificates(folder: Path, host: str = "localhost") -> dict[str, Path]:
-    """A CA, and a server certificate for `host` (DNS name only) signed by it."""
+    """A CA, a server certificate for `host` (DNS name only) and a client certificate
+    (`client_cert`, `client_key`), both signed by it."""
     folder.mkdir(parents=True, exist_ok=True)
     ca_key, ca_crt = folder / "ca.key", folder / "ca.crt"
     key, csr, crt, ext = (folder / n for n in ("server.key", "server.csr", "server.crt", "ext"))
@@ -43,7 +44,13 @@ def make_certificates(folder: Path, host: str = "localhost") -> dict[str, Path]:
     ext.write_text(f"subjectAltName=DNS:{host}\n")
     openssl("x509", "-req", "-in", str(csr), "-CA", str(ca_crt), "-CAkey", str(ca_key),
             "-CAcreateserial", "-out", str(crt), "-days", "2", "-extfile", str(ext))  # fmt: skip
-    return {"ca": ca_crt, "cert": crt, "key": key}
+    client_key, client_csr, client_crt = (folder / n for n in ("c.key", "c.csr", "c.crt"))
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(client_key), "-out",
+            str(client_csr), "-subj", "/CN=satellite")  # fmt: skip
+    openssl("x509", "-req", "-in", str(client_csr), "-CA", str(ca_crt), "-CAkey", str(ca_key),
+            "-CAcreateserial", "-out", str(client_crt), "-days", "2")  # fmt: skip
+    return {"ca": ca_crt, "cert": crt, "key": key, "client_cert": client_crt,
+            "client_key": client_key}  # fmt: skip
 
 
 @dataclass
@@ -52,6 +59,8 @@ class Broker:
     port: int = field(default_factory=free_port)
     users: dict[str, str] | None = None
     tls: bool = False
+    client_certs: bool = False
+    """With `tls`: clients must show a certificate signed by the test CA."""
     process: subprocess.Popen[bytes] | None = None
     certs: dict[str, Path] = field(default_factory=dict)
 
@@ -70,6 +79,8 @@ class Broker:
             if not self.certs:
                 self.certs = make_certificates(self.folder / "certs")
             lines += [f"certfile {self.certs['cert']}", f"keyfile {self.certs['key']}"]
+            if self.client_certs:
+                lines += [f"cafile {self.certs['ca']}", "require_certificate true"]
         config = self.folder / "mosquitto.conf"
         config.write_text("\n".join(lines) + "\n")
         self.process = subprocess.Popen(

@@ -47,7 +47,7 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
 
 
 def _mqtt(port: int, **extra: Any) -> MqttSettings:
-    return MqttSettings(enabled=True, host="127.0.0.1", port=port, **extra)
+    return MqttSettings(**{"enabled": True, "host": "127.0.0.1", "port": port, **extra})
 
 
 @pytest.fixture
@@ -377,3 +377,94 @@ async def test_a_spoken_turn_is_reported_as_events(
     assert finished["time_to_first_audio_ms"] == round(turn.time_to_first_audio * 1000, 1)  # type: ignore[operator]
     last = {k: v for k, v in finished.items() if k != "event_type"}
     assert json.loads(ha.on(f"{BASE}/last_turn")[-1]) == last
+
+
+async def _connected(daemon: Daemon, timeout: float = 10.0) -> bool:
+    link = daemon.mqtt.link  # type: ignore[union-attr]
+    deadline = time.monotonic() + timeout
+    while not link.connected and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return link.connected
+
+
+async def test_mqtt_3_1_1(model: Path, broker: Broker) -> None:
+    mqtt = _mqtt(broker.port, protocol="3.1.1")
+    daemon = Daemon(daemon_settings(model, backend="null", mqtt=mqtt))
+    ha = Watcher(broker.port, [DISCOVERY])
+    await daemon.start()
+    try:
+        assert await _connected(daemon)
+        await ha.wait(lambda: bool(ha.on(DISCOVERY)), 5, "discovery over MQTT 3.1.1")
+    finally:
+        ha.close()
+        await daemon.close()
+
+
+async def test_client_certificate(
+    model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = Broker(tmp_path, tls=True, client_certs=True)
+    broker.start()
+    try:
+        certs = broker.certs
+        plain = _mqtt(broker.port, host="localhost", tls=True, ca_file=str(certs["ca"]))
+        caplog.set_level(logging.INFO, "satellite.mqtt")
+        daemon = Daemon(daemon_settings(model, backend="null", mqtt=plain))
+        await daemon.start()
+        try:
+            assert not await _connected(daemon, 2.0), "connected without a client certificate"
+            assert "mqtt.cert_file" in caplog.text and "retrying" in caplog.text, caplog.text
+        finally:
+            await daemon.close()
+        with_cert = dataclasses.replace(
+            plain, cert_file=str(certs["client_cert"]), key_file=str(certs["client_key"])
+        )
+        daemon = Daemon(daemon_settings(model, backend="null", mqtt=with_cert))
+        await daemon.start()
+        try:
+            assert await _connected(daemon), caplog.text
+        finally:
+            await daemon.close()
+    finally:
+        broker.stop()
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+async def test_last_will_and_clean_offline(
+    model: Path, broker: Broker, tmp_path: Path, how: str
+) -> None:
+    """Killed: the broker publishes the last will (`offline`, retained). Stopped: the satellite
+    says `offline` itself."""
+    import signal
+
+    config = tmp_path / "satellite.yaml"
+    config.write_text(
+        f"satellite:\n  name: Test Satellite\n  state_file: {tmp_path / 'state.json'}\n"
+        f"audio:\n  backend: null\nmodel:\n  directory: {model}\n  threads: 1\n"
+        "wyoming:\n  satellite_host: 127.0.0.1\n  satellite_port: "
+        f"{Broker(tmp_path).port}\n  zeroconf: false\n"
+        f"mqtt:\n  host: 127.0.0.1\n  port: {broker.port}\n  keepalive: 5\n"
+    )
+    ha = Watcher(broker.port, [f"{BASE}/availability"])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "satellite", "--config", str(config), "run"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        await ha.wait(lambda: ha.on(f"{BASE}/availability")[-1:] == [b"online"], 60, "online")
+        proc.send_signal(getattr(signal, how))
+        await ha.wait(lambda: ha.on(f"{BASE}/availability")[-1:] == [b"offline"], 15, "offline")
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+        ha.close()
+    late = Watcher(broker.port, [f"{BASE}/availability"])
+    try:
+        await late.wait(lambda: bool(late.on(f"{BASE}/availability")), 5, "retained")
+        assert late.on(f"{BASE}/availability") == [b"offline"]
+    finally:
+        late.close()
+    if how == "SIGTERM":
+        assert proc.returncode == 0

@@ -204,7 +204,8 @@ def test_demo_runs_a_full_turn(tmp_path: Path) -> None:
     out = done.stdout
     for line in ("satellite: wake word 'okay_nabu'", "home assistant: got detection",
                  "home assistant: got voice-stopped", "time to first audio", "daemon overhead",
-                 "its reply is noise", "lfm-satellite model fetch"):  # fmt: skip
+                 "its reply is noise", "lfm-satellite model fetch",
+                 "mqtt: a local mosquitto", "mqtt: event turn_finished"):  # fmt: skip
         assert line in out, out
     assert read_wav(tmp_path / "reply.wav").samples.size > 0
 

@@ -207,6 +207,11 @@ class AudioBackend:
     def stats(self) -> AudioStats:
         return AudioStats(self._chunks, self._overflows, 0, self._played, self._restarts)
 
+    @property
+    def queued(self) -> int:
+        """Samples waiting to be played (at `output_rate`)."""
+        return 0
+
     def _to_output(self, samples: npt.ArrayLike, rate: int, last: bool = False) -> FloatArray:
         """`samples` at `rate` -> float32 at `output_rate`, resampler state kept across calls
         of one rate (a new rate starts a new stream)."""
@@ -323,6 +328,10 @@ class _PacedBackend(AudioBackend):
         if self.realtime:
             await asyncio.sleep(max(0.0, self._play_until - time.monotonic()))
             self._flush(max(time.monotonic(), self._play_until))
+
+    @property
+    def queued(self) -> int:
+        return self._pending_samples
 
     def stop_playback(self) -> None:
         """What has been played so far stays played; the rest is dropped."""
@@ -555,6 +564,10 @@ class SoundDeviceBackend(AudioBackend):
         if not done:
             _LOG.warning("audio output did not drain in %.1f s; dropping the rest", limit)
             self.jitter.stop()
+
+    @property
+    def queued(self) -> int:
+        return self.jitter.buffered
 
     def stop_playback(self) -> None:
         super().stop_playback()

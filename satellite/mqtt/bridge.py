@@ -109,7 +109,10 @@ class MqttBridge:
         report = self.health.report(check)
         report["model"] = self.model_name
         report["mqtt_dropped"] = self.link.dropped
-        report["queues"] = {"mqtt_outbox": self.link.queued}
+        report["queues"] = {
+            "mqtt_outbox": self.link.queued,
+            "playback_seconds": report.pop("playback_queued_s", 0.0),
+        }
         self.link.publish(self.topics.health, report, retain=True)
 
     def event(self, event_type: str, **data: Any) -> None:

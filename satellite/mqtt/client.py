@@ -119,6 +119,8 @@ class MqttLink:
         """Failed or lost connections since the last good one."""
         self.last_error: str | None = None
         self._reported: set[str] = set()
+        self._answered = False
+        """The broker answered the current connection attempt (CONNACK)."""
         self._connected = threading.Event()
         self._stopping = threading.Event()
         self._wake: asyncio.Event | None = None
@@ -230,9 +232,14 @@ class MqttLink:
                 self._failed(f"cannot connect to {s.host}:{s.port} ({err.strerror or err}); "
                              "check mqtt.host and mqtt.port, and that the broker runs")  # fmt: skip
             else:
+                self._answered = False
                 self._client.loop_forever()
                 if self._stopping.is_set():
                     return
+                if not self._answered:
+                    hint = "mqtt.cert_file and mqtt.key_file, " if s.tls else ""
+                    self._failed(f"{s.host}:{s.port} closed the connection before accepting it; "
+                                 f"check {hint}mqtt.protocol and the broker's log")  # fmt: skip
             self._stopping.wait(retry_delay(max(1, self.failures)))
 
     def _failed(self, reason: str) -> None:
@@ -247,6 +254,7 @@ class MqttLink:
     def _on_connect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
     ) -> None:
+        self._answered = True
         if reason.is_failure:
             hint = ""
             if reason.value in (0x86, 0x87, 4, 5):
