@@ -187,6 +187,11 @@ def device_payload(settings: Settings, topics: Topics, model: str) -> dict[str, 
             "Memory", "memory_mb", "MB", expire, device_class="data_size", icon="mdi:memory"
         ),
         "uptime": _health_sensor("Uptime", "uptime_s", "s", expire, device_class="duration"),
+        "mqtt_outbox": _health_sensor("MQTT outbox", "queues.mqtt_outbox", None, expire,
+                                      state_class="measurement"),
+        "playback_queue": _health_sensor("Playback queue", "queues.playback_seconds", "s",
+                                         expire, device_class="duration"),
+        "model": _health_sensor("Model", "model", None, expire, icon="mdi:brain"),
         "mqtt_dropped": _health_sensor(
             "MQTT messages dropped", "mqtt_dropped", None, expire, state_class="total_increasing"
         ),
