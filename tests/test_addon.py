@@ -435,3 +435,21 @@ async def test_announces_each_server_once_it_answers_describe(
     assert posts == [("POST", "/discovery", f"Bearer {TOKEN}",
                       {"service": "wyoming", "config": {"uri": announced[0]}})]  # fmt: skip
     assert f"the Wyoming services (port {silent}) did not answer describe" in caplog.text
+
+
+# -- example automations ------------------------------------------------------------------------
+
+
+def test_example_automations_trigger_on_the_event_topic() -> None:
+    """One automation per MQTT event the issue names; each an MQTT trigger on the default
+    satellite's event topic, matching on `event_type`, with at least one action."""
+    found = {}
+    for path in sorted((REPO / "integration" / "automations").glob("*.yaml")):
+        automation = yaml.safe_load(path.read_text())
+        assert automation["alias"] and automation["actions"], path.name
+        (trigger,) = automation["triggers"]
+        assert trigger["trigger"] == "mqtt", path.name
+        assert trigger["topic"] == "lfm_satellite/lfm_satellite/event", path.name
+        assert trigger["value_template"] == "{{ value_json.event_type }}", path.name
+        found[trigger["payload"]] = path.name
+    assert set(found) == {"wake_detected", "turn_finished", "alert_raised"}
