@@ -198,16 +198,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 async def run_daemon(settings: Settings, config_dir: Path | None, model: str | None = None) -> int:
     """The daemon until SIGTERM or SIGINT (or the end of a `file` audio source)."""
     from satellite.daemon import Daemon
+    from satellite.sdnotify import attach
 
     daemon = Daemon(settings, config_dir=config_dir, model=model)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, _on_signal, daemon, signum)
+    systemd = attach(daemon)  # READY/STATUS/WATCHDOG/STOPPING when started by systemd
     try:
         await daemon.run()
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+        if systemd is not None:
+            await systemd
     return 0
 
 

@@ -30,7 +30,8 @@ What happens is published to observers (`Daemon.observe`) as (kind, data) pairs:
 `speech_started`, `utterance`, `turn_finished` (a `TurnReport`), `turn_interrupted`,
 `reply_text`, `timer_silenced`, `control_changed`, `pipeline_restarted`, `ha_transcript`,
 `ha_reply`, `played`,
-`ha_connected`, `ha_disconnected`, `timer_finished`, `error`.
+`ha_connected`, `ha_disconnected`, `timer_finished`, `error`, `ready` (started).
+
 """
 
 from __future__ import annotations
@@ -355,6 +356,7 @@ class Daemon:
             self.mode,
             self.wake.wake_word,
         )
+        self._notify("ready", port=self.server.bound_port)  # sd_notify READY=1 (sdnotify.py)
 
     async def run(self) -> None:
         """`start`, then run until `stop()` (or the end of a file source), then `close`."""
