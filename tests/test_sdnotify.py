@@ -196,8 +196,12 @@ async def test_status_names_connection_and_last_turn(systemd: SystemdSocket) -> 
     service.on_event("ready", {})
     service.on_event("ha_connected", {})
     await asyncio.sleep(0.1)
-    report = TurnReport("okay_nabu", 2.0, "silence", "The lights are on.", "end_of_turn",
-                        1.5, 19, 0, 0.234, 0.2, 0.034, 2.1)  # fmt: skip
+    report = TurnReport(
+        wake_word="okay_nabu", utterance_seconds=2.0, end_reason="silence",
+        reply_text="The lights are on.", reply_reason="end_of_turn", reply_audio_seconds=1.5,
+        frames=19, skipped_frames=0, time_to_first_audio=0.234, engine_first_audio=0.2,
+        overhead=0.034, engine_seconds=0.9, total_seconds=2.1,
+    )  # fmt: skip
     service.on_event("turn_finished", {"report": report})
     await asyncio.sleep(0.2)
     statuses = [m.fields["STATUS"] for m in systemd.read(0) if "STATUS" in m.fields]
