@@ -8,11 +8,13 @@ still has somewhere to go.
 Graphs are opened from their path, never read into Python first: onnxruntime then maps their
 `.onnx_data` files into memory and uses the mapped weights in place (CPU provider), so large
 external weights are not held twice. Weight pre-packing (a faster copy of each MatMul weight)
-can be switched off to save that copy at some cost in speed.
+can be switched off to save that copy at some cost in speed; with it on, the mapped pages read
+while packing are given back afterwards (`satellite.engine.mapped`).
 """
 
 from __future__ import annotations
 
+import glob
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from typing import Any, Literal
 
 import onnxruntime as ort
 
+from satellite.engine.mapped import release_mapped_pages
 from satellite.errors import UserError
 from satellite.settings import ModelSettings
 
@@ -156,8 +159,16 @@ def open_session(path: Path, config: SessionConfig, providers: Sequence[str]) ->
     if not path.is_file():
         raise SessionError(f"{path}: graph file not found")
     try:
-        return ort.InferenceSession(str(path), session_options(config), providers=list(providers))
+        session = ort.InferenceSession(
+            str(path), session_options(config), providers=list(providers)
+        )
     except Exception as err:  # onnxruntime raises its own untyped errors
         text = str(err).strip()
         first = text.splitlines()[0] if text else type(err).__name__
         raise SessionError(f"{path}: onnxruntime cannot open it: {first}") from None
+    if config.prepack:
+        for data in sorted(path.parent.glob(f"{glob.escape(path.name)}*data")):
+            released = release_mapped_pages(data)
+            if released:
+                _LOG.debug("%s: released the mapped pages of %d MB", data.name, released >> 20)
+    return session
