@@ -79,6 +79,7 @@ from satellite.telemetry.stats import InterarrivalJitter
 from satellite.wyoming.announce import Announcer
 from satellite.wyoming.info import MIC_FORMAT, SatelliteDescription, satellite_info
 from satellite.wyoming.satellite_server import SatelliteServer
+from satellite.wyoming.services import ServicesServer, start_services
 
 if TYPE_CHECKING:
     from satellite.mqtt.bridge import MqttBridge
@@ -169,6 +170,8 @@ class Daemon:
         )
         self.announcer: Announcer | None = None
         self.mqtt: MqttBridge | None = None
+        self.services: ServicesServer | None = None
+        """Wyoming STT/TTS/conversation on the same model (`wyoming.services_enabled`)."""
         audio = settings.audio
         control = settings.device_control
         self.allowlist: dict[str, Entity] | None = None
@@ -343,6 +346,10 @@ class Daemon:
                 wyoming.satellite_host,
             )
             await self.announcer.start()
+        responder = self.responder
+        self.services = await start_services(
+            self.settings, responder.model, responder.tokens, home_control=bool(self.allowlist)
+        )
         if self.settings.mqtt.enabled:
             from satellite.mqtt.bridge import MqttBridge
 
@@ -388,6 +395,8 @@ class Daemon:
         if self.announcer is not None:
             with contextlib.suppress(Exception):
                 await self.announcer.stop()
+        if self.services is not None:
+            await self.services.stop()
         await self.server.stop()
         await self.backend.close()
         if self.responder is not None:

@@ -190,6 +190,32 @@ class WyomingSettings:
     zeroconf_name: str | None = None
     """Zeroconf instance name of the satellite; empty: `satellite.name`. Keep it stable."""
 
+    services_zeroconf_name: str | None = None
+    """Zeroconf instance name of the services server; empty: `satellite.name` + " Services".
+    Keep it stable: Home Assistant builds the services' unique id from it."""
+
+    services_workers: int = field(default=1, metadata=limits(1, 16))
+    """Requests the services run at once (engine worker threads sharing the one loaded model);
+    each costs its own caches and CPU time."""
+
+    services_queue: int = field(default=4, metadata=limits(0, 256))
+    """Requests that may wait for a free worker; beyond that a request is refused at once with
+    a Wyoming `error`."""
+
+    services_request_timeout_seconds: float = field(default=120.0, metadata=limits(1.0, 3600.0))
+    """Longest a request may take, waiting for a worker included; then it is stopped and the
+    client gets an `error`."""
+
+    services_client_timeout_seconds: float = field(default=30.0, metadata=limits(1.0, 3600.0))
+    """A client that sends nothing for this long (while no request of its own is running), or
+    does not take what is written to it for this long, is disconnected."""
+
+    services_max_text: int = field(default=5000, metadata=limits(1, 1_000_000))
+    """Longest text in characters for text-to-speech (one request) and conversation."""
+
+    services_max_audio_seconds: float = field(default=30.0, metadata=limits(1.0, 600.0))
+    """Longest audio a speech-to-text request may send."""
+
 
 @dataclass(frozen=True)
 class MqttSettings:

@@ -95,7 +95,13 @@ def daemon_settings(
             **audio,
         ),
         model=replace(base.model, directory=str(model), threads=1),
-        wyoming=replace(base.wyoming, satellite_host="127.0.0.1", satellite_port=0, zeroconf=False),
+        wyoming=replace(
+            base.wyoming,
+            satellite_host="127.0.0.1",
+            satellite_port=0,
+            zeroconf=False,
+            services_enabled=False,
+        ),
         safety=replace(base.safety, max_reply_seconds=max_reply_seconds),
         mqtt=mqtt or replace(base.mqtt, enabled=False),
     )

@@ -55,7 +55,13 @@ def bench_turns(
         satellite=replace(base.satellite, conversation_timeout_seconds=0.0),
         audio=replace(base.audio, backend="null", realtime=True),
         model=replace(base.model, directory=str(model), threads=threads),
-        wyoming=replace(base.wyoming, satellite_host="127.0.0.1", satellite_port=0, zeroconf=False),
+        wyoming=replace(
+            base.wyoming,
+            satellite_host="127.0.0.1",
+            satellite_port=0,
+            zeroconf=False,
+            services_enabled=False,
+        ),
         safety=replace(base.safety, max_reply_seconds=reply_seconds),
         mqtt=replace(base.mqtt, enabled=False),
     )

@@ -33,7 +33,7 @@ import math
 import sys
 import time
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -441,11 +441,21 @@ class Transcript:
     tokens: int
     reason: str
     """Why it ended: end_of_turn, max_new_tokens, context_full, audio (the model began to
-    speak)."""
+    speak), cancelled."""
 
 
-def transcribe_one(chat: Chat, tokens: Tokens, samples: FloatArray, max_tokens: int) -> Transcript:
-    """One utterance through a fresh ASR turn of `chat` (whose prefix is the ASR prompt)."""
+def transcribe_one(
+    chat: Chat,
+    tokens: Tokens,
+    samples: FloatArray,
+    max_tokens: int,
+    *,
+    on_text: Callable[[str], None] | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> Transcript:
+    """One utterance through a fresh ASR turn of `chat` (whose prefix is the ASR prompt).
+    `on_text` gets each piece of text as it is generated (raw, as the model wrote it);
+    `stop` is asked before each token and ends the turn early (reason `cancelled`)."""
     from satellite.engine.chat import Speech, user_turn
     from satellite.engine.generation import AUDIO_START, AudioFrame, TextToken, TurnEnd
 
@@ -457,12 +467,17 @@ def transcribe_one(chat: Chat, tokens: Tokens, samples: FloatArray, max_tokens: 
     turn = chat.turn(user_turn(tokens, Speech(samples)), config)
     try:
         for event in turn:
+            if stop is not None and stop():
+                reason = "cancelled"
+                break
             if isinstance(event, TextToken):
                 if event.token == AUDIO_START:
                     reason = "audio"
                     break
                 count += 1
                 pieces.append(event.text)
+                if on_text is not None and event.text:
+                    on_text(event.text)
             elif isinstance(event, AudioFrame):  # pragma: no cover - AUDIO_START comes first
                 reason = "audio"
                 break

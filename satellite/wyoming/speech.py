@@ -1,0 +1,233 @@
+"""The model's work behind the Wyoming services, run in a worker thread of the services' pool.
+
+`ServiceEngine` is one worker's state: a chat on the ASR prompt, a chat per TTS voice (made on
+first use) and a streaming detokenizer; the loaded `Model` behind them is shared by every worker
+(ONNX Runtime sessions hold no per-request state). Each method runs one request and hands what
+it produces to the loop through the job (`satellite.wyoming.workers.Job`) as soon as it exists:
+
+- `transcribe`: `TextPiece` per generated text token, then `Finished(text)`;
+- `speak`: `AudioBlock` (float32 at 24 kHz) per generated audio frame through the streaming
+  detokenizer, per piece of text, then `Finished`;
+- `converse`: the reply's text (`TextPiece`s) from an interleaved turn of a `Conversation`'s
+  chat, up to `<|text_end|>`; the audio the model interleaves is generated (the model needs
+  it to go on) but not decoded.
+
+Each looks at `job.cancelled` before every token and stops there. A frame holding code 2048
+outside codebook 0 cannot be decoded (random models make them; trained ones do not): it is
+skipped and counted, never clamped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from satellite.engine.commands import SPEAK_TEXT_ALLOWANCE, VOICES, printable, transcribe_one
+
+if TYPE_CHECKING:
+    from satellite.engine.chat import Chat
+    from satellite.engine.model import Model
+    from satellite.engine.template import Tokens
+    from satellite.wyoming.workers import Job
+
+FloatArray = npt.NDArray[np.float32]
+FRAMES_PER_SECOND = 12.5
+LANGUAGES = ("en",)
+"""Languages of the model (LFM2-Audio is English)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    asr_tokens: int = 256
+    """Longest transcript in tokens."""
+    speech_seconds: float = 30.0
+    """Longest audio of one piece of text-to-speech."""
+    reply_tokens: int = 512
+    """Longest conversation reply in steps (text tokens and the audio frames between them)."""
+    seed: int | None = None
+    """Seed of sampled audio (tests); None: random."""
+
+
+@dataclass(frozen=True)
+class TextPiece:
+    text: str
+
+
+@dataclass(frozen=True)
+class AudioBlock:
+    samples: FloatArray
+    """float32 mono at `ServiceEngine.sample_rate`."""
+
+
+@dataclass(frozen=True)
+class Finished:
+    text: str = ""
+    reason: str = "end_of_turn"
+    frames: int = 0
+    skipped: int = 0
+
+
+class Conversation:
+    """One conversation of the `handle` service (a Home Assistant `conversation_id`): a chat
+    on the interleaved prompt that keeps its history. One request at a time uses it (the
+    server holds `busy` around each)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.chat: Chat | None = None
+        self.turns = 0
+        self.last_used = time.monotonic()
+        self.busy = False
+
+
+def language_ok(language: str | None) -> bool:
+    """None, or a tag whose primary language the model speaks (`en`, `en-US`, `en_GB`)."""
+    if language is None or language == "":
+        return True
+    return language.replace("_", "-").split("-")[0].lower() in LANGUAGES
+
+
+class ServiceEngine:
+    """See the module docstring. Not thread-safe: one per worker thread."""
+
+    def __init__(self, model: Model, tokens: Tokens, limits: Limits | None = None) -> None:
+        from satellite.engine.chat import Chat, system_prefix
+        from satellite.engine.detokenize import from_model
+        from satellite.engine.template import ASR_PROMPT
+
+        self.model = model
+        self.tokens = tokens
+        self.limits = limits or Limits()
+        self.asr = Chat(model, prefix=system_prefix(tokens, ASR_PROMPT), seed=self.limits.seed)
+        self.asr.encoder  # noqa: B018 (opens the encoder's session now)
+        self.detokenizer = from_model(model)
+        self._voices: dict[str, Chat] = {}
+
+    @property
+    def sample_rate(self) -> int:
+        return self.detokenizer.sample_rate
+
+    def _voice(self, voice: str) -> Chat:
+        from satellite.engine.chat import Chat, system_prefix
+        from satellite.engine.template import tts_prompt
+
+        chat = self._voices.get(voice)
+        if chat is None:
+            accent, gender = VOICES[voice]
+            prefix = system_prefix(self.tokens, tts_prompt(accent, gender))
+            chat = Chat(self.model, prefix=prefix, seed=self.limits.seed)
+            self._voices[voice] = chat
+        return chat
+
+    def transcribe(self, samples: FloatArray, job: Job) -> None:
+        result = transcribe_one(
+            self.asr,
+            self.tokens,
+            samples,
+            self.limits.asr_tokens,
+            on_text=lambda text: job.post(TextPiece(text)),
+            stop=lambda: job.cancelled,
+        )
+        job.post(Finished(text=result.text, reason=result.reason))
+
+    def speak(self, pieces: Sequence[str], voice: str, job: Job) -> None:
+        """Each piece of text in its own TTS turn, the audio of all of them in order."""
+        frames = skipped = 0
+        reason = "end_of_turn"
+        for piece in pieces:
+            if job.cancelled:
+                reason = "cancelled"
+                break
+            made, lost, reason = self._speak_one(piece, voice, job)
+            frames += made
+            skipped += lost
+        job.post(Finished(reason=reason, frames=frames, skipped=skipped))
+
+    def _speak_one(self, text: str, voice: str, job: Job) -> tuple[int, int, str]:
+        from satellite.engine.chat import user_turn
+        from satellite.engine.generation import AUDIO_START, AudioFrame, TextToken, TurnEnd
+
+        chat = self._voice(voice)
+        chat.reset()
+        detokenizer = self.detokenizer
+        max_frames = max(1, round(self.limits.speech_seconds * FRAMES_PER_SECOND))
+        parts = user_turn(self.tokens, text)
+        size = sum(len(p) for p in parts if isinstance(p, list))
+        room = chat.context_length - chat.context_used - size
+        steps = max(1, min(SPEAK_TEXT_ALLOWANCE + max_frames + 1, room))
+        config = chat.generation_config("sequential", max_new_tokens=steps)
+        frames = skipped = texts = 0
+        reason = "max_new_tokens"
+        turn = chat.turn(parts, config)
+        try:
+            for event in turn:
+                if job.cancelled:
+                    reason = "cancelled"
+                    break
+                if isinstance(event, TextToken):
+                    texts += 1
+                    if event.token != AUDIO_START and texts >= SPEAK_TEXT_ALLOWANCE:
+                        reason = "no_audio_start"
+                        break
+                elif isinstance(event, AudioFrame):
+                    if event.end_of_audio:
+                        reason = "end_of_audio"
+                        break
+                    if any(not 0 <= c < detokenizer.codebook_size for c in event.codes):
+                        skipped += 1
+                    else:
+                        audio = detokenizer.push(np.asarray(event.codes, np.int64))
+                        frames += 1
+                        if audio.size:
+                            job.post(AudioBlock(audio))
+                    if frames + skipped >= max_frames:
+                        reason = "max_seconds"
+                        break
+                elif isinstance(event, TurnEnd):
+                    reason = event.reason
+        finally:
+            turn.close()  # type: ignore[attr-defined]
+        if reason == "cancelled":
+            detokenizer.reset()
+        else:
+            tail = detokenizer.finish()
+            if tail.size:
+                job.post(AudioBlock(tail))
+        return frames, skipped, reason
+
+    def converse(self, conversation: Conversation, text: str, job: Job) -> None:
+        from satellite.engine.chat import Chat, system_prefix, user_turn
+        from satellite.engine.generation import TEXT_END, TextToken, TurnEnd
+        from satellite.engine.template import INTERLEAVED_PROMPT
+
+        if conversation.chat is None:
+            prefix = system_prefix(self.tokens, INTERLEAVED_PROMPT)
+            conversation.chat = Chat(self.model, prefix=prefix, seed=self.limits.seed)
+        chat = conversation.chat
+        config = chat.generation_config("interleaved", max_new_tokens=self.limits.reply_tokens)
+        pieces: list[str] = []
+        reason = "max_new_tokens"
+        turn = chat.turn(user_turn(self.tokens, text), config)
+        try:
+            for event in turn:
+                if job.cancelled:
+                    reason = "cancelled"
+                    break
+                if isinstance(event, TextToken):
+                    if event.token == TEXT_END:
+                        reason = "text_end"
+                        break
+                    if event.text:
+                        pieces.append(event.text)
+                        job.post(TextPiece(event.text))
+                elif isinstance(event, TurnEnd):
+                    reason = event.reason
+        finally:
+            turn.close()  # type: ignore[attr-defined]
+        conversation.turns += 1
+        job.post(Finished(text=printable("".join(pieces), one_line=True).strip(), reason=reason))
