@@ -108,9 +108,11 @@ class _Gone(Exception):
 class BadRequest(Exception):
     """A request the services refuse; the message is sent as the `error` text."""
 
-    def __init__(self, text: str, code: str = "bad-request") -> None:
+    def __init__(self, text: str, code: str = "bad-request", *, close: bool = False) -> None:
         super().__init__(text)
         self.code = code
+        self.close = close
+        """Close the connection after the error (the client has stalled)."""
 
 
 @dataclass(frozen=True)
@@ -394,6 +396,8 @@ class ServicesServer:
             client.writer.close()
         except BadRequest as err:
             await self._error(client, str(err), err.code)
+            if err.close:
+                client.writer.close()
         except PoolFull as err:
             await self._error(client, str(err), "busy")
         except Exception as err:
@@ -693,6 +697,7 @@ class ServicesServer:
                     raise BadRequest(
                         f"synthesize-stop did not come: no text for {self.config.client_timeout:g} s",
                         "timeout",
+                        close=True,
                     ) from None
                 if sentence is None:
                     break

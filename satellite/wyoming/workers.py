@@ -134,11 +134,16 @@ class WorkerPool(Generic[E]):
         return job
 
     def _done(self, future: Future[None] | None, job: Job) -> None:
+        if future is None or future.cancelled():  # never ran: end its stream here
+            self._release(job)
+
+    def _release(self, job: Job) -> None:
+        """The job is over: its place is free before its stream ends (so a client that has
+        its answer finds the pool free again)."""
         with self._lock:
             self._pending -= 1
             self.completed += 1
-        if future is None or future.cancelled():  # never ran: end its stream here
-            job._end()
+        job._end()
 
     def engine(self) -> E:
         """This worker thread's engine (made on first use)."""
@@ -157,7 +162,7 @@ class WorkerPool(Generic[E]):
             _LOG.debug("job failed", exc_info=True)
             job.post(JobFailed(str(err) or type(err).__name__))
         finally:
-            job._end()
+            self._release(job)
 
     def close(self) -> None:
         """Stop taking jobs; wait for those running (callers cancel them first)."""
