@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from satellite.audio.convert import FloatArray
     from satellite.audio.wavfile import WavInfo
     from satellite.config import LoadedConfig
-    from satellite.engine.chat import Chat
+    from satellite.engine.chat import Chat, Embeds
     from satellite.engine.model import Model
     from satellite.engine.template import Accent, Gender, Tokens
 
@@ -447,7 +447,7 @@ class Transcript:
 def transcribe_one(
     chat: Chat,
     tokens: Tokens,
-    samples: FloatArray,
+    samples: FloatArray | Embeds,
     max_tokens: int,
     *,
     on_text: Callable[[str], None] | None = None,
@@ -455,8 +455,9 @@ def transcribe_one(
 ) -> Transcript:
     """One utterance through a fresh ASR turn of `chat` (whose prefix is the ASR prompt).
     `on_text` gets each piece of text as it is generated (raw, as the model wrote it);
-    `stop` is asked before each token and ends the turn early (reason `cancelled`)."""
-    from satellite.engine.chat import Speech, user_turn
+    `stop` is asked before each token and ends the turn early (reason `cancelled`).
+    `samples` may also be the utterance already encoded (`Embeds`)."""
+    from satellite.engine.chat import Embeds, Speech, user_turn
     from satellite.engine.generation import AUDIO_START, AudioFrame, TextToken, TurnEnd
 
     chat.reset()
@@ -464,7 +465,8 @@ def transcribe_one(
     pieces: list[str] = []
     count = 0
     reason = "max_new_tokens"
-    turn = chat.turn(user_turn(tokens, Speech(samples)), config)
+    speech = samples if isinstance(samples, Embeds) else Speech(samples)
+    turn = chat.turn(user_turn(tokens, speech), config)
     try:
         for event in turn:
             if stop is not None and stop():

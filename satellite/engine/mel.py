@@ -110,12 +110,90 @@ class LogMel:
         padded = np.pad(emphasised, (half, half))
         frames = self.frame_count(x.size)
         starts = np.arange(frames) * s.hop_length
-        windows = padded[starts[:, None] + np.arange(s.n_fft)[None, :]] * self.window
-        spectrum = np.fft.rfft(windows, n=s.n_fft, axis=1)
+        windows = padded[starts[:, None] + np.arange(s.n_fft)[None, :]]
+        return self.normalise(self.log_mel(windows), valid)
+
+    def log_mel(self, windows: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """[frames, n_fft] slices of the emphasised, padded signal -> [frames, n_mels] log-mel
+        (not normalised)."""
+        s = self.settings
+        spectrum = np.fft.rfft(windows * self.window, n=s.n_fft, axis=1)
         power = spectrum.real**2 + spectrum.imag**2
-        mel = np.log(power @ self.filters.T + s.log_guard)
+        mel: npt.NDArray[np.float64] = np.log(power @ self.filters.T + s.log_guard)
+        return mel
+
+    def normalise(self, mel: npt.NDArray[np.float64], valid: int) -> FloatArray:
+        """Per-feature normalisation over the first `valid` frames; frames from `valid` on
+        are zeroed."""
+        s = self.settings
         mean = mel[:valid].mean(axis=0)
         std = np.sqrt(((mel[:valid] - mean) ** 2).sum(axis=0) / max(valid - 1, 1)) + s.std_guard
         features: FloatArray = ((mel - mean) / std).astype(np.float32)
         features[valid:] = 0.0
         return features
+
+
+class StreamingLogMel:
+    """`LogMel` of one utterance fed in pieces (live audio): each frame's log-mel is computed
+    as soon as the samples it covers have arrived, so `finish()` has only the last few frames
+    and the normalisation left (which needs the whole utterance). `finish()` returns the same
+    features as `LogMel()(all samples)`."""
+
+    def __init__(self, mel: LogMel | None = None) -> None:
+        self.mel = mel or LogMel()
+        self._last: float | None = None
+        """The last raw sample (pre-emphasis of the next piece)."""
+        self._buffer = np.zeros(0, np.float64)
+        """Emphasised samples from index `_offset` on (what later frames still need)."""
+        self._offset = 0
+        self.samples = 0
+        """Samples received."""
+        self._rows: list[npt.NDArray[np.float64]] = []
+        self.frames = 0
+        """Frames computed so far."""
+
+    def push(self, audio: npt.ArrayLike) -> None:
+        """The next samples of the utterance (float, the front end's rate)."""
+        s = self.mel.settings
+        x = np.asarray(audio, dtype=np.float64).reshape(-1)
+        if not x.size:
+            return
+        before = np.concatenate([[x[0] if self._last is None else self._last], x[:-1]])
+        emphasised = x - s.preemphasis * before
+        if self._last is None:
+            emphasised[0] = x[0]
+        self._last = float(x[-1])
+        self._buffer = np.concatenate([self._buffer, emphasised])
+        self.samples += x.size
+        half = s.n_fft // 2
+        if self.samples >= half:  # frame i needs emphasised samples up to i * hop + half
+            self._compute((self.samples - half) // s.hop_length + 1)
+
+    def _compute(self, upto: int) -> None:
+        """Log-mel of frames `self.frames`..`upto - 1` (zeros past the samples received)."""
+        s = self.mel.settings
+        if upto <= self.frames:
+            return
+        half, hop = s.n_fft // 2, s.hop_length
+        first = self.frames * hop - half  # signal index of the first window's first sample
+        last = (upto - 1) * hop + half
+        lead = max(0, -first)
+        have = self._buffer[max(first, 0) - self._offset : last - self._offset]
+        segment = np.concatenate([np.zeros(lead), have, np.zeros(last - first - lead - have.size)])
+        starts = np.arange(upto - self.frames) * hop
+        self._rows.append(self.mel.log_mel(segment[starts[:, None] + np.arange(s.n_fft)]))
+        self.frames = upto
+        keep = max(0, upto * hop - half)
+        self._buffer = self._buffer[keep - self._offset :]
+        self._offset = keep
+
+    def finish(self) -> FloatArray:
+        """[frames, n_mels] normalised features of everything pushed."""
+        s = self.mel.settings
+        if self.samples < s.hop_length * 2:
+            raise ValueError(
+                f"audio too short for features: {self.samples} samples; need at least "
+                f"{s.hop_length * 2}"
+            )
+        self._compute(self.mel.frame_count(self.samples))
+        return self.mel.normalise(np.concatenate(self._rows), self.samples // s.hop_length)

@@ -8,8 +8,10 @@ new connection per request and may `describe` first (5 s timeout). Per connectio
 - `describe` -> `info`; `ping` -> `pong` (any time);
 - ASR: `transcribe{language}`, `audio-start`, `audio-chunk`..., `audio-stop` -> `transcript-start`,
   a `transcript-chunk` per generated piece of text, `transcript-stop`, `transcript{text}`. Audio
-  of any rate, width and channel count is converted to 16 kHz mono as it arrives; the model
-  encodes a closed utterance, so the request goes to a worker at `audio-stop`;
+  of any rate, width and channel count is converted to 16 kHz mono and turned into log-mel
+  frames as it arrives (`StreamingLogMel`); the encoder attends over the whole utterance and
+  the features are normalised over it, so the rest waits for `audio-stop`, which hands the
+  request to a worker at once;
 - TTS: `synthesize{text, voice{name}}` -> `audio-start`, an `audio-chunk` per generated frame
   (80 ms), `audio-stop`. Streaming: `synthesize-start`, `synthesize-chunk`... (each complete
   sentence is spoken as soon as it is there, `audio-start/chunk/stop` per sentence), the whole
@@ -67,6 +69,7 @@ from satellite.audio.convert import (
     pcm_to_float,
 )
 from satellite.engine.commands import VOICES, printable
+from satellite.engine.mel import LogMel, StreamingLogMel
 from satellite.engine.template import SPECIAL_TOKENS
 from satellite.wyoming.announce import Announcer
 from satellite.wyoming.framing import MAX_HEADER_BYTES, ProtocolError, read_event, write_event
@@ -92,7 +95,6 @@ if TYPE_CHECKING:
 
 _LOG = logging.getLogger("satellite.wyoming.services")
 
-ASR_RATE = 16000
 MIN_AUDIO_SECONDS = 0.1
 MAX_CONNECTIONS = 64
 MAX_CONVERSATIONS = 32
@@ -166,7 +168,8 @@ class _AsrInput:
     channels: int = 0
     started: bool = False
     resampler: StreamResampler | None = None
-    parts: list[np.ndarray] = field(default_factory=list)
+    mel: StreamingLogMel | None = None
+    """The utterance's log-mel, computed as the audio comes in."""
     seconds: float = 0.0
 
 
@@ -235,6 +238,9 @@ class ServicesServer:
         self.errors = 0
         """`error` events sent."""
         self.sample_rate = 24000
+        """Of the generated audio (the detokenizer's)."""
+        self.mel = LogMel()
+        """The model's audio front end (its input rate and mel bands)."""
 
     @property
     def connections(self) -> int:
@@ -249,11 +255,13 @@ class ServicesServer:
     async def start(self) -> None:
         """Open the sessions in a worker (so they open once, not in several at the same time),
         listen, announce."""
-        warm = self.pool.submit(lambda engine, job: job.post(engine.sample_rate))
+        warm = self.pool.submit(
+            lambda engine, job: job.post((engine.sample_rate, engine.asr.encoder.mel))
+        )
         async for item in warm:
             if isinstance(item, JobFailed):
                 raise WyomingServerError(f"Wyoming services: the model cannot run: {item.error}")
-            self.sample_rate = int(item)
+            self.sample_rate, self.mel = item
         try:
             self._server = await asyncio.start_server(
                 self._serve, self.config.host, self.config.port, limit=MAX_HEADER_BYTES
@@ -467,7 +475,8 @@ class ServicesServer:
             client.asr = None
             raise
         asr.rate, asr.width, asr.channels = start.rate, start.width, start.channels
-        asr.resampler = StreamResampler(start.rate, ASR_RATE)
+        asr.resampler = StreamResampler(start.rate, self.mel.settings.sample_rate)
+        asr.mel = StreamingLogMel(self.mel)
         asr.started = True
 
     @staticmethod
@@ -484,7 +493,7 @@ class ServicesServer:
 
     def _on_audio_chunk(self, client: _Client, event: Event) -> None:
         asr = client.asr
-        if asr is None or not asr.started or asr.resampler is None:
+        if asr is None or asr.resampler is None or asr.mel is None:
             raise BadRequest("audio-chunk: no audio-start before it")
         chunk = AudioChunk.from_event(event)
         if (chunk.rate, chunk.width, chunk.channels) != (asr.rate, asr.width, asr.channels):
@@ -507,29 +516,29 @@ class ServicesServer:
                 "the transcription is abandoned",
                 "too-long",
             )
-        converted = asr.resampler.process(samples)
-        if converted.size:
-            asr.parts.append(converted)
+        asr.mel.push(np.clip(asr.resampler.process(samples), -1.0, 1.0))
 
     def _on_audio_stop(self, client: _Client) -> None:
         asr, client.asr = client.asr, None
-        if asr is None or not asr.started or asr.resampler is None:
+        if asr is None or asr.resampler is None or asr.mel is None:
             raise BadRequest("audio-stop: no audio-start before it")
-        tail = asr.resampler.process(np.zeros(0, np.float32), last=True)
-        samples = np.concatenate([*asr.parts, tail]) if asr.parts or tail.size else None
-        if samples is None or samples.size == 0:
+        asr.mel.push(np.clip(asr.resampler.process(np.zeros(0, np.float32), last=True), -1, 1))
+        rate = self.mel.settings.sample_rate
+        if asr.mel.samples == 0:
             raise BadRequest("no audio: the audio stream was empty (0 s)", "no-audio")
-        if samples.size < MIN_AUDIO_SECONDS * ASR_RATE:
+        if asr.mel.samples < MIN_AUDIO_SECONDS * rate:
             raise BadRequest(
-                f"audio too short: {samples.size / ASR_RATE:.3f} s; at least "
+                f"audio too short: {asr.mel.samples / rate:.3f} s; at least "
                 f"{MIN_AUDIO_SECONDS:g} s is needed",
                 "no-audio",
             )
-        samples = np.clip(samples, -1.0, 1.0).astype(np.float32)
-        self._start(client, self._transcribe(client, samples, asr.language), "audio-stop")
+        features = asr.mel.finish()
+        self._start(client, self._transcribe(client, features, asr.language), "audio-stop")
 
-    async def _transcribe(self, client: _Client, samples: np.ndarray, language: str | None) -> None:
-        job = self.pool.submit(lambda engine, job: engine.transcribe(samples, job))
+    async def _transcribe(
+        self, client: _Client, features: np.ndarray, language: str | None
+    ) -> None:
+        job = self.pool.submit(lambda engine, job: engine.transcribe(features, job))
         text = ""
         try:
             await self._send(client, TranscriptStart(language=language).event())

@@ -124,11 +124,15 @@ class ServiceEngine:
             self._voices[voice] = chat
         return chat
 
-    def transcribe(self, samples: FloatArray, job: Job) -> None:
+    def transcribe(self, features: FloatArray, job: Job) -> None:
+        """`features`: the utterance's log-mel (`StreamingLogMel`, computed as it came in)."""
+        from satellite.engine.chat import Embeds
+
+        embeds = Embeds(self.asr.encoder.encode_features(features))
         result = transcribe_one(
             self.asr,
             self.tokens,
-            samples,
+            embeds,
             self.limits.asr_tokens,
             on_text=lambda text: job.post(TextPiece(text)),
             stop=lambda: job.cancelled,
