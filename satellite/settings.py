@@ -191,8 +191,9 @@ class WyomingSettings:
     """Zeroconf instance name of the satellite; empty: `satellite.name`. Keep it stable."""
 
     services_zeroconf_name: str | None = None
-    """Zeroconf instance name of the services server; empty: `satellite.name` + " Services".
-    Keep it stable: Home Assistant builds the services' unique id from it."""
+    """Zeroconf instance name of the services server; empty: the satellite's zeroconf name
+    followed by " Services". Keep it stable: Home Assistant builds the services' unique id
+    from it."""
 
     services_workers: int = field(default=1, metadata=limits(1, 16))
     """Requests the services run at once (engine worker threads sharing the one loaded model);

@@ -129,7 +129,7 @@ async def _browse(name: str, timeout_ms: int = 3000) -> bool:
 async def test_run_until_signal_then_clean_shutdown(
     model: Path, tmp_path: Path, signum: signal.Signals
 ) -> None:
-    port = _free_port()
+    port, services_port = _free_port(), _free_port()
     name = f"Run Test {signum.name}"
     config = tmp_path / "satellite.yaml"
     config.write_text(
@@ -137,6 +137,7 @@ async def test_run_until_signal_then_clean_shutdown(
         "audio:\n  backend: null\n"
         f"model:\n  directory: {model}\n  threads: 1\n"
         f"wyoming:\n  satellite_host: 127.0.0.1\n  satellite_port: {port}\n  zeroconf: true\n"
+        f"  services_host: 127.0.0.1\n  services_port: {services_port}\n"
         "mqtt:\n  enabled: false\n"
     )
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -158,6 +159,7 @@ async def test_run_until_signal_then_clean_shutdown(
         info = await ha.wait_for("info", 10)
         assert info[0].event.data["satellite"]["name"] == name
         assert await _browse(instance_name(name)), "not announced over zeroconf"
+        assert await _browse(instance_name(f"{name} Services")), "services not announced"
         await ha.close()
         proc.send_signal(signum)
         _, stderr = proc.communicate(timeout=30)
@@ -172,6 +174,7 @@ async def test_run_until_signal_then_clean_shutdown(
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0, "the port is still open"
     assert not await _browse(instance_name(name), 1500), "still announced after shutdown"
+    assert not await _browse(instance_name(f"{name} Services"), 1500)
 
 
 def test_run_refuses_a_busy_port(model: Path, tmp_path: Path) -> None:

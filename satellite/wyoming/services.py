@@ -142,7 +142,9 @@ class ServicesConfig:
         w = settings.wyoming
         name = None
         if w.zeroconf:
-            name = w.services_zeroconf_name or f"{settings.satellite.name} Services"
+            name = (
+                w.services_zeroconf_name or f"{w.zeroconf_name or settings.satellite.name} Services"
+            )
         return cls(
             host=w.services_host,
             port=w.services_port,
