@@ -46,6 +46,7 @@ from satellite.engine.mel import LogMel, StreamingLogMel
 from satellite.engine.model import Model
 from satellite.engine.sessions import SessionConfig
 from satellite.engine.template import Tokens
+from satellite.settings import DeviceControlSettings
 from satellite.wyoming.sentences import pieces, split_complete
 from satellite.wyoming.services import ServicesConfig, ServicesServer
 from satellite.wyoming.speech import Finished, Limits, ServiceEngine
@@ -699,7 +700,8 @@ async def test_old_protocol_client(shaped_dir: Path, old_wyoming: Path, tmp_path
 
 async def test_daemon_serves_both_ports(tiny_dir: Path) -> None:
     """With `wyoming.services_enabled` the daemon serves the satellite and the services on two
-    ports from one model; the satellite's info has the satellite, the services' has none."""
+    ports from one model; the satellite's info has the satellite, the services' has none and
+    offers home control because device control is configured."""
     import dataclasses
 
     settings = daemon_settings(tiny_dir, backend="null")
@@ -707,6 +709,9 @@ async def test_daemon_serves_both_ports(tiny_dir: Path) -> None:
         settings,
         wyoming=dataclasses.replace(
             settings.wyoming, services_enabled=True, services_host="127.0.0.1", services_port=0
+        ),
+        device_control=DeviceControlSettings(
+            enabled=True, allowlist_file=str(Path(__file__).parent.parent / "devices.example.yaml")
         ),
     )
     daemon = Daemon(settings)
@@ -729,6 +734,7 @@ async def test_daemon_serves_both_ports(tiny_dir: Path) -> None:
         await daemon.close()
     assert infos[0].satellite is not None and not infos[0].asr
     assert infos[1].satellite is None and infos[1].asr and infos[1].tts and infos[1].handle
+    assert infos[1].handle[0].supports_home_control
     assert events[-1][1].type == "transcript"
     assert daemon.services is not None and daemon.services._server is None
 
