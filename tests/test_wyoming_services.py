@@ -798,3 +798,21 @@ def test_streaming_log_mel_equals_one_shot() -> None:
             assert stream.frames == whole.shape[0]
     with pytest.raises(ValueError, match="too short"):
         StreamingLogMel().finish()
+
+
+def test_bench_services(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`lfm-satellite bench services` prints and saves the services' figures (a server in a
+    child process, the wyoming client in this one)."""
+    from satellite.cli import main
+
+    saved = tmp_path / "services.json"
+    args = ["bench", "services", "--model", str(tiny_dir), "--requests", "2", "--threads", "1"]
+    assert main([*args, "--json", str(saved)]) == 0
+    out = capsys.readouterr().out
+    assert "audio-stop -> transcript-start ms" in out and "transcriptions at once" in out
+    figures = json.loads(saved.read_text())
+    assert figures["asr_ms"]["transcript"]["count"] == 2
+    assert figures["asr_ms"]["start"]["p50"] <= figures["asr_ms"]["transcript"]["p50"]
+    assert figures["handle_ms"]["count"] == 2
+    assert figures["concurrent_asr_seconds_workers_2"] > 0
+    assert figures["tts"]["requests_without_audio"] + len(figures["tts"]["first_audio_ms"]) == 3

@@ -100,6 +100,24 @@ def add_bench_commands(commands: Any) -> None:
     turns.add_argument("--json", type=Path, metavar="FILE", help="also save the figures here")
     turns.set_defaults(handler=cmd_bench_turns)
 
+    services = sub.add_parser(
+        "services",
+        help="latency of the Wyoming speech-to-text, text-to-speech and conversation services",
+        description="Run the Wyoming services on loopback and drive them with the wyoming "
+        "client as Home Assistant does: audio-stop to transcript-start, first chunk and "
+        "transcript; the log-mel work left at audio-stop; first TTS audio; conversation; N "
+        "transcriptions at once with 1 and 2 workers.",
+    )
+    services.add_argument(
+        "--model", type=Path, metavar="DIR", help="model directory (default: tiny)"
+    )
+    services.add_argument(
+        "--requests", type=int, default=10, help="requests per figure (default 10)"
+    )
+    services.add_argument("--threads", type=int, default=0, help="intra-op threads (default: all)")
+    services.add_argument("--json", type=Path, metavar="FILE", help="also save the figures here")
+    services.set_defaults(handler=cmd_bench_services)
+
 
 def _save(path: Path | None, figures: dict[str, Any]) -> None:
     if path is not None:
@@ -160,6 +178,21 @@ def cmd_bench_turns(args: argparse.Namespace) -> int:
         turns=args.turns,
         threads=args.threads,
         reply_seconds=args.reply_seconds,
+    )
+    print(format_report(report))
+    _save(args.json, report)
+    return 0
+
+
+def cmd_bench_services(args: argparse.Namespace) -> int:
+    from satellite.bench.services import bench_services, format_report
+    from satellite.demo import tiny_model
+    from satellite.errors import UserError
+
+    if args.requests < 1:
+        raise UserError(f"--requests must be at least 1, not {args.requests}")
+    report = bench_services(
+        args.model or tiny_model(), requests=args.requests, threads=args.threads
     )
     print(format_report(report))
     _save(args.json, report)

@@ -540,10 +540,12 @@ class ServicesServer:
     async def _transcribe(
         self, client: _Client, features: np.ndarray, language: str | None
     ) -> None:
+        # the reply starts at once; then the worker (which competes for the GIL) gets the job
+        self.pool.check()
+        await self._send(client, TranscriptStart(language=language).event())
         job = self.pool.submit(lambda engine, job: engine.transcribe(features, job))
         text = ""
         try:
-            await self._send(client, TranscriptStart(language=language).event())
             async with self._deadline(job):
                 async for item in job:
                     if isinstance(item, TextPiece):

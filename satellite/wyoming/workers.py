@@ -109,13 +109,8 @@ class WorkerPool(Generic[E]):
         """Jobs running or waiting."""
         return self._pending
 
-    def submit(
-        self, work: Callable[[E, Job], None], on_end: Callable[[], None] | None = None
-    ) -> Job:
-        """Queue `work`; raises PoolFull when `workers + queue` jobs are already in.
-        `on_end` is called (in the worker, or wherever the job is dropped unrun) once the
-        job is over, whether its work ran or not."""
-        loop = asyncio.get_running_loop()
+    def check(self) -> None:
+        """Raise PoolFull when `submit` would (to refuse a request before answering it)."""
         with self._lock:
             if self._pending >= self.workers + self.queue:
                 self.refused += 1
@@ -123,6 +118,16 @@ class WorkerPool(Generic[E]):
                     f"the server is busy: {self.workers} request(s) running and "
                     f"{self.queue} waiting; try again later"
                 )
+
+    def submit(
+        self, work: Callable[[E, Job], None], on_end: Callable[[], None] | None = None
+    ) -> Job:
+        """Queue `work`; raises PoolFull when `workers + queue` jobs are already in.
+        `on_end` is called (in the worker, or wherever the job is dropped unrun) once the
+        job is over, whether its work ran or not."""
+        loop = asyncio.get_running_loop()
+        self.check()
+        with self._lock:
             self._pending += 1
         job = Job(loop, on_end)
         try:
