@@ -97,7 +97,9 @@ _LOG = logging.getLogger("satellite.wyoming.services")
 
 MIN_AUDIO_SECONDS = 0.1
 MAX_CONNECTIONS = 64
-MAX_CONVERSATIONS = 32
+MAX_CONVERSATIONS = 8
+"""Conversations kept at once (each holds its decoder cache: about 25 kB per position at
+full size); the least recently used idle one is dropped for a new one."""
 MIN_RATE, MAX_RATE = 1000, 384000
 MAX_CHANNELS = 16
 DEFAULT_VOICE = "us_female"

@@ -137,6 +137,7 @@ class ServiceEngine:
             on_text=lambda text: job.post(TextPiece(text)),
             stop=lambda: job.cancelled,
         )
+        self.asr.reset()  # keep only the prompt's cache between requests
         job.post(Finished(text=result.text, reason=result.reason))
 
     def speak(self, pieces: Sequence[str], voice: str, job: Job) -> None:
@@ -196,6 +197,7 @@ class ServiceEngine:
                     reason = event.reason
         finally:
             turn.close()  # type: ignore[attr-defined]
+            chat.reset()  # keep only the prompt's cache between requests
         if reason == "cancelled":
             detokenizer.reset()
         else:
