@@ -47,6 +47,7 @@ from satellite.engine.model import Model
 from satellite.engine.sessions import SessionConfig
 from satellite.engine.template import Tokens
 from satellite.settings import DeviceControlSettings
+from satellite.wyoming.satellite_server import WyomingServerError
 from satellite.wyoming.sentences import pieces, split_complete
 from satellite.wyoming.services import ServicesConfig, ServicesServer
 from satellite.wyoming.speech import Finished, Limits, ServiceEngine
@@ -816,3 +817,13 @@ def test_bench_services(tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFi
     assert figures["handle_ms"]["count"] == 2
     assert figures["concurrent_asr_seconds_workers_2"] > 0
     assert figures["tts"]["requests_without_audio"] + len(figures["tts"]["first_audio_ms"]) == 3
+
+
+async def test_a_busy_port_is_refused_with_the_key(tiny_dir: Path) -> None:
+    async with running(tiny_dir) as first:
+        model, tokens = load(tiny_dir)
+        config = ServicesConfig(host="127.0.0.1", port=first.bound_port, limits=LIMITS)
+        second = ServicesServer(model, tokens, config)
+        with pytest.raises(WyomingServerError, match=r"wyoming\.services_port: cannot listen on"):
+            await second.start()
+        assert second.pool.pending == 0

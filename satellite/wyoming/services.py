@@ -271,6 +271,7 @@ class ServicesServer:
                 self._serve, self.config.host, self.config.port, limit=MAX_HEADER_BYTES
             )
         except OSError as err:
+            await asyncio.to_thread(self.pool.close)
             raise WyomingServerError(
                 f"wyoming.services_port: cannot listen on {self.config.host}:{self.config.port}: "
                 f"{err.strerror or err}"
