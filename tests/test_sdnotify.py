@@ -257,6 +257,7 @@ def test_run_under_a_notify_socket(model: Path, systemd: SystemdSocket, tmp_path
         "audio:\n  backend: null\n"
         f"model:\n  directory: {model}\n  threads: 1\n"
         f"wyoming:\n  satellite_host: 127.0.0.1\n  satellite_port: {port}\n  zeroconf: false\n"
+        "  services_enabled: false\n"
         "mqtt:\n  enabled: false\n"
     )
     env = {**os.environ, "NOTIFY_SOCKET": systemd.env_value, "WATCHDOG_USEC": "400000"}
