@@ -110,11 +110,15 @@ class Watcher:
         self.messages: list[tuple[str, bytes, bool, float]] = []
         self.lock = threading.Lock()
         self.client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+        self.subscribed = threading.Event()
         self.client.on_message = lambda c, u, m: self._add(m)
-        self.client.on_connect = lambda c, u, f, rc, p: [c.subscribe(t, qos=1) for t in topics]
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe([(t, 1) for t in topics])
+        self.client.on_subscribe = lambda c, u, mid, codes, p: self.subscribed.set()
         self.client.reconnect_delay_set(0.2, 0.5)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
+        if not self.subscribed.wait(10):  # else a message published at once could be missed
+            raise RuntimeError("the test subscriber was not subscribed within 10 s")
 
     def _add(self, message: paho.MQTTMessage) -> None:
         with self.lock:
