@@ -74,6 +74,8 @@ from satellite.audio.wake import WakeWordDetector
 from satellite.controls import Controls, ControlStore, default_state_file
 from satellite.mqtt.devices import Entity, load_allowlist, tool_list
 from satellite.reply import ReplyAudio, ReplyDone, ReplyText, Responder
+from satellite.safety.audio import AudioCheck
+from satellite.safety.text import TextFilter
 from satellite.settings import Settings, WakeSettings
 from satellite.telemetry.stats import InterarrivalJitter
 from satellite.wyoming.announce import Announcer
@@ -123,6 +125,10 @@ class TurnReport:
     total_seconds: float
     """From the end of the utterance to the end of playback."""
     error: str | None = None
+    audio_problems: tuple[str, ...] = ()
+    """What the audio integrity check fixed in the reply (safety.audio_integrity)."""
+    blocked_term: str | None = None
+    """The blocked term that stopped the reply (safety.blocked_terms), if one did."""
 
 
 @dataclass
@@ -177,6 +183,9 @@ class Daemon:
         self.allowlist: dict[str, Entity] | None = None
         if control.enabled and control.allowlist_file:
             self.allowlist = load_allowlist(_resolve(control.allowlist_file, config_dir))
+        safety = settings.safety
+        self.text_filter = TextFilter(safety.blocked_terms, safety.text_filter)
+        self.audio_check = AudioCheck(24_000, safety.audio_integrity)
         self.awake_sound = load_sound(audio.awake_sound, "audio.awake_sound", config_dir)
         self.done_sound = load_sound(audio.done_sound, "audio.done_sound", config_dir)
         self.timer_sound = load_sound(audio.timer_sound, "audio.timer_sound", config_dir) or chime()
@@ -320,6 +329,11 @@ class Daemon:
             "overflows": stats.overflows,
             "underruns": stats.underruns,
             "playback_queued_s": round(self.backend.queued / self.backend.output_rate, 3),
+            "audio_fixed": {
+                "invalid_samples": self.audio_check.total.invalid,
+                "clipped_samples": self.audio_check.total.clipped,
+                "silence_runs": self.audio_check.total.silence_runs,
+            },
             "interrupted_turns": self.interrupted,
             "home_assistant_connected": self.server.connected,
             "wyoming_connections": self.server.connections,
@@ -601,15 +615,26 @@ class Daemon:
             queue.put_nowait(self._sound_at_output(self.done_sound))
         self._start_playback("reply", self._play_queue(queue, self.responder.sample_rate))
         playback = self._playback
+        self.audio_check.start_reply()
+        blocked: str | None = None
         try:
             async for event in reply:
                 if isinstance(event, ReplyAudio):
+                    if blocked is not None:
+                        continue
                     if first_audio is None:
                         first_audio = time.monotonic()
-                    queue.put_nowait(event.samples)
+                    queue.put_nowait(self.audio_check.inspect(event.samples))
                 elif isinstance(event, ReplyText):
                     pieces.append(event.text)
                     self._notify("reply_text", text=event.text)
+                    if blocked is None and (term := self.text_filter.blocked("".join(pieces))):
+                        blocked = term
+                        reply.cancel()
+                        self._stop_playback()
+                        _LOG.warning("reply stopped: it contained the blocked term %r", term)
+                        self._notify("error", where="safety",
+                                     message=f"reply stopped: blocked term {term!r}")  # fmt: skip
                 elif isinstance(event, ReplyDone):
                     done = event
             queue.put_nowait(None)
@@ -625,8 +650,8 @@ class Daemon:
             if self.state == "responding":
                 self.state = "idle"
         assert done is not None
-        self._finish_turn(ended, decided, first_audio, done)
-        if done.error is None:
+        self._finish_turn(ended, decided, first_audio, done, blocked)
+        if done.error is None and blocked is None:
             await self.act_on(done.text)
 
     # -- device control ---------------------------------------------------------------------
@@ -687,7 +712,7 @@ class Daemon:
         try:
             async for event in reply:
                 if isinstance(event, ReplyAudio):
-                    queue.put_nowait(event.samples)
+                    queue.put_nowait(self.audio_check.inspect(event.samples))
             queue.put_nowait(None)
             if playback is not None:
                 await asyncio.wait([playback])
@@ -698,8 +723,16 @@ class Daemon:
             self._reply_cancel = None
 
     def _finish_turn(
-        self, ended: UtteranceEnded, decided: float, first_audio: float | None, done: ReplyDone
+        self,
+        ended: UtteranceEnded,
+        decided: float,
+        first_audio: float | None,
+        done: ReplyDone,
+        blocked: str | None = None,
     ) -> None:
+        problems = tuple(self.audio_check.reply_problems())
+        if problems:
+            _LOG.warning("generated audio fixed before playback: %s", "; ".join(problems))
         ttfa = None if first_audio is None else first_audio - decided
         engine = done.engine_first_audio
         report = TurnReport(
@@ -707,7 +740,7 @@ class Daemon:
             utterance_seconds=len(ended.audio) / 2 / MIC_FORMAT.rate,
             end_reason=ended.reason,
             reply_text=done.text,
-            reply_reason=done.reason,
+            reply_reason="blocked" if blocked else done.reason,
             reply_audio_seconds=done.audio_seconds,
             frames=done.frames,
             skipped_frames=done.skipped,
@@ -717,6 +750,8 @@ class Daemon:
             engine_seconds=done.engine_seconds,
             total_seconds=time.monotonic() - decided,
             error=done.error,
+            audio_problems=problems,
+            blocked_term=blocked,
         )
         self.turns.append(report)
         if done.error:

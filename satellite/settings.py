@@ -317,10 +317,12 @@ class SafetySettings:
     """Check generated text before it is spoken and stop replies that contain blocked terms."""
 
     blocked_terms: list[str] = field(default_factory=list)
-    """Extra words or phrases that must never be spoken (case-insensitive)."""
+    """Words or phrases that must never be spoken (case-insensitive, whole words): a reply
+    whose text contains one is stopped there."""
 
     audio_integrity: bool = True
-    """Check generated audio for clipping, silence runs and invalid samples before playback."""
+    """Check generated audio before playback: invalid samples are zeroed, samples beyond full
+    scale clipped, long silences counted; a reply that needed it raises the audio alert."""
 
     max_reply_seconds: float = field(default=30.0, metadata=limits(1.0, 600.0))
     """Longest spoken reply; generation stops there."""

@@ -201,6 +201,13 @@ def device_payload(settings: Settings, topics: Topics, model: str) -> dict[str, 
             "value_template": "{{ 'ON' if value_json.alerts.latency else 'OFF' }}",
             "expire_after": expire,
         },
+        "audio_alert": {
+            "platform": "binary_sensor", "name": "Audio integrity alert",
+            "device_class": "problem", "state_topic": "~/health",
+            "entity_category": "diagnostic",
+            "value_template": "{{ 'ON' if value_json.alerts.audio else 'OFF' }}",
+            "expire_after": expire,
+        },
         "jitter_alert": {
             "platform": "binary_sensor", "name": "Jitter alert", "device_class": "problem",
             "state_topic": "~/health", "entity_category": "diagnostic",

@@ -10,6 +10,8 @@ change is passed to the `on_alert` callbacks.
   `health.turn_latency_alert_ms` (over the last `health.window` turns).
 - `jitter`: input or playback jitter (RFC 3550 §6.4.1, see `satellite.telemetry.stats`)
   above `health.jitter_alert_ms`.
+- `audio`: the last reply's audio had to be fixed before playback (invalid samples, heavy
+  clipping, long silences: `satellite.safety.audio`); cleared by the next clean reply.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from satellite.telemetry.stats import InterarrivalJitter, Window
 
 _LOG = logging.getLogger("satellite.health")
 
-ALERTS = ("latency", "jitter")
+ALERTS = ("latency", "jitter", "audio")
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,9 @@ class HealthMonitor:
             if report.frames and report.engine_seconds:
                 self.engine_step.add(report.engine_seconds * 1000 / report.frames)
             self.check()
+            bad = bool(report.audio_problems)
+            if bad != self.alerts["audio"]:
+                self._change(AlertChange("audio", bad, float(len(report.audio_problems)), 0.0))
         elif kind == "error":
             self.errors += 1
 
@@ -110,13 +115,16 @@ class HealthMonitor:
                 value, threshold = max(known, key=lambda p: p[0] / p[1])
                 changes.append(AlertChange(name, False, value, threshold))
         for change in changes:
-            self.alerts[change.name] = change.raised
-            verb = "raised" if change.raised else "cleared"
-            _LOG.warning("%s alert %s: %.1f ms against %.1f ms", change.name, verb,
-                         change.value, change.threshold)  # fmt: skip
-            for callback in self.on_alert:
-                callback(change)
+            self._change(change)
         return changes
+
+    def _change(self, change: AlertChange) -> None:
+        self.alerts[change.name] = change.raised
+        verb = "raised" if change.raised else "cleared"
+        _LOG.warning("%s alert %s: %.1f against %.1f", change.name, verb,
+                     change.value, change.threshold)  # fmt: skip
+        for callback in self.on_alert:
+            callback(change)
 
     def playback_jitter_source(self) -> InterarrivalJitter:
         return self.watched.playback_jitter
