@@ -67,7 +67,13 @@ from satellite.audio.convert import (
     float_to_pcm16,
     pcm_to_float,
 )
-from satellite.audio.endpoint import Endpointer, SpeechStarted, UtteranceEnded
+from satellite.audio.endpoint import (
+    Endpointer,
+    PauseEnded,
+    PauseStarted,
+    SpeechStarted,
+    UtteranceEnded,
+)
 from satellite.audio.sounds import Sound, chime, load_sound
 from satellite.audio.wake import Detection as WakeDetection
 from satellite.audio.wake import WakeWordDetector
@@ -211,6 +217,9 @@ class Daemon:
         self._turn_audio = 0
         """Capture samples since the wake word (the no-speech timeout counts audio time)."""
         self._speech_started = False
+        self._speculating = False
+        """Speculative work on the utterance (a pause) is in the engine's worker."""
+        self._speculate_on = settings.vad.speculative
         self._stream_ts = 0
         self.last_chunk = 0.0
         """`time.monotonic()` of the last capture chunk."""
@@ -478,6 +487,12 @@ class Daemon:
                 self._notify("speech_started")
                 if self.mode == "local":
                     self.server.send(VoiceStarted().event())
+            elif isinstance(event, PauseStarted):
+                if self.state == "listening" and self._speculate_on and self.responder:
+                    self.responder.speculate(pcm_to_float(event.audio, 2, 1))
+                    self._speculating = True
+            elif isinstance(event, PauseEnded):
+                self._drop_speculation()
             elif isinstance(event, UtteranceEnded):
                 self._on_utterance(event)
                 return
@@ -552,6 +567,7 @@ class Daemon:
 
     def _interrupt(self) -> None:
         """Stop the turn, the reply being generated and whatever plays."""
+        self._drop_speculation()
         if self.state == "streaming":
             self.server.send(AudioStop().event())
         if self._reply_cancel is not None:
@@ -587,25 +603,45 @@ class Daemon:
             self._turn = asyncio.create_task(self._answered(ended))
             return
         self.state = "responding"
-        self._turn = asyncio.create_task(self._respond(ended, decided))
+        speculated = self._speculating and ended.reason == "silence"
+        if not speculated:
+            self._drop_speculation()
+        self._speculating = False
+        self._turn = asyncio.create_task(self._respond(ended, decided, speculated))
 
     # -- local turn -------------------------------------------------------------------------
 
-    async def answer(self, samples: np.ndarray, reason: str = "silence") -> TurnReport:
+    async def answer(
+        self, samples: np.ndarray, reason: str = "silence", pause: float | None = None
+    ) -> TurnReport:
         """Run one local turn on 16 kHz float32 speech, as if the endpointer had just closed
-        it (benchmarks drive the reply path through this)."""
+        it (benchmarks drive the reply path through this). With `pause`, as if the user had
+        paused that many seconds before the end was decided: speculative work starts on
+        `samples` first, as `vad.speculative` does."""
         pcm = np.round(np.clip(samples, -1.0, 32767 / 32768) * 32768).astype("<i2").tobytes()
         ended = UtteranceEnded(reason, 0.0, 0.0, len(pcm) / 2 / 16000, pcm)  # type: ignore[arg-type]
         self._wake_word = self._wake_word or "api"
+        speculated = pause is not None and self.responder is not None
+        if speculated:
+            assert self.responder is not None and pause is not None
+            self.responder.speculate(pcm_to_float(pcm, 2, 1))
+            await asyncio.sleep(pause)
         self.state = "responding"
-        self._turn = asyncio.create_task(self._respond(ended, time.monotonic()))
+        self._turn = asyncio.create_task(self._respond(ended, time.monotonic(), speculated))
         await self._turn
         return self.turns[-1]
 
-    async def _respond(self, ended: UtteranceEnded, decided: float) -> None:
+    def _drop_speculation(self) -> None:
+        if self._speculating and self.responder is not None:
+            self.responder.abandon()
+        self._speculating = False
+
+    async def _respond(
+        self, ended: UtteranceEnded, decided: float, speculated: bool = False
+    ) -> None:
         assert self.responder is not None
         samples = pcm_to_float(ended.audio, 2, 1)
-        reply = self.responder.reply(samples)
+        reply = self.responder.reply(samples, speculated=speculated)
         self._reply_cancel = reply.cancel
         first_audio: float | None = None
         pieces: list[str] = []

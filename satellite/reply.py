@@ -39,6 +39,7 @@ from satellite.errors import UserError
 
 if TYPE_CHECKING:
     from satellite.engine.chat import Chat
+    from satellite.engine.decoder import DecoderState
     from satellite.engine.detokenize import StreamingDetokenizer
     from satellite.engine.model import Model
     from satellite.engine.template import Accent, Gender, Tokens
@@ -51,6 +52,9 @@ FRAMES_PER_SECOND = 12.5
 """Generated audio frames per second of speech (80 ms each)."""
 TEXT_ALLOWANCE = 64
 """Tokens beyond the audio frames a reply may take (its text runs, the end markers)."""
+SPECULATED_PARTS = 2
+"""A user turn's parts read speculatively: its header and the speech (its closing tokens and
+the assistant's header are read when the turn is committed)."""
 ASR_TOKENS = 128
 """Longest transcript of a short answer (a confirmation), in tokens."""
 VOICE_PROMPTS: dict[str, tuple[Accent, Gender]] = {
@@ -161,6 +165,11 @@ class Responder:
         self._detokenizer: StreamingDetokenizer | None = None
         self._last_turn: float | None = None
         self.turns = 0
+        self._spec: DecoderState | None = None
+        """The checkpoint from before the last speculative prefill, while it stands."""
+        self.speculations = 0
+        self.speculated_turns = 0
+        """Turns that went on from a speculative prefill."""
         self.busy_since: float | None = None
         """`time.monotonic()` when the worker took the turn in progress (None: idle)."""
 
@@ -220,11 +229,53 @@ class Responder:
         self._chat.encoder  # noqa: B018 (opens the encoder's session now)
         self._detokenizer = from_model(self.model)
 
-    def reply(self, samples: FloatArray) -> Reply:
-        """Start a turn on `samples` (16 kHz mono float32) and return it at once."""
+    def reply(self, samples: FloatArray, *, speculated: bool = False) -> Reply:
+        """Start a turn on `samples` (16 kHz mono float32) and return it at once. With
+        `speculated`, the turn goes on from the last `speculate` (whose speech stands for
+        `samples`) when that is still in place; otherwise it starts afresh."""
         reply = Reply(time.monotonic())
-        self._executor.submit(self._run, reply, np.asarray(samples, np.float32))
+        self._executor.submit(self._run, reply, np.asarray(samples, np.float32), speculated)
         return reply
+
+    def speculate(self, samples: FloatArray) -> None:
+        """Encode `samples` and read them into the conversation now, in the worker, while
+        the user pauses; `reply(..., speculated=True)` then only has the turn's closing
+        tokens left to read. `abandon` undoes it (the user spoke on)."""
+        self._executor.submit(self._speculate, np.asarray(samples, np.float32))
+
+    def abandon(self) -> None:
+        """Undo the last `speculate` (after the turn in progress, in order)."""
+        self._executor.submit(self._abandon)
+
+    def _speculate(self, samples: FloatArray) -> None:
+        from satellite.engine.chat import Speech, user_turn
+
+        try:
+            self._prepare()
+            chat = self._chat
+            assert chat is not None
+            self._abandon()
+            self._idle_reset(chat, time.monotonic())
+            started = time.monotonic()
+            head = user_turn(self.tokens, Speech(samples))[:SPECULATED_PARTS]
+            self._spec = chat.speculate(head)
+            self.speculations += 1
+            _LOG.debug("speculative prefill of %.2f s of speech in %.0f ms",
+                       samples.size / 16000, (time.monotonic() - started) * 1000)  # fmt: skip
+        except Exception:
+            _LOG.debug("speculative prefill failed; the turn will start afresh", exc_info=True)
+            self._spec = None
+
+    def _abandon(self) -> None:
+        if self._spec is not None and self._chat is not None:
+            self._chat.rollback(self._spec)
+        self._spec = None
+
+    def _idle_reset(self, chat: Chat, now: float) -> None:
+        if self._last_turn is not None and now - self._last_turn > self.conversation_timeout:
+            _LOG.info("conversation idle for %.0f s; starting a new one", now - self._last_turn)
+            chat.reset()
+            self._last_turn = None
 
     def speak(self, text: str, voice: str = "us_female") -> Reply:
         """Say `text` (text to speech, sequential mode) in one of the four voices; the Reply
@@ -352,12 +403,12 @@ class Responder:
         """Stop the worker after the turn in progress (callers cancel it first)."""
         self._executor.shutdown(wait=True, cancel_futures=True)
 
-    def _run(self, reply: Reply, samples: FloatArray) -> None:
+    def _run(self, reply: Reply, samples: FloatArray, speculated: bool = False) -> None:
         start = time.monotonic()
         self.busy_since = start
         try:
             self._prepare()
-            done = self._turn(reply, samples, start)
+            done = self._turn(reply, samples, start, speculated)
         except Exception as err:  # reported to the loop, which logs it and goes on listening
             _LOG.debug("turn failed", exc_info=True)
             done = ReplyDone(
@@ -369,15 +420,24 @@ class Responder:
         self.busy_since = None
         reply.post(done)
 
-    def _turn(self, reply: Reply, samples: FloatArray, start: float) -> ReplyDone:
+    def _turn(
+        self, reply: Reply, samples: FloatArray, start: float, speculated: bool = False
+    ) -> ReplyDone:
         from satellite.engine.chat import ContextReset, Speech, user_turn
         from satellite.engine.generation import AudioFrame, TextToken, TurnEnd
 
         chat, detokenizer = self._chat, self._detokenizer
         assert chat is not None and detokenizer is not None
-        if self._last_turn is not None and start - self._last_turn > self.conversation_timeout:
-            _LOG.info("conversation idle for %.0f s; starting a new one", start - self._last_turn)
-            chat.reset()
+        parts = user_turn(self.tokens, Speech(samples))
+        if speculated and self._spec is not None:
+            parts = parts[SPECULATED_PARTS:]  # the speech is in the conversation already
+            self._spec = None
+            self.speculated_turns += 1
+            # until now the worker was finishing the speculative prefill: engine time too
+            start = min(start, reply.requested)
+        else:
+            self._abandon()
+            self._idle_reset(chat, start)
         config = chat.generation_config("interleaved", max_new_tokens=self.max_new_tokens)
         reason: str = "max_new_tokens"
         pieces: list[str] = []
@@ -385,7 +445,7 @@ class Responder:
         samples_out = 0
         first: float | None = None
         reset = False
-        turn = chat.turn(user_turn(self.tokens, Speech(samples)), config)
+        turn = chat.turn(parts, config)
         try:
             for event in turn:
                 if reply.cancelled:

@@ -3,6 +3,7 @@ endpointer: trailing silence, maximum length, preroll, short bursts and chunk si
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -16,6 +17,8 @@ from satellite.audio.convert import FloatArray, float_to_pcm16, resample
 from satellite.audio.endpoint import (
     Endpointer,
     EndpointEvent,
+    PauseEnded,
+    PauseStarted,
     SpeechStarted,
     UtteranceEnded,
 )
@@ -47,12 +50,17 @@ def _sound_bounds(audio: FloatArray) -> tuple[float, float]:
     return loud[0] / RATE, (loud[-1] + 1) / RATE
 
 
-def _run(endpointer: Endpointer, pcm: bytes, chunk_ms: float) -> list[EndpointEvent]:
+def _run(
+    endpointer: Endpointer, pcm: bytes, chunk_ms: float, pauses: bool = False
+) -> list[EndpointEvent]:
+    """The events of `pcm` fed in `chunk_ms` chunks (pause events only with `pauses`)."""
     size = 2 * round(chunk_ms * RATE / 1000)
     events: list[EndpointEvent] = []
     for start in range(0, len(pcm), size):
         events.extend(endpointer.process(pcm[start : start + size]))
-    return events
+    if pauses:
+        return events
+    return [e for e in events if not isinstance(e, PauseStarted | PauseEnded)]
 
 
 def _kinds(events: Sequence[EndpointEvent]) -> list[str]:
@@ -134,3 +142,26 @@ def test_chunk_size_does_not_matter() -> None:
         results.append(_run(endpointer, pcm, ms))
     assert _kinds(results[0]) == ["SpeechStarted", "UtteranceEnded"] * 2, results[0]
     assert results[0] == results[1] == results[2]
+
+
+def test_pauses_are_reported_for_speculative_work() -> None:
+    """Speech, a 0.2 s pause, speech, then silence: a pause that ends, then one that turns into
+    the end of the utterance; each pause carries the utterance so far, a prefix of the final
+    one."""
+    first, second = _speech("turn on the lights"), _speech("in the kitchen")
+    audio = np.concatenate([_silence(0.8), first, _silence(0.2), second, _silence(1.0)])
+    events = _run(Endpointer(VadSettings()), float_to_pcm16(audio), 20, pauses=True)
+    kinds = _kinds(events)
+    assert kinds[0] == "SpeechStarted" and kinds[-1] == "UtteranceEnded", kinds
+    middle = kinds[1:-1]
+    assert middle[-1] == "PauseStarted" and middle.count("PauseEnded") >= 1, kinds
+    assert all(a != b for a, b in itertools.pairwise(middle)), "pauses alternate"
+    ended = events[-1]
+    assert isinstance(ended, UtteranceEnded)
+    for event in events:
+        if isinstance(event, PauseStarted):
+            assert ended.audio.startswith(event.audio) and len(event.audio) < len(ended.audio)
+    last = events[-2]
+    assert isinstance(last, PauseStarted)
+    trailing = (len(ended.audio) - len(last.audio)) / 2 / RATE
+    assert abs(trailing - (0.7 - 0.1)) < 0.015, f"{trailing:.3f} s between the pause and the end"

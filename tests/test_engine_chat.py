@@ -259,3 +259,28 @@ def test_audio_steps_skip_the_text_head_without_changing_the_reply(
     assert replies[0] == replies[1]
     frames = sum(isinstance(r, tuple) for r in replies[0])
     assert frames > 0 and skipped == [frames, 0], (frames, skipped)
+
+
+def test_speculative_prefill_gives_the_same_reply(model: Model) -> None:
+    """A user turn whose speech is read speculatively (`speculate`), then finished with the
+    rest of the turn, gives every token and code of the turn given at once (greedy text,
+    top-1 audio); a speculation rolled back leaves the conversation as it was."""
+    speech = Speech(waveform(1.5, seed=3))
+    parts = [[6, 21, 10], speech, [7, 10], [6, 22, 10]]
+    plain = Chat(model, prefix=[SYSTEM], turn_end=TURN_END)
+    config = plain.generation_config("interleaved", max_new_tokens=50, audio=GREEDY_AUDIO)
+    expected = reply(plain.turn(parts, config))
+
+    chat = Chat(model, prefix=[SYSTEM], turn_end=TURN_END)
+    before = chat.context_used
+    state = chat.speculate(parts[:2])
+    assert chat.context_used > before + 10, "the speech was read into the cache"
+    assert chat.decoder.pending_length == 0
+    got = reply(chat.turn(parts[2:], config))
+    assert got == expected
+
+    again = Chat(model, prefix=[SYSTEM], turn_end=TURN_END)
+    state = again.speculate([[6, 21, 10], Speech(waveform(1.0, seed=4))])
+    again.rollback(state)
+    assert again.context_used == before
+    assert reply(again.turn(parts, config)) == expected

@@ -246,15 +246,45 @@ def test_bench_turns_reports_the_overhead(model: Path, tmp_path: Path) -> None:
     out = tmp_path / "turns.json"
     done = subprocess.run(
         [sys.executable, "-m", "satellite", "bench", "turns", "--model", str(model),
-         "--turns", "3", "--threads", "1", "--json", str(out)],
+         "--turns", "3", "--threads", "1", "--pause", "0.3", "--json", str(out)],
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "daemon overhead ms" in done.stdout
     report = json.loads(out.read_text())
     assert report["turns"] == 3 and report["turns_with_audio"] == 3
+    assert report["speculative_pause_seconds"] == 0.3 and "speculative prefill" in done.stdout
     ttfa, engine, overhead = (
         report[k] for k in ("time_to_first_audio_ms", "engine_ms", "overhead_ms")
     )
     assert overhead["count"] == 3 and 0 <= overhead["p50"] <= ttfa["p50"]
     assert abs(ttfa["mean"] - engine["mean"] - overhead["mean"]) < 0.05
+
+
+@pytest.mark.parametrize("speculative", [True, False])
+async def test_speculative_prefill_during_the_trailing_silence(
+    model: Path, tmp_path: Path, speculative: bool
+) -> None:
+    """A question with a short pause inside: the pause's speculative work is thrown away when
+    the user goes on, the final pause's work becomes the turn (`vad.speculative`)."""
+    source = tmp_path / "mic.wav"
+    script_wav(source, [
+        ("silence", 1.0), ("say", "okay nabu"), ("silence", 0.6), ("say", "turn on the lights"),
+        ("silence", 0.2), ("say", "in the kitchen"), ("silence", 2.0),
+    ])  # fmt: skip
+    settings = daemon_settings(model, input_file=source)
+    settings = dataclasses.replace(settings, vad=VadSettings(speculative=speculative))
+    daemon = Daemon(settings)
+    await daemon.start()
+    try:
+        await asyncio.wait_for(daemon.wait_stopped(), 30)
+    finally:
+        await daemon.close()
+    [turn] = daemon.turns
+    responder = daemon.responder
+    assert responder is not None and turn.time_to_first_audio is not None
+    if speculative:
+        assert responder.speculations >= 2 and responder.speculated_turns == 1
+    else:
+        assert responder.speculations == 0 and responder.speculated_turns == 0
+    assert turn.reply_audio_seconds > 0

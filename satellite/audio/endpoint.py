@@ -15,6 +15,9 @@ answers -1 (not speech) for its first 0.76 s of audio, so feed the endpointer co
 - `SpeechStarted` once `min_speech_ms` of speech frames have been seen with no gap longer
   than 50 ms; shorter bursts are ignored. The start is moved back over the loud frames just
   before the VAD noticed (bounded by the ring), so it marks the first syllable.
+- `PauseStarted` (with the utterance so far) once speech has stopped for `PAUSE_MS`, and
+  `PauseEnded` if speech comes back before the trailing silence is complete: a listener can
+  start work on the utterance during the trailing silence and drop it if the user goes on.
 - `UtteranceEnded` when `trailing_silence_ms` of consecutive non-speech frames follow the
   speech (`reason="silence"`), or when the utterance has lasted `max_utterance_seconds` from
   the start of speech (`reason="max_length"`). Its audio runs from `preroll_ms` before the
@@ -42,6 +45,8 @@ FRAME_BYTES = 2 * FRAME_SAMPLES
 FRAME_MS = 10
 GAP_FRAMES = 5
 """Non-speech frames a run of speech may contain and still count as one run (50 ms)."""
+PAUSE_MS = 100
+"""Non-speech after speech that counts as a pause (`PauseStarted`)."""
 LOOKBACK_FRAMES = 50
 """How far the speech start may be moved back over loud frames before the VAD noticed."""
 NOISE_FRAMES = 100
@@ -76,7 +81,21 @@ class UtteranceEnded:
     """16 kHz 16-bit mono PCM of the utterance, preroll included."""
 
 
-EndpointEvent = SpeechStarted | UtteranceEnded
+@dataclass(frozen=True)
+class PauseStarted:
+    """Speech has stopped for `PAUSE_MS` (the utterance may be ending): a chance to start
+    on it before the trailing silence is over."""
+
+    audio: bytes
+    """The utterance so far (preroll included), as `UtteranceEnded.audio` would begin."""
+
+
+@dataclass(frozen=True)
+class PauseEnded:
+    """Speech came back after a `PauseStarted`: the utterance goes on."""
+
+
+EndpointEvent = SpeechStarted | UtteranceEnded | PauseStarted | PauseEnded
 
 
 def _frames(ms: float) -> int:
@@ -92,6 +111,7 @@ class Endpointer:
         self._preroll = _frames(settings.preroll_ms)
         self._min_speech = max(1, _frames(settings.min_speech_ms))
         self._trailing = max(1, _frames(settings.trailing_silence_ms))
+        self._pause = max(1, _frames(PAUSE_MS))
         self._max_frames = max(1, _frames(settings.max_utterance_seconds * 1000))
         self._pending = b""
         self._frame = 0
@@ -139,9 +159,17 @@ class Endpointer:
             self._levels.append(level)
             return self._listen(frame, speech, loud)
         self._utterance.append(frame)
-        self._silence = 0 if speech else self._silence + 1
+        if speech:
+            paused = self._silence >= self._pause
+            self._silence = 0
+            if paused:
+                return PauseEnded()
+        else:
+            self._silence += 1
         if self._silence >= self._trailing:
             return self._end("silence")
+        if self._silence == self._pause:
+            return PauseStarted(b"".join(self._utterance))
         if self._frame - self._speech_frame >= self._max_frames:
             return self._end("max_length")
         return None

@@ -97,6 +97,13 @@ def add_bench_commands(commands: Any) -> None:
     turns.add_argument(
         "--reply-seconds", type=float, default=1.0, help="longest reply per turn (default 1)"
     )
+    turns.add_argument(
+        "--pause",
+        type=float,
+        metavar="S",
+        help="speculative prefill S seconds before the end of each utterance (the trailing "
+        "silence after a 100 ms pause: 0.6 with the default vad.trailing_silence_ms)",
+    )
     turns.add_argument("--json", type=Path, metavar="FILE", help="also save the figures here")
     turns.set_defaults(handler=cmd_bench_turns)
 
@@ -178,6 +185,7 @@ def cmd_bench_turns(args: argparse.Namespace) -> int:
         turns=args.turns,
         threads=args.threads,
         reply_seconds=args.reply_seconds,
+        pause=args.pause,
     )
     print(format_report(report))
     _save(args.json, report)

@@ -12,7 +12,9 @@ For each turn:
   to the loop, queueing for playback, resampling.
 
 Turns run back to back, each reply played out at real time before the next (so the tiny
-model's noisy replies are cut to `--reply-seconds`).
+model's noisy replies are cut to `--reply-seconds`). With `--pause S`, each turn is as if the
+user paused S seconds before the endpointer decided (`vad.speculative`): the speculative
+prefill starts S seconds before the time to first audio starts counting.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from satellite.settings import Settings
 from satellite.telemetry.stats import Window
 
 
-async def _run(settings: Settings, turns: int, seconds: float) -> list[Any]:
+async def _run(
+    settings: Settings, turns: int, seconds: float, pause: float | None = None
+) -> list[Any]:
     from satellite.bench.query import spoken_query
     from satellite.daemon import Daemon
 
@@ -38,7 +42,7 @@ async def _run(settings: Settings, turns: int, seconds: float) -> list[Any]:
     reports = []
     try:
         for _ in range(turns):
-            reports.append(await daemon.answer(query.samples))
+            reports.append(await daemon.answer(query.samples, pause=pause))
     finally:
         await daemon.close()
     return reports
@@ -46,7 +50,7 @@ async def _run(settings: Settings, turns: int, seconds: float) -> list[Any]:
 
 def bench_turns(
     model: Path, *, turns: int = 50, threads: int = 0, reply_seconds: float = 1.0,
-    query_seconds: float = 4.0,
+    query_seconds: float = 4.0, pause: float | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     base = Settings()
     replace = dataclasses.replace
@@ -66,7 +70,7 @@ def bench_turns(
         mqtt=replace(base.mqtt, enabled=False),
     )
     started = time.monotonic()
-    reports = asyncio.run(_run(settings, turns, query_seconds))
+    reports = asyncio.run(_run(settings, turns, query_seconds, pause))
     windows = {
         name: Window(turns) for name in ("time_to_first_audio_ms", "engine_ms", "overhead_ms")
     }
@@ -83,6 +87,7 @@ def bench_turns(
         "threads": threads,
         "query_seconds": query_seconds,
         "reply_seconds": reply_seconds,
+        "speculative_pause_seconds": pause,
         "machine": platform.machine(),
         "wall_seconds": round(time.monotonic() - started, 1),
         **{name: window.summary().as_dict() for name, window in windows.items()},
@@ -93,7 +98,12 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"local turns on {report['model']}: {report['turns_with_audio']} of {report['turns']} "
         f"with audio ({report['query_seconds']:g} s query, replies cut at "
-        f"{report['reply_seconds']:g} s, {report['wall_seconds']} s in all)",
+        f"{report['reply_seconds']:g} s, {report['wall_seconds']} s in all)"
+        + (
+            f"; speculative prefill {report['speculative_pause_seconds']:g} s before the end"
+            if report.get("speculative_pause_seconds") is not None
+            else ""
+        ),
         f"{'':24}{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}",
     ]
     for name, label in (

@@ -171,6 +171,27 @@ class Chat:
             raise RuntimeError("cannot roll back while a turn is being generated; close it first")
         self.decoder.restore(state)
 
+    def speculate(self, parts: Sequence[Part]) -> DecoderState:
+        """Run `parts`, the start of a user turn, now (e.g. the user's speech while they
+        pause) and return the checkpoint from before them. Then either `turn(rest, config)`
+        with the rest of the turn, as if all had been given at once, or `rollback(state)` if
+        the user went on speaking. Dropping the history for room happens here if needed."""
+        if self._busy:
+            raise RuntimeError("cannot speculate while a turn is being generated")
+        state = self.checkpoint()
+        inputs = [self.embed(p) for p in parts]
+        size = sum(x.shape[0] for x in inputs)
+        if size + self.reserve > self.decoder.free and self.decoder.length > self._start.length:
+            _LOG.warning("context: dropping the conversation history to make room")
+            self.decoder.restore(self._start)
+        if size > self.decoder.free:
+            self.decoder.restore(state)
+            raise ContextFullError(self.context_used + size, self.context_length)
+        for x in inputs:
+            self.decoder.push(x)
+        self.decoder.step(logits=False)
+        return state
+
     def flush(self) -> None:
         """Run whatever is queued (a reply's closing tokens) now, e.g. while idle, so that the
         next turn starts with less to do."""
