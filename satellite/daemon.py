@@ -644,7 +644,6 @@ class Daemon:
         reply = self.responder.reply(samples, speculated=speculated)
         self._reply_cancel = reply.cancel
         first_audio: float | None = None
-        pieces: list[str] = []
         done: ReplyDone | None = None
         queue: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
         if self.done_sound is not None:
@@ -653,6 +652,7 @@ class Daemon:
         playback = self._playback
         self.audio_check.start_reply()
         blocked: str | None = None
+        said = ""
         try:
             async for event in reply:
                 if isinstance(event, ReplyAudio):
@@ -662,9 +662,9 @@ class Daemon:
                         first_audio = time.monotonic()
                     queue.put_nowait(self.audio_check.inspect(event.samples))
                 elif isinstance(event, ReplyText):
-                    pieces.append(event.text)
+                    said += event.text
                     self._notify("reply_text", text=event.text)
-                    if blocked is None and (term := self.text_filter.blocked("".join(pieces))):
+                    if blocked is None and (term := self.text_filter.blocked(said)):
                         blocked = term
                         reply.cancel()
                         self._stop_playback()

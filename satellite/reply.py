@@ -234,7 +234,13 @@ class Responder:
         `speculated`, the turn goes on from the last `speculate` (whose speech stands for
         `samples`) when that is still in place; otherwise it starts afresh."""
         reply = Reply(time.monotonic())
-        self._executor.submit(self._run, reply, np.asarray(samples, np.float32), speculated)
+        audio = np.asarray(samples, np.float32)
+        self._executor.submit(
+            self._guarded,
+            reply,
+            lambda start: self._turn(reply, audio, start, speculated),
+            True,
+        )
         return reply
 
     def speculate(self, samples: FloatArray) -> None:
@@ -295,7 +301,12 @@ class Responder:
         )
         return reply
 
-    def _guarded(self, reply: Reply, work: Callable[[float], ReplyDone]) -> None:
+    def _guarded(
+        self, reply: Reply, work: Callable[[float], ReplyDone], conversation: bool = False
+    ) -> None:
+        """Run `work` in the worker and post its ReplyDone; an exception becomes an `error`
+        ReplyDone that the loop logs before it goes on listening. A `conversation` turn is
+        counted and timed for the idle timeout."""
         start = time.monotonic()
         self.busy_since = start
         try:
@@ -307,6 +318,9 @@ class Responder:
                 "error", "", 0, 0, 0.0, reply.requested, start, None,
                 time.monotonic() - start, error=str(err) or type(err).__name__,
             )  # fmt: skip
+        if conversation:
+            self._last_turn = time.monotonic()
+            self.turns += 1
         self.busy_since = None
         reply.post(done)
 
@@ -316,62 +330,30 @@ class Responder:
         return Chat(self.model, prefix=system_prefix(self.tokens, prompt), seed=self.seed)
 
     def _speak(self, reply: Reply, text: str, voice: str, start: float) -> ReplyDone:
-        from satellite.engine.chat import user_turn
-        from satellite.engine.generation import AUDIO_START, AudioFrame, TextToken, TurnEnd
         from satellite.engine.template import tts_prompt
+        from satellite.engine.tts import SpeechStream
 
         accent, gender = VOICE_PROMPTS.get(voice, ("US", "female"))
         chat = self._tts.get(voice)
         if chat is None:
             chat = self._tts[voice] = self._side_chat(tts_prompt(accent, gender))
-        chat.reset()
         detokenizer = self._detokenizer
         assert detokenizer is not None
-        config = chat.generation_config(
-            "sequential", max_new_tokens=TEXT_ALLOWANCE + self.max_frames + 1
-        )
-        reason, frames, skipped, texts, out = "max_new_tokens", 0, 0, 0, 0
+        stream = SpeechStream(chat, self.tokens, detokenizer, text, max_frames=self.max_frames,
+                              cancelled=lambda: reply.cancelled)  # fmt: skip
         first: float | None = None
-        turn = chat.turn(user_turn(self.tokens, text), config)
-        try:
-            for event in turn:
-                if reply.cancelled:
-                    reason = "cancelled"
-                    break
-                if isinstance(event, TextToken):
-                    texts += 1
-                    if event.token != AUDIO_START and texts >= TEXT_ALLOWANCE:
-                        break
-                elif isinstance(event, AudioFrame):
-                    if event.end_of_audio:
-                        reason = "end_of_turn"
-                        break
-                    if any(not 0 <= c < detokenizer.codebook_size for c in event.codes):
-                        skipped += 1
-                        continue
-                    audio = detokenizer.push(np.asarray(event.codes, np.int64))
-                    frames += 1
-                    if audio.size:
-                        now = time.monotonic()
-                        first = now if first is None else first
-                        out += audio.size
-                        reply.post(ReplyAudio(audio, now))
-                    if frames + skipped >= self.max_frames:
-                        break
-                elif isinstance(event, TurnEnd):
-                    reason = event.reason
-        finally:
-            close = getattr(turn, "close", None)
-            if close is not None:
-                close()
-        tail = detokenizer.finish()
-        if tail.size:
-            out += tail.size
-            reply.post(ReplyAudio(tail, time.monotonic()))
+        out = 0
+        for audio in stream:
+            now = time.monotonic()
+            first = now if first is None else first
+            out += audio.size
+            reply.post(ReplyAudio(audio, now))
+        reason = {"end_of_audio": "end_of_turn", "max_seconds": "max_new_tokens",
+                  "no_audio_start": "end_of_turn"}.get(stream.reason, stream.reason)  # fmt: skip
         return ReplyDone(
-            reason, text, frames, skipped, out / detokenizer.sample_rate,  # type: ignore[arg-type]
-            reply.requested, start, None if first is None else first - start,
-            time.monotonic() - start,
+            reason, text, stream.frames, stream.skipped,  # type: ignore[arg-type]
+            out / detokenizer.sample_rate, reply.requested, start,
+            None if first is None else first - start, time.monotonic() - start,
         )  # fmt: skip
 
     def _transcribe(self, reply: Reply, samples: FloatArray, start: float) -> ReplyDone:
@@ -402,23 +384,6 @@ class Responder:
     def close(self) -> None:
         """Stop the worker after the turn in progress (callers cancel it first)."""
         self._executor.shutdown(wait=True, cancel_futures=True)
-
-    def _run(self, reply: Reply, samples: FloatArray, speculated: bool = False) -> None:
-        start = time.monotonic()
-        self.busy_since = start
-        try:
-            self._prepare()
-            done = self._turn(reply, samples, start, speculated)
-        except Exception as err:  # reported to the loop, which logs it and goes on listening
-            _LOG.debug("turn failed", exc_info=True)
-            done = ReplyDone(
-                "error", "", 0, 0, 0.0, reply.requested, start, None,
-                time.monotonic() - start, error=str(err) or type(err).__name__,
-            )  # fmt: skip
-        self._last_turn = time.monotonic()
-        self.turns += 1
-        self.busy_since = None
-        reply.post(done)
 
     def _turn(
         self, reply: Reply, samples: FloatArray, start: float, speculated: bool = False
@@ -458,10 +423,10 @@ class Responder:
                 elif isinstance(event, AudioFrame):
                     if event.end_of_audio:
                         continue
-                    if any(not 0 <= c < detokenizer.codebook_size for c in event.codes):
+                    audio = detokenizer.push_generated(event.codes)
+                    if audio is None:
                         skipped += 1
                         continue
-                    audio = detokenizer.push(np.asarray(event.codes, np.int64))
                     frames += 1
                     if audio.size:
                         now = time.monotonic()

@@ -181,9 +181,7 @@ class Chat:
         state = self.checkpoint()
         inputs = [self.embed(p) for p in parts]
         size = sum(x.shape[0] for x in inputs)
-        if size + self.reserve > self.decoder.free and self.decoder.length > self._start.length:
-            _LOG.warning("context: dropping the conversation history to make room")
-            self.decoder.restore(self._start)
+        self._make_room(size)
         if size > self.decoder.free:
             self.decoder.restore(state)
             raise ContextFullError(self.context_used + size, self.context_length)
@@ -191,6 +189,21 @@ class Chat:
             self.decoder.push(x)
         self.decoder.step(logits=False)
         return state
+
+    def _make_room(self, size: int) -> int:
+        """Make room for `size` new positions and the reply's reserve: the conversation's
+        history is dropped (back to the prefix) when they do not fit next to it. Returns the
+        positions dropped (0: none); whether `size` then fits is the caller's check."""
+        dropped = 0
+        if size + self.reserve > self.decoder.free and self.decoder.length > self._start.length:
+            dropped = self.context_used - self._start.length
+            _LOG.warning(
+                "context: %d of %d positions used, the turn needs %d (+%d for the reply); "
+                "dropping the conversation history (%d positions)",
+                self.context_used, self.context_length, size, self.reserve, dropped,
+            )  # fmt: skip
+            self.decoder.restore(self._start)
+        return dropped
 
     def flush(self) -> None:
         """Run whatever is queued (a reply's closing tokens) now, e.g. while idle, so that the
@@ -213,22 +226,10 @@ class Chat:
         try:
             inputs = [self.embed(p) for p in parts]
             size = sum(x.shape[0] for x in inputs)
-            if size + self.reserve > self.decoder.free and self.decoder.length > self._start.length:
-                dropped = self.context_used - self._start.length
-                _LOG.warning(
-                    "context: %d of %d positions used, the turn needs %d (+%d for the reply); "
-                    "dropping the conversation history (%d positions)",
-                    self.context_used,
-                    self.context_length,
-                    size,
-                    self.reserve,
-                    dropped,
-                )
-                self.decoder.restore(self._start)
+            if dropped := self._make_room(size):
                 yield ContextReset(dropped=dropped, time=time.monotonic())
             if size > self.decoder.free:
-                needed = self.context_used + size
-                raise ContextFullError(needed, self.context_length)
+                raise ContextFullError(self.context_used + size, self.context_length)
             for x in inputs:
                 self.decoder.push(x)
             started = True

@@ -62,8 +62,6 @@ FRAMES_PER_SECOND = 12.5
 DEFAULT_ASR_TOKENS = 512
 DEFAULT_CHAT_TOKENS = 1024
 DEFAULT_SPEAK_SECONDS = 60.0
-SPEAK_TEXT_ALLOWANCE = 64
-"""Text tokens `speak` lets the model generate before `<|audio_start|>` before giving up."""
 PROGRESS_AFTER = 3
 """`transcribe` reports progress on stderr for batches of more files than this."""
 VOICES: dict[str, tuple[Accent, Gender]] = {
@@ -577,12 +575,10 @@ class AudioOut:
         self.first_audio: float | None = None
 
     def push(self, codes: tuple[int, ...]) -> None:
-        import numpy as np
-
-        if any(not 0 <= c < self.detokenizer.codebook_size for c in codes):
+        samples = self.detokenizer.push_generated(codes)
+        if samples is None:
             self.skipped += 1
             return
-        samples = self.detokenizer.push(np.asarray(codes, dtype=np.int64))
         self.frames += 1
         self._write(self.resampler.process(samples))
 
@@ -615,6 +611,7 @@ def cmd_speak(args: argparse.Namespace) -> int:
     from satellite.engine.chat import Chat, system_prefix, user_turn
     from satellite.engine.generation import AUDIO_START, AudioFrame, TextToken, TurnEnd
     from satellite.engine.template import SPECIAL_TOKENS, tts_prompt
+    from satellite.engine.tts import SPEAK_TEXT_ALLOWANCE
 
     text = " ".join(args.text)
     if text.strip() == "-":

@@ -384,6 +384,14 @@ class StreamingDetokenizer:
         self.frames += frames.shape[1]
         return self.decoder.push(frames)
 
+    def push_generated(self, codes: Sequence[int]) -> FloatArray | None:
+        """One frame as the model generated it: its samples, or None for a frame holding a
+        code this detokenizer cannot decode (2048 outside codebook 0: random models make
+        them, trained ones do not), which the caller skips and counts, never clamps."""
+        if any(not 0 <= c < self.codebook_size for c in codes):
+            return None
+        return self.push(np.asarray(codes, dtype=np.int64))
+
     def finish(self) -> FloatArray:
         """The last samples of the stream; the next `push` starts a new stream."""
         return self.decoder.finish()

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from satellite.engine.commands import SPEAK_TEXT_ALLOWANCE, VOICES, printable, transcribe_one
+from satellite.engine.commands import VOICES, printable, transcribe_one
 
 if TYPE_CHECKING:
     from satellite.engine.chat import Chat
@@ -154,57 +154,14 @@ class ServiceEngine:
         job.post(Finished(reason=reason, frames=frames, skipped=skipped))
 
     def _speak_one(self, text: str, voice: str, job: Job) -> tuple[int, int, str]:
-        from satellite.engine.chat import user_turn
-        from satellite.engine.generation import AUDIO_START, AudioFrame, TextToken, TurnEnd
+        from satellite.engine.tts import SpeechStream
 
-        chat = self._voice(voice)
-        chat.reset()
-        detokenizer = self.detokenizer
         max_frames = max(1, round(self.limits.speech_seconds * FRAMES_PER_SECOND))
-        parts = user_turn(self.tokens, text)
-        size = sum(len(p) for p in parts if isinstance(p, list))
-        room = chat.context_length - chat.context_used - size
-        steps = max(1, min(SPEAK_TEXT_ALLOWANCE + max_frames + 1, room))
-        config = chat.generation_config("sequential", max_new_tokens=steps)
-        frames = skipped = texts = 0
-        reason = "max_new_tokens"
-        turn = chat.turn(parts, config)
-        try:
-            for event in turn:
-                if job.cancelled:
-                    reason = "cancelled"
-                    break
-                if isinstance(event, TextToken):
-                    texts += 1
-                    if event.token != AUDIO_START and texts >= SPEAK_TEXT_ALLOWANCE:
-                        reason = "no_audio_start"
-                        break
-                elif isinstance(event, AudioFrame):
-                    if event.end_of_audio:
-                        reason = "end_of_audio"
-                        break
-                    if any(not 0 <= c < detokenizer.codebook_size for c in event.codes):
-                        skipped += 1
-                    else:
-                        audio = detokenizer.push(np.asarray(event.codes, np.int64))
-                        frames += 1
-                        if audio.size:
-                            job.post(AudioBlock(audio))
-                    if frames + skipped >= max_frames:
-                        reason = "max_seconds"
-                        break
-                elif isinstance(event, TurnEnd):
-                    reason = event.reason
-        finally:
-            turn.close()  # type: ignore[attr-defined]
-            chat.reset()  # keep only the prompt's cache between requests
-        if reason == "cancelled":
-            detokenizer.reset()
-        else:
-            tail = detokenizer.finish()
-            if tail.size:
-                job.post(AudioBlock(tail))
-        return frames, skipped, reason
+        stream = SpeechStream(self._voice(voice), self.tokens, self.detokenizer, text,
+                              max_frames=max_frames, cancelled=lambda: job.cancelled)  # fmt: skip
+        for audio in stream:
+            job.post(AudioBlock(audio))
+        return stream.frames, stream.skipped, stream.reason
 
     def converse(self, conversation: Conversation, text: str, job: Job) -> None:
         from satellite.engine.chat import Chat, system_prefix, user_turn
