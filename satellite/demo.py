@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from satellite.errors import UserError
-from satellite.settings import Settings
+from satellite.settings import Settings, loopback_wyoming
 
 REAL_MODEL = "LiquidAI/LFM2.5-Audio-1.5B-ONNX"
 DEMO_QUESTION = "What is the weather like tomorrow?"
@@ -135,13 +135,7 @@ def demo_settings(
             barge_in=False,
         ),
         model=replace(base.model, directory=str(model), threads=args.threads),
-        wyoming=replace(
-            base.wyoming,
-            satellite_host="127.0.0.1",
-            satellite_port=0,
-            zeroconf=False,
-            services_enabled=False,
-        ),
+        wyoming=loopback_wyoming(base.wyoming),
         safety=replace(base.safety, max_reply_seconds=args.max_reply_seconds),
         mqtt=replace(
             base.mqtt,

@@ -7,7 +7,7 @@ loader in `satellite.config` can check them and name the key when a value is wro
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 WAKE_WORDS = ("okay_nabu", "hey_jarvis", "alexa", "hey_mycroft")
@@ -380,3 +380,12 @@ class Settings:
 
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     """Logging."""
+
+
+def loopback_wyoming(wyoming: WyomingSettings) -> WyomingSettings:
+    """`wyoming` on 127.0.0.1 with a port the system picks, no zeroconf and no services: for
+    the demo, the benchmarks and the tests, which must not reach beyond this machine."""
+    return replace(
+        wyoming, satellite_host="127.0.0.1", satellite_port=0, zeroconf=False,
+        services_enabled=False,
+    )  # fmt: skip

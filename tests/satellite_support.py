@@ -24,7 +24,7 @@ from models.cache import cached_model
 from satellite.audio.convert import resample
 from satellite.audio.wavfile import read_wav, write_wav
 from satellite.demo import espeak
-from satellite.settings import MqttSettings, Settings
+from satellite.settings import MqttSettings, Settings, loopback_wyoming
 
 PING_DELAY = 2.0
 """Home Assistant pings 2 s after each pong (assist_satellite.py `_PING_SEND_DELAY`)."""
@@ -95,13 +95,7 @@ def daemon_settings(
             **audio,
         ),
         model=replace(base.model, directory=str(model), threads=1),
-        wyoming=replace(
-            base.wyoming,
-            satellite_host="127.0.0.1",
-            satellite_port=0,
-            zeroconf=False,
-            services_enabled=False,
-        ),
+        wyoming=loopback_wyoming(base.wyoming),
         safety=replace(base.safety, max_reply_seconds=max_reply_seconds),
         mqtt=mqtt or replace(base.mqtt, enabled=False),
     )

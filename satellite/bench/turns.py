@@ -22,11 +22,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import platform
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from satellite.settings import Settings
+from satellite.settings import Settings, loopback_wyoming
 from satellite.telemetry.stats import Window
 
 
@@ -54,23 +55,22 @@ def bench_turns(
 ) -> dict[str, Any]:  # fmt: skip
     base = Settings()
     replace = dataclasses.replace
-    settings = replace(
-        base,
-        satellite=replace(base.satellite, conversation_timeout_seconds=0.0),
-        audio=replace(base.audio, backend="null", realtime=True),
-        model=replace(base.model, directory=str(model), threads=threads),
-        wyoming=replace(
-            base.wyoming,
-            satellite_host="127.0.0.1",
-            satellite_port=0,
-            zeroconf=False,
-            services_enabled=False,
-        ),
-        safety=replace(base.safety, max_reply_seconds=reply_seconds),
-        mqtt=replace(base.mqtt, enabled=False),
-    )
     started = time.monotonic()
-    reports = asyncio.run(_run(settings, turns, query_seconds, pause))
+    with tempfile.TemporaryDirectory(prefix="lfm-bench-") as scratch:
+        settings = replace(
+            base,
+            satellite=replace(
+                base.satellite,
+                conversation_timeout_seconds=0.0,
+                state_file=str(Path(scratch) / "state.json"),  # not the user's saved controls
+            ),
+            audio=replace(base.audio, backend="null", realtime=True),
+            model=replace(base.model, directory=str(model), threads=threads),
+            wyoming=loopback_wyoming(base.wyoming),
+            safety=replace(base.safety, max_reply_seconds=reply_seconds),
+            mqtt=replace(base.mqtt, enabled=False),
+        )
+        reports = asyncio.run(_run(settings, turns, query_seconds, pause))
     windows = {
         name: Window(turns) for name in ("time_to_first_audio_ms", "engine_ms", "overhead_ms")
     }
