@@ -25,7 +25,7 @@ from models import decoder, depthformer, detokenizer, embeddings, encoder, mimi
 from models.checkpoint import Checkpoint, CheckpointError, read_checkpoint
 from models.config import SIZES, AudioModelConfig, config_for
 from models.onnx_graph import ExternalData, GraphBuilder, save
-from models.quantize import build_quantized
+from models.quantize import build_quantized, spec_for
 from models.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, write_tokenizer
 from models.weights import Array, random_detokenizer_weights, random_model_weights
 from satellite.engine.template import TokenizerError
@@ -156,6 +156,7 @@ def build_model(
     max_positions: int | None = None,
     overwrite: bool = False,
     family: str = "lfm2.5-audio",
+    block_size: int | None = None,
 ) -> Manifest:
     """Build a model directory at `out` and return its manifest.
 
@@ -166,6 +167,7 @@ def build_model(
     is copied; otherwise a stand-in tokenizer is written (`models.tokenizer`). `family`
     `lfm2-audio` builds LFM2-Audio v1 (random weights only): the same backbone, encoder and
     depthformer, with Mimi (`models.mimi`) instead of the LFM2.5 detokenizer.
+    `block_size` replaces the quantized variant's default block (`models.quantize.spec_for`).
     Refuses to write into a directory that already holds a manifest unless `overwrite`.
     """
     if variant not in VARIANTS:
@@ -176,6 +178,13 @@ def build_model(
         )
     if size not in SIZES:
         raise BuildError(f"--size {size}: not one of {', '.join(SIZES)}")
+    if block_size is not None:
+        if variant == "fp32":
+            raise BuildError(f"--block-size {block_size}: only the q4 and q8 variants have blocks")
+        try:
+            spec_for(variant, block_size)
+        except ValueError as err:
+            raise BuildError(str(err)) from None
     if family not in FAMILIES:
         raise BuildError(f"--family {family}: not one of {', '.join(FAMILIES)}")
     if family == "lfm2-audio" and checkpoint is not None:
@@ -231,6 +240,7 @@ def build_model(
                 logits_to_keep=True,
                 mimi_model=mimi_model,
             ),
+            block_size=block_size,
         )
     (out / "config.json").write_text(
         json.dumps(config.reference_config_json(), indent=2) + "\n", encoding="utf-8"

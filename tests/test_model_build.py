@@ -87,6 +87,11 @@ def test_refusals(model_dir: Path, tmp_path: Path) -> None:
         build_model(tmp_path / "z", size="huge")
     with pytest.raises(BuildError, match="--from"):
         build_model(tmp_path / "y", size="tiny", checkpoint=tmp_path)
+    with pytest.raises(BuildError, match="--block-size 48: not one of 16, 32, 64, 128, 256"):
+        build_model(tmp_path / "b", size="tiny", variant="q4", block_size=48)
+    with pytest.raises(BuildError, match="--block-size 32: only the q4 and q8 variants"):
+        build_model(tmp_path / "f", size="tiny", block_size=32)
+    assert not (tmp_path / "b").exists() and not (tmp_path / "f").exists()
 
 
 def test_embed_tokens_parity(model_dir: Path) -> None:

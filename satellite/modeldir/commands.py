@@ -125,6 +125,14 @@ def add_model_commands(commands: Any) -> None:
         help="convert a real checkpoint (config.json + safetensors, the hub's layout)",
     )
     build.add_argument(
+        "--block-size",
+        type=int,
+        metavar="N",
+        help="weights per quantization block for q4/q8 (16, 32, 64, 128 or 256; default 64 for "
+        "q4, 32 for q8). Smaller blocks round more finely and take more memory: the full-size q4 "
+        "decoder runs in 877 MB at 32, 731 MB at 64",
+    )
+    build.add_argument(
         "--overwrite", action="store_true", help="replace a model directory already at --out"
     )
     build.set_defaults(handler=cmd_build)
@@ -160,6 +168,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         family=args.family,
         checkpoint=args.checkpoint,
         overwrite=args.overwrite,
+        block_size=args.block_size,
     )
     print(format_info(args.out, manifest))
     report = verify(args.out)
