@@ -14,7 +14,7 @@ from engine_support import build_shaped, shaped_weights
 from modeldir_graphs import INT64, decoder, write_model_dir
 
 from models.config import tiny
-from satellite.engine.model import EmbeddingTable, Model, ModelLoadError
+from satellite.engine.model import Model, ModelLoadError
 from satellite.engine.sessions import (
     ProviderError,
     SessionConfig,
@@ -23,6 +23,7 @@ from satellite.engine.sessions import (
     resolve_providers,
     session_options,
 )
+from satellite.engine.tables import EmbeddingTable
 from satellite.errors import UserError
 from satellite.modeldir.sidefiles import TableInfo
 
@@ -213,3 +214,34 @@ def test_quantized_model_with_optional_decoder_inputs(tmp_path: Path) -> None:
     assert isinstance(end, TurnEnd)
     produced = sum(isinstance(e, TextToken | AudioFrame) for e in events)
     assert end.steps == produced + (end.reason == "end_of_turn") >= 1
+
+
+def test_without_the_arena_the_same_tokens_come_out() -> None:
+    """`SessionConfig(arena=False)`: sessions run without onnxruntime's memory arena, glibc's
+    mmap threshold is pinned (so large buffers go back to the system), and a greedy turn on the
+    tiny q4 model yields exactly the tokens it yields with the arena."""
+    from models.cache import cached_model
+    from satellite.engine import malloc
+    from satellite.engine.chat import Chat
+    from satellite.engine.generation import AudioFrame, TextToken
+
+    options = session_options(SessionConfig(arena=False))
+    assert options.enable_cpu_mem_arena is False
+    assert malloc.fix_mmap_threshold() is True  # glibc on the test machines
+    assert session_options(SessionConfig()).enable_cpu_mem_arena is True
+
+    def tokens(arena: bool) -> list[object]:
+        model = Model.load(cached_model("tiny", "q4"), SessionConfig(threads=1, arena=arena))
+        chat = Chat(model, prefix=[[1, 6, 20, 10, 7, 10]], seed=0)
+        config = chat.generation_config("interleaved", max_new_tokens=24)
+        out: list[object] = []
+        for event in chat.turn([[6, 21, 10, 7, 10, 6, 22, 10]], config):
+            if isinstance(event, TextToken):
+                out.append(event.token)
+            elif isinstance(event, AudioFrame):
+                out.append(tuple(int(c) for c in event.codes))
+        return out
+
+    with_arena = tokens(True)
+    assert len(with_arena) > 4
+    assert tokens(False) == with_arena

@@ -6,10 +6,12 @@ Tensor names are never assumed: each session's inputs and outputs go through
 `past_conv.0`, `depth_slices_in`, ...) to whatever the graph calls them, so the project's own
 builds and the official `LiquidAI/LFM2.5-Audio-1.5B-ONNX` layout load through the same code.
 
-Embeddings: text embeddings come from the `embed_tokens` table side file (raw rows,
-memory-mapped, never copied whole) when the manifest names one, else from the `embed_tokens`
-graph; audio code embeddings likewise from the `audio_embedding` table or graph. A frame's
-embedding is the sum over codebooks of row `code_c + codebook_size * c`.
+Embeddings: text embeddings come from the `embed_tokens` table side file when the manifest
+names one, else from the `embed_tokens` graph: read directly (`satellite.engine.tables`, rows
+by `pread`, no session) when it is a plain block-quantized lookup, as the project's q4/q8
+builds are, else run in its session. Audio code embeddings likewise from the `audio_embedding`
+table or graph. A frame's embedding is the sum over codebooks of row `code_c + codebook_size
+* c`.
 """
 
 from __future__ import annotations
@@ -24,14 +26,17 @@ import numpy as np
 import numpy.typing as npt
 
 from satellite.engine.sessions import SessionConfig, open_session, resolve_providers
+from satellite.engine.tables import BlockTable, EmbeddingTable, block_table
 from satellite.errors import UserError
 from satellite.modeldir.contract import Binding, match_role, session_specs
 from satellite.modeldir.manifest import Manifest, read_manifest, required_roles
-from satellite.modeldir.sidefiles import SideFileError, TableInfo, check_table, read_table
+from satellite.modeldir.onnxread import GraphReadError, read_graph
+from satellite.modeldir.sidefiles import SideFileError, check_table, read_table
 
 _LOG = logging.getLogger("satellite.engine.model")
 
 FloatArray = npt.NDArray[np.float32]
+Table = EmbeddingTable | BlockTable
 
 
 class ModelLoadError(UserError):
@@ -70,29 +75,6 @@ class BoundGraph:
 def numpy_dtype(ort_type: str) -> np.dtype[Any]:
     """onnxruntime's `tensor(float16)` -> numpy's float16 (float32 for anything else float)."""
     return np.dtype(np.float16) if ort_type == "tensor(float16)" else np.dtype(np.float32)
-
-
-class EmbeddingTable:
-    """Rows of a raw little-endian table (float32, float16 or bfloat16), memory-mapped."""
-
-    def __init__(self, info: TableInfo) -> None:
-        self.info = info
-        raw = {"float32": "<f4", "float16": "<f2", "bfloat16": "<u2"}[info.dtype]
-        self.rows = np.memmap(
-            info.bin_path, dtype=raw, mode="r", shape=(info.vocab_size, info.hidden_size)
-        )
-
-    def __call__(self, indices: npt.ArrayLike) -> FloatArray:
-        """[n] row indices -> [n, hidden] float32."""
-        index = np.asarray(indices, dtype=np.int64).reshape(-1)
-        if index.size and (index.min() < 0 or index.max() >= self.info.vocab_size):
-            raise IndexError(
-                f"{self.info.bin_path}: row {int(index.max())} outside 0..{self.info.vocab_size - 1}"
-            )
-        rows = np.asarray(self.rows[index])
-        if self.info.dtype == "bfloat16":
-            return (rows.astype(np.uint32) << 16).view(np.float32)
-        return rows.astype(np.float32, copy=False)
 
 
 class Embeddings:
@@ -147,7 +129,7 @@ class Model:
         self.config = config or SessionConfig()
         self.providers = resolve_providers(self.config.providers)
         self._graphs: dict[str, BoundGraph] = {}
-        self._tables: dict[str, EmbeddingTable | None] = {}
+        self._tables: dict[str, Table | None] = {}
         self._embeddings: Embeddings | None = None
         self._tokenizer: Any = None
 
@@ -203,8 +185,11 @@ class Model:
                 )
 
     def open(self, roles: Sequence[str] | None = None) -> None:
-        """Open the sessions of `roles` now (default: every graph of the manifest)."""
-        for role in roles if roles is not None else list(self.manifest.graphs):
+        """Open the sessions of `roles` now (default: every graph of the manifest but the
+        lookups read as tables, see `table`)."""
+        if roles is None:
+            roles = [r for r in self.manifest.graphs if self.table(r) is None]
+        for role in roles:
             self.graph(role)
 
     def graph(self, role: str) -> BoundGraph:
@@ -235,12 +220,20 @@ class Model:
         self._graphs[role] = bound
         return bound
 
-    def table(self, key: str) -> EmbeddingTable | None:
-        """The memory-mapped embedding table side file `key`, or None when there is none."""
+    def table(self, key: str) -> Table | None:
+        """The embedding table `key` (`embed_tokens`, `audio_embedding`), read without a
+        session (`satellite.engine.tables`): the side file of that name, else the role's
+        graph when it is a plain block-quantized lookup; None when there is neither."""
         if key in self._tables:
             return self._tables[key]
         rel = self.manifest.side_files.get(key)
-        table = None
+        table: Table | None = None
+        entry = self.manifest.graphs.get(key)
+        if rel is None and entry is not None:
+            try:
+                table = block_table(read_graph(self.directory / entry.file))
+            except GraphReadError as err:
+                raise ModelLoadError(str(err)) from None
         if rel is not None:
             path = self.directory / rel
             try:

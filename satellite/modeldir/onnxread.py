@@ -71,6 +71,20 @@ class NodeInfo:
 
 
 @dataclass(frozen=True)
+class ExternalTensor:
+    """An initializer whose bytes live in an external data file."""
+
+    name: str
+    dtype: str
+    """Element type name (ELEMENT_TYPES)."""
+    dims: tuple[int, ...]
+    location: str
+    """The data file, relative to the graph's folder."""
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
 class GraphInfo:
     """What `read_graph` learns from one `.onnx` file."""
 
@@ -86,6 +100,8 @@ class GraphInfo:
     initializer_count: int
     external_data: tuple[str, ...]
     """Locations (relative to the graph's folder) of external weight files, sorted."""
+    external_tensors: tuple[ExternalTensor, ...] = ()
+    """Initializers stored in external files (those of the main graph and of subgraphs)."""
 
     def op_types(self) -> Counter[str]:
         """How many nodes of each operator type the graph has."""
@@ -126,6 +142,7 @@ class _Reader:
         self.path = path
         self.nodes: list[NodeInfo] = []
         self.external: set[str] = set()
+        self.external_tensors: list[ExternalTensor] = []
         self.initializers = 0
 
     def fail(self, why: str) -> GraphReadError:
@@ -213,6 +230,7 @@ class _Reader:
             nodes=tuple(self.nodes),
             initializer_count=self.initializers,
             external_data=tuple(sorted(self.external)),
+            external_tensors=tuple(self.external_tensors),
         )
 
     def opset(self, start: int, end: int) -> tuple[str, int]:
@@ -300,13 +318,24 @@ class _Reader:
     def tensor(self, start: int, end: int) -> str:
         """A TensorProto: returns its name and records an external data location."""
         name = ""
-        location = ""
         external = False
+        data_type = 0
+        dims: list[int] = []
+        entries: dict[str, str] = {}
         for number, wire, a, b in self.fields(start, end):
             if number == 8 and wire == 2:
                 name = self.text(a, b)
             elif number == 14 and wire == 0:
                 external = a == 1
+            elif number == 2 and wire == 0:
+                data_type = a
+            elif number == 1 and wire == 0:
+                dims.append(a)
+            elif number == 1 and wire == 2:  # packed dims
+                pos = a
+                while pos < b:
+                    dim, pos = self.varint(pos, b)
+                    dims.append(dim)
             elif number == 13 and wire == 2:
                 key = value = ""
                 for n2, w2, a2, b2 in self.fields(a, b):
@@ -314,10 +343,24 @@ class _Reader:
                         key = self.text(a2, b2)
                     elif w2 == 2 and n2 == 2:
                         value = self.text(a2, b2)
-                if key == "location":
-                    location = value
+                entries[key] = value
+        location = entries.get("location", "")
         if external and location:
             self.external.add(location)
+            try:
+                offset, length = int(entries.get("offset", "0")), int(entries.get("length", "-1"))
+            except ValueError:
+                raise self.fail(f"initializer {name}: offset or length is not a number") from None
+            self.external_tensors.append(
+                ExternalTensor(
+                    name=name,
+                    dtype=ELEMENT_TYPES.get(data_type, f"type {data_type}"),
+                    dims=tuple(dims),
+                    location=location,
+                    offset=offset,
+                    length=length,
+                )
+            )
         return name
 
     def sparse_tensor(self, start: int, end: int) -> str:
