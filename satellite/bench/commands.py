@@ -78,6 +78,11 @@ def add_bench_commands(commands: Any) -> None:
         help="onnxruntime: let idle worker threads spin (off by default, as in the daemon)",
     )
     engine.add_argument(
+        "--no-arena",
+        action="store_true",
+        help="onnxruntime: run without the CPU memory arenas (less memory, slower runs)",
+    )
+    engine.add_argument(
         "--reference",
         action="store_true",
         help="also run the reference on the same weights (needs the export and test extras)",
@@ -167,6 +172,7 @@ def cmd_bench_engine(args: argparse.Namespace) -> int:
         bandwidth_mb=args.bandwidth_mb,
         prepack=not args.no_prepack,
         spinning=args.spinning,
+        arena=not args.no_arena,
     )
     print(format_report(report))
     _save(args.json, report)

@@ -45,6 +45,8 @@ class BenchSettings:
     """onnxruntime: pre-pack MatMul weights (`SessionConfig.prepack`)."""
     spinning: bool = False
     """onnxruntime: idle worker threads spin (`SessionConfig.spinning`)."""
+    arena: bool = True
+    """onnxruntime: CPU memory arena on (`SessionConfig.arena`)."""
     repeats: int = 5
     decoder_steps: int = 64
     depthformer_frames: int = 16
