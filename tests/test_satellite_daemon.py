@@ -254,6 +254,7 @@ def test_bench_turns_reports_the_overhead(model: Path, tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert report["turns"] == 3 and report["turns_with_audio"] == 3
     assert report["speculative_pause_seconds"] == 0.3 and "speculative prefill" in done.stdout
+    assert 30 < report["peak_rss_mb"] < 2000 and "peak RSS of this process" in done.stdout
     ttfa, engine, overhead = (
         report[k] for k in ("time_to_first_audio_ms", "engine_ms", "overhead_ms")
     )

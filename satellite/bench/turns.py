@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from satellite.bench.system import peak_rss_mb
 from satellite.settings import Settings, loopback_wyoming
 from satellite.telemetry.stats import Window
 
@@ -90,6 +91,7 @@ def bench_turns(
         "speculative_pause_seconds": pause,
         "machine": platform.machine(),
         "wall_seconds": round(time.monotonic() - started, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
         **{name: window.summary().as_dict() for name, window in windows.items()},
     }
 
@@ -117,4 +119,8 @@ def format_report(report: dict[str, Any]) -> str:
             for k in ("p50", "p95", "p99", "max")
         )
         lines.append(f"{label:24}{cells}")
+    if report.get("peak_rss_mb") is not None:
+        lines.append(
+            f"peak RSS of this process (the daemon and the bench): {report['peak_rss_mb']:,.0f} MB"
+        )
     return "\n".join(lines)
