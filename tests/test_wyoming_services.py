@@ -442,17 +442,18 @@ async def test_a_client_that_leaves_frees_its_worker(
     tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A client that disconnects mid-request has its generation stopped at the next step; the
-    one worker takes the next request."""
+    one worker takes the next request. The request is held in the worker until the client has
+    left (a random model may end its reply on its own within a few tokens)."""
     finished = record_finished(monkeypatch, "converse")
+    gate = Gate(monkeypatch, "converse")
     long = Limits(reply_tokens=100_000, seed=1)
     async with running(tiny_dir, workers=1, queue=0, limits=long) as server:
         async with connect(server) as client:
             await client.write_event(Transcript("Tell me a long story").event())
-            for _ in range(500):
-                if server.pool.pending:
-                    break
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.3)
+            assert await asyncio.to_thread(gate.entered.wait, 5)
+            assert server.pool.pending == 1
+        await asyncio.sleep(0.3)  # the server sees the connection close
+        gate.open()
         for _ in range(500):
             if not server.pool.pending:
                 break
@@ -469,6 +470,7 @@ async def test_timeouts(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None
     a client that stalls mid-request (no audio-stop, no synthesize-stop) is told and
     disconnected after `client_timeout`, holding no worker meanwhile."""
     finished = record_finished(monkeypatch, "converse")
+    gate = Gate(monkeypatch, "converse")  # held past the timeout (see the test above)
     long = Limits(reply_tokens=100_000, seed=1)
     async with running(
         tiny_dir, workers=1, queue=0, limits=long, request_timeout=0.5, client_timeout=0.5
@@ -478,6 +480,8 @@ async def test_timeouts(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None
             event = await read(client, 10)
             assert event is not None and event.type == "error"
             assert event.data["code"] == "timeout" and "0.5 s" in event.data["text"]
+        assert gate.entered.is_set()
+        gate.open()
         for _ in range(500):
             if not server.pool.pending:
                 break
