@@ -96,9 +96,9 @@ VARIANT_SPECS: dict[str, QuantSpec] = {
 q4 uses blocks of 64, not the 32 of DESIGN §3.4 and the official export: onnxruntime runs
 accuracy_level 4 on pre-packed copies that carry a float scale and a float block sum per block,
 so a 4-bit weight costs 4 + 64/block bits of memory at run time: 6 bits at block 32 (the
-full-size decoder alone takes 877 MB, over the 1.2 GB budget of the whole pipeline once the
-other graphs and the run-time buffers are added), 5 at 64 (731 MB). The price is a coarser
-scale: 11 % more rounding error (rms) on Gaussian weights, 22 % more on heavy-tailed ones
+full-size decoder alone takes 908 MB at load, over the 1.2 GB budget of the whole pipeline once
+the other graphs and the run-time buffers are added), 5 at 64 (753 MB). The price is a coarser
+scale: 10 % more rounding error (rms) on Gaussian weights, 22 % more on heavy-tailed ones
 (docs/PERFORMANCE.md). `--block-size 32` builds the official layout."""
 
 BLOCK_SIZES = (16, 32, 64, 128, 256)
