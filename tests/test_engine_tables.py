@@ -119,3 +119,17 @@ def test_graphs_it_does_not_read_are_left_to_the_session(tmp_path: Path) -> None
         else:
             assert isinstance(table, BlockTable)
             np.testing.assert_array_equal(table([3]), np.full((1, width), -8.0, np.float32))
+
+
+def test_a_missing_table_file_is_named(tmp_path: Path) -> None:
+    """The lookup graph is there but its data file is not: loading the table says which."""
+    import shutil
+
+    from satellite.engine.model import ModelLoadError
+
+    directory = tmp_path / "model"
+    shutil.copytree(cached_model("tiny", "q4"), directory)
+    (directory / "audio_embedding_q4.onnx_data").unlink()
+    model = Model.load(directory, SessionConfig(threads=1))
+    with pytest.raises(ModelLoadError, match=r"audio_embedding_q4\.onnx: cannot read its table"):
+        model.table("audio_embedding")

@@ -234,6 +234,10 @@ class Model:
                 table = block_table(read_graph(self.directory / entry.file))
             except GraphReadError as err:
                 raise ModelLoadError(str(err)) from None
+            except OSError as err:  # the table's data file
+                raise ModelLoadError(
+                    f"{self.directory / entry.file}: cannot read its table: {err}"
+                ) from None
         if rel is not None:
             path = self.directory / rel
             try:

@@ -30,13 +30,15 @@ FloatArray = npt.NDArray[np.float32]
 
 
 class RowFile:
-    """Fixed-size rows of a region of a file, read with pread."""
+    """Fixed-size rows of a region of a file, read with pread (no shared file position, so
+    the responder's and the services' worker threads can read at once)."""
 
     def __init__(self, path: Path, offset: int, rows: int, row_bytes: int) -> None:
         self.path = path
         self.offset = offset
         self.rows = rows
         self.row_bytes = row_bytes
+        self._fd = -1
         self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
 
     def read(self, index: npt.NDArray[np.int64]) -> npt.NDArray[np.uint8]:
