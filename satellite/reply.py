@@ -15,6 +15,13 @@ consistent (the turn is closed as the model expects). A frame holding the end-of
 in a codebook other than the first cannot be decoded (a random tiny model makes them, a
 trained one does not); it is skipped and counted, never clamped.
 
+Speculative work (`speculate`, while the user pauses): the speech is encoded and read into the
+conversation, then the reply itself is begun and run until its first audio is out of the
+detokenizer (the first text tokens and audio frame; about 0.2 s on the full-size model) and
+held there. `reply(..., speculated=True)` hands over what is held at once and goes on;
+`abandon` (the user spoke on) closes it and puts the conversation, the sampler's random state
+and the detokenizer back as they were, so a speculation never changes what a later turn says.
+
 Timings are `time.monotonic()` seconds. `ReplyDone.engine_first_audio` is the engine's share
 of the time to first audio: from the worker taking the turn to the detokenizer returning the
 first samples. Whatever the caller measures beyond that is the daemon's own overhead.
@@ -26,11 +33,12 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -55,6 +63,9 @@ TEXT_ALLOWANCE = 64
 SPECULATED_PARTS = 2
 """A user turn's parts read speculatively: its header and the speech (its closing tokens and
 the assistant's header are read when the turn is committed)."""
+AHEAD_STEPS = 64
+"""Most events a speculatively begun reply runs before it is held (it is held at its first
+audio: 6 text tokens and one frame in interleaved mode, more when frames are skipped)."""
 ASR_TOKENS = 128
 """Longest transcript of a short answer (a confirmation), in tokens."""
 VOICE_PROMPTS: dict[str, tuple[Accent, Gender]] = {
@@ -138,6 +149,37 @@ class Reply:
             yield event
 
 
+Step = tuple[Any, "FloatArray | None"]
+"""A generation event and, for an audio frame, the detokenizer's samples (None: skipped)."""
+
+
+def _decoded(events: Iterator[Any], detokenizer: StreamingDetokenizer) -> Iterator[Step]:
+    """`events` of a turn with each audio frame's samples from the detokenizer."""
+    from satellite.engine.generation import AudioFrame
+
+    for event in events:
+        if isinstance(event, AudioFrame) and not event.end_of_audio:
+            yield event, detokenizer.push_generated(event.codes)
+        else:
+            yield event, None
+
+
+@dataclass
+class _Ahead:
+    """A reply begun speculatively and held at its first audio."""
+
+    turn: Iterator[Any]
+    """The chat's turn generator (closing it closes the turn)."""
+    steps: Iterator[Step]
+    """The rest of the reply, decoded."""
+    held: list[Step]
+    """What it produced so far, not yet handed over."""
+    rng_state: Mapping[str, Any]
+    """The sampler's random state before it began."""
+    turns: int
+    """The chat's turn count before it began."""
+
+
 class Responder:
     """The local model as a conversation partner (see the module docstring)."""
 
@@ -167,9 +209,13 @@ class Responder:
         self.turns = 0
         self._spec: DecoderState | None = None
         """The checkpoint from before the last speculative prefill, while it stands."""
+        self._ahead: _Ahead | None = None
+        """The reply begun after that prefill, held at its first audio."""
         self.speculations = 0
         self.speculated_turns = 0
         """Turns that went on from a speculative prefill."""
+        self.held_audio_turns = 0
+        """Of those, turns whose first audio was ready (held) before they were asked for."""
         self.busy_since: float | None = None
         """`time.monotonic()` when the worker took the turn in progress (None: idle)."""
 
@@ -258,21 +304,50 @@ class Responder:
 
         try:
             self._prepare()
-            chat = self._chat
-            assert chat is not None
+            chat, detokenizer = self._chat, self._detokenizer
+            assert chat is not None and detokenizer is not None
             self._abandon()
             self._idle_reset(chat, time.monotonic())
             started = time.monotonic()
-            head = user_turn(self.tokens, Speech(samples))[:SPECULATED_PARTS]
-            self._spec = chat.speculate(head)
+            parts = user_turn(self.tokens, Speech(samples))
+            self._spec = chat.speculate(parts[:SPECULATED_PARTS])
             self.speculations += 1
-            _LOG.debug("speculative prefill of %.2f s of speech in %.0f ms",
-                       samples.size / 16000, (time.monotonic() - started) * 1000)  # fmt: skip
+            read = time.monotonic()
+            self._ahead = self._begin(chat, detokenizer, parts[SPECULATED_PARTS:])
+            _LOG.debug("speculative prefill of %.2f s of speech in %.0f ms, first %d reply "
+                       "events in %.0f ms", samples.size / 16000, (read - started) * 1000,
+                       len(self._ahead.held), (time.monotonic() - read) * 1000)  # fmt: skip
         except Exception:
-            _LOG.debug("speculative prefill failed; the turn will start afresh", exc_info=True)
-            self._spec = None
+            _LOG.debug("speculative work failed; the turn will start afresh", exc_info=True)
+            self._abandon()
+
+    def _begin(self, chat: Chat, detokenizer: StreamingDetokenizer, rest: list[Any]) -> _Ahead:
+        """Begin the reply (the turn's `rest` read, then generation) and run it to its first
+        audio, or AHEAD_STEPS events."""
+        rng_state = chat.sampler.rng.bit_generator.state
+        turns = chat.turns
+        config = chat.generation_config("interleaved", max_new_tokens=self.max_new_tokens)
+        turn = chat.turn(rest, config)
+        ahead = _Ahead(turn, _decoded(turn, detokenizer), [], rng_state, turns)
+        for step in ahead.steps:
+            ahead.held.append(step)
+            audio = step[1]
+            if (audio is not None and audio.size) or len(ahead.held) >= AHEAD_STEPS:
+                break
+        return ahead
 
     def _abandon(self) -> None:
+        """Undo the speculative work, if any: close the begun reply, put the sampler's random
+        state and the detokenizer back, roll the conversation back."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and self._chat is not None:
+            close = getattr(ahead.turn, "close", None)
+            if close is not None:
+                close()
+            self._chat.sampler.rng.bit_generator.state = ahead.rng_state
+            self._chat.turns = ahead.turns
+            if self._detokenizer is not None:
+                self._detokenizer.reset()
         if self._spec is not None and self._chat is not None:
             self._chat.rollback(self._spec)
         self._spec = None
@@ -333,6 +408,7 @@ class Responder:
         from satellite.engine.template import tts_prompt
         from satellite.engine.tts import SpeechStream
 
+        self._abandon()  # the detokenizer is shared
         accent, gender = VOICE_PROMPTS.get(voice, ("US", "female"))
         chat = self._tts.get(voice)
         if chat is None:
@@ -377,6 +453,7 @@ class Responder:
         self._executor.submit(self._reset)
 
     def _reset(self) -> None:
+        self._abandon()
         if self._chat is not None:
             self._chat.reset()
         self._last_turn = None
@@ -394,25 +471,33 @@ class Responder:
         chat, detokenizer = self._chat, self._detokenizer
         assert chat is not None and detokenizer is not None
         parts = user_turn(self.tokens, Speech(samples))
+        ahead: _Ahead | None = None
         if speculated and self._spec is not None:
             parts = parts[SPECULATED_PARTS:]  # the speech is in the conversation already
+            ahead, self._ahead = self._ahead, None
             self._spec = None
             self.speculated_turns += 1
-            # until now the worker was finishing the speculative prefill: engine time too
+            # until now the worker was finishing the speculative work: engine time too
             start = min(start, reply.requested)
         else:
             self._abandon()
             self._idle_reset(chat, start)
-        config = chat.generation_config("interleaved", max_new_tokens=self.max_new_tokens)
+        steps: Iterator[Step]
+        if ahead is not None:
+            turn, steps = ahead.turn, chain(ahead.held, ahead.steps)
+            self.held_audio_turns += any(a is not None and a.size for _, a in ahead.held)
+        else:
+            config = chat.generation_config("interleaved", max_new_tokens=self.max_new_tokens)
+            turn = chat.turn(parts, config)
+            steps = _decoded(turn, detokenizer)
         reason: str = "max_new_tokens"
         pieces: list[str] = []
         frames = skipped = 0
         samples_out = 0
         first: float | None = None
         reset = False
-        turn = chat.turn(parts, config)
         try:
-            for event in turn:
+            for event, audio in steps:
                 if reply.cancelled:
                     reason = "cancelled"
                     break
@@ -423,7 +508,6 @@ class Responder:
                 elif isinstance(event, AudioFrame):
                     if event.end_of_audio:
                         continue
-                    audio = detokenizer.push_generated(event.codes)
                     if audio is None:
                         skipped += 1
                         continue
