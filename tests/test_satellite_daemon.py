@@ -246,14 +246,16 @@ def test_bench_turns_reports_the_overhead(model: Path, tmp_path: Path) -> None:
     out = tmp_path / "turns.json"
     done = subprocess.run(
         [sys.executable, "-m", "satellite", "bench", "turns", "--model", str(model),
-         "--turns", "3", "--threads", "1", "--pause", "0.3", "--json", str(out)],
+         "--turns", "3", "--threads", "1", "--pause", "0.3", "--query", "turn on the lights",
+         "--query-seconds", "2", "--json", str(out)],
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "daemon overhead ms" in done.stdout
     report = json.loads(out.read_text())
     assert report["turns"] == 3 and report["turns_with_audio"] == 3
-    assert report["speculative_pause_seconds"] == 0.3 and "speculative prefill" in done.stdout
+    assert report["speculative_pause_seconds"] == 0.3 and "speculative work" in done.stdout
+    assert "'turn on the lights'" in report["query"] and 0.5 < report["speech_seconds"] < 2
     assert 30 < report["peak_rss_mb"] < 2000 and "peak RSS of this process" in done.stdout
     ttfa, engine, overhead = (
         report[k] for k in ("time_to_first_audio_ms", "engine_ms", "overhead_ms")

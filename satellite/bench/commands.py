@@ -106,8 +106,21 @@ def add_bench_commands(commands: Any) -> None:
         "--pause",
         type=float,
         metavar="S",
-        help="speculative prefill S seconds before the end of each utterance (the trailing "
-        "silence after a 100 ms pause: 0.6 with the default vad.trailing_silence_ms)",
+        help="speculative work (prefill, then the reply up to its first audio) S seconds before "
+        "the end of each utterance (the trailing silence after a 100 ms pause: 0.6 with the "
+        "default vad.trailing_silence_ms)",
+    )
+    turns.add_argument(
+        "--query",
+        metavar="TEXT",
+        help="what the user says (espeak-ng; default: a 3.7 s weather question)",
+    )
+    turns.add_argument(
+        "--query-seconds",
+        type=float,
+        default=4.0,
+        metavar="S",
+        help="the query's length, speech padded with silence or cut (default 4)",
     )
     turns.add_argument("--json", type=Path, metavar="FILE", help="also save the figures here")
     turns.set_defaults(handler=cmd_bench_turns)
@@ -186,11 +199,17 @@ def cmd_bench_turns(args: argparse.Namespace) -> int:
 
     if args.turns < 1:
         raise UserError(f"--turns must be at least 1, not {args.turns}")
+    if not 0.5 <= args.query_seconds <= 30:
+        raise UserError(f"--query-seconds must be between 0.5 and 30, not {args.query_seconds}")
+    if args.query is not None and not args.query.strip():
+        raise UserError("--query: the text is empty")
     report = bench_turns(
         args.model or tiny_model(),
         turns=args.turns,
         threads=args.threads,
         reply_seconds=args.reply_seconds,
+        query_seconds=args.query_seconds,
+        query_text=args.query,
         pause=args.pause,
     )
     print(format_report(report))

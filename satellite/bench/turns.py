@@ -27,18 +27,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from satellite.bench.query import QUERY_TEXT, Query, spoken_query
 from satellite.bench.system import peak_rss_mb
 from satellite.settings import Settings, loopback_wyoming
 from satellite.telemetry.stats import Window
 
 
 async def _run(
-    settings: Settings, turns: int, seconds: float, pause: float | None = None
+    settings: Settings, turns: int, query: Query, pause: float | None = None
 ) -> list[Any]:
-    from satellite.bench.query import spoken_query
     from satellite.daemon import Daemon
 
-    query = spoken_query(seconds)
     daemon = Daemon(settings)
     await daemon.start()
     reports = []
@@ -52,7 +51,7 @@ async def _run(
 
 def bench_turns(
     model: Path, *, turns: int = 50, threads: int = 0, reply_seconds: float = 1.0,
-    query_seconds: float = 4.0, pause: float | None = None,
+    query_seconds: float = 4.0, query_text: str | None = None, pause: float | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     base = Settings()
     replace = dataclasses.replace
@@ -71,7 +70,8 @@ def bench_turns(
             safety=replace(base.safety, max_reply_seconds=reply_seconds),
             mqtt=replace(base.mqtt, enabled=False),
         )
-        reports = asyncio.run(_run(settings, turns, query_seconds, pause))
+        query = spoken_query(query_seconds, text=query_text or QUERY_TEXT)
+        reports = asyncio.run(_run(settings, turns, query, pause))
     windows = {
         name: Window(turns) for name in ("time_to_first_audio_ms", "engine_ms", "overhead_ms")
     }
@@ -87,6 +87,8 @@ def bench_turns(
         "turns_with_audio": len(windows["overhead_ms"]),
         "threads": threads,
         "query_seconds": query_seconds,
+        "query": query.source,
+        "speech_seconds": query.speech_seconds,
         "reply_seconds": reply_seconds,
         "speculative_pause_seconds": pause,
         "machine": platform.machine(),
@@ -99,10 +101,11 @@ def bench_turns(
 def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"local turns on {report['model']}: {report['turns_with_audio']} of {report['turns']} "
-        f"with audio ({report['query_seconds']:g} s query, replies cut at "
+        f"with audio ({report['query_seconds']:g} s query, "
+        f"{report.get('speech_seconds', report['query_seconds']):g} s of speech, replies cut at "
         f"{report['reply_seconds']:g} s, {report['wall_seconds']} s in all)"
         + (
-            f"; speculative prefill {report['speculative_pause_seconds']:g} s before the end"
+            f"; speculative work {report['speculative_pause_seconds']:g} s before the end"
             if report.get("speculative_pause_seconds") is not None
             else ""
         ),
