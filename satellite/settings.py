@@ -132,10 +132,10 @@ class VadSettings:
     """Shorter bursts of speech are ignored as noise."""
 
     speculative: bool = True
-    """`local` mode: when the user pauses (100 ms), start reading their speech into the model
-    during the trailing silence, and throw that work away if they go on speaking. Cuts the
-    time to first audio by most of the model's reading time, at the cost of some wasted work
-    on mid-sentence pauses."""
+    """`local` mode: when the user pauses (100 ms), read their speech into the model and begin
+    the reply (up to its first audio) during the trailing silence, and throw that work away if
+    they go on speaking. A short command is answered as soon as the end of speech is decided;
+    the cost is some wasted work on mid-sentence pauses."""
 
     no_speech_seconds: float = field(default=8.0, metadata=limits(1.0, 60.0))
     """After the wake word, give up listening when no speech starts within this long."""
