@@ -313,22 +313,23 @@ class Responder:
             self._spec = chat.speculate(parts[:SPECULATED_PARTS])
             self.speculations += 1
             read = time.monotonic()
-            self._ahead = self._begin(chat, detokenizer, parts[SPECULATED_PARTS:])
+            ahead = self._begin(chat, detokenizer, parts[SPECULATED_PARTS:])
             _LOG.debug("speculative prefill of %.2f s of speech in %.0f ms, first %d reply "
                        "events in %.0f ms", samples.size / 16000, (read - started) * 1000,
-                       len(self._ahead.held), (time.monotonic() - read) * 1000)  # fmt: skip
+                       len(ahead.held), (time.monotonic() - read) * 1000)  # fmt: skip
         except Exception:
             _LOG.debug("speculative work failed; the turn will start afresh", exc_info=True)
             self._abandon()
 
     def _begin(self, chat: Chat, detokenizer: StreamingDetokenizer, rest: list[Any]) -> _Ahead:
         """Begin the reply (the turn's `rest` read, then generation) and run it to its first
-        audio, or AHEAD_STEPS events."""
+        audio, or AHEAD_STEPS events. It is `self._ahead` from the start, so that `_abandon`
+        closes it whatever happens here."""
         rng_state = chat.sampler.rng.bit_generator.state
         turns = chat.turns
         config = chat.generation_config("interleaved", max_new_tokens=self.max_new_tokens)
         turn = chat.turn(rest, config)
-        ahead = _Ahead(turn, _decoded(turn, detokenizer), [], rng_state, turns)
+        ahead = self._ahead = _Ahead(turn, _decoded(turn, detokenizer), [], rng_state, turns)
         for step in ahead.steps:
             ahead.held.append(step)
             audio = step[1]

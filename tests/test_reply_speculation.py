@@ -10,7 +10,10 @@ put back).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import pytest
 
 from satellite.engine.model import Model
 from satellite.engine.sessions import SessionConfig
@@ -78,3 +81,32 @@ async def test_abandoned_speculation_leaves_no_trace() -> None:
         np.testing.assert_array_equal(got[1], want[1])
         r.close()
     plain.close()
+
+
+async def test_a_speculation_that_fails_is_undone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reply's start fails inside the speculation (here: the detokenizer, once): the begun
+    turn is closed and everything put back, and the turn, started afresh, is the plain one."""
+    from satellite.engine.detokenize import StreamingDetokenizer
+
+    question = spoken("turn on the kitchen lights")
+    plain = responder()
+    want = await said(plain.reply(question))
+    plain.close()
+
+    original = StreamingDetokenizer.push_generated
+    failures: list[int] = []
+
+    def fails_once(self: StreamingDetokenizer, codes: Any) -> Any:
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("injected")
+        return original(self, codes)
+
+    monkeypatch.setattr(StreamingDetokenizer, "push_generated", fails_once)
+    r = responder()
+    r.speculate(question)
+    got = await said(r.reply(question, speculated=True))
+    assert failures == [1] and r.speculated_turns == 0, "the failed speculation was used"
+    assert (got[0], got[2].frames, got[2].reason) == (want[0], want[2].frames, want[2].reason)
+    np.testing.assert_array_equal(got[1], want[1])
+    r.close()
