@@ -1,4 +1,5 @@
-"""Reading and writing Wyoming events on a stream, with limits.
+"""Reading and writing Wyoming events on a stream, with limits; stopping a server that serves
+them (`stop_serving`).
 
 An event is one JSON header line (`type`, `version`, `data_length`, `payload_length`, maybe
 an inline `data`), then `data_length` bytes of JSON data, then `payload_length` bytes of
@@ -79,3 +80,16 @@ async def read_event(
 async def write_event(event: Event, writer: asyncio.StreamWriter) -> None:
     """Write one event and wait for the transport to take it."""
     await async_write_event(event, writer)
+
+
+async def stop_serving(server: asyncio.Server | None, tasks: set[asyncio.Task[None]]) -> None:
+    """Stop listening on `server`, cancel the connections' `tasks` and wait until they and
+    the listener are done."""
+    if server is not None:
+        server.close()
+    pending = list(tasks)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    if server is not None:
+        await server.wait_closed()

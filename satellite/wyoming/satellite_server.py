@@ -37,7 +37,13 @@ from wyoming.ping import Ping, Pong
 from wyoming.satellite import RunSatellite
 
 from satellite.errors import UserError
-from satellite.wyoming.framing import MAX_HEADER_BYTES, ProtocolError, read_event, write_event
+from satellite.wyoming.framing import (
+    MAX_HEADER_BYTES,
+    ProtocolError,
+    read_event,
+    stop_serving,
+    write_event,
+)
 
 _LOG = logging.getLogger("satellite.wyoming")
 
@@ -157,15 +163,8 @@ class SatelliteServer:
 
     async def stop(self) -> None:
         """Stop listening and close every connection."""
-        if self._server is not None:
-            self._server.close()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+        await stop_serving(self._server, self._tasks)
+        self._server = None
 
     def send(self, event: Event) -> bool:
         """Queue `event` for Home Assistant; False when none is connected or it was dropped."""

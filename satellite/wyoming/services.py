@@ -72,7 +72,13 @@ from satellite.engine.commands import VOICES, printable
 from satellite.engine.mel import LogMel, StreamingLogMel
 from satellite.engine.template import SPECIAL_TOKENS
 from satellite.wyoming.announce import Announcer
-from satellite.wyoming.framing import MAX_HEADER_BYTES, ProtocolError, read_event, write_event
+from satellite.wyoming.framing import (
+    MAX_HEADER_BYTES,
+    ProtocolError,
+    read_event,
+    stop_serving,
+    write_event,
+)
 from satellite.wyoming.satellite_server import WyomingServerError
 from satellite.wyoming.sentences import pieces, split_complete
 from satellite.wyoming.services_info import services_info
@@ -293,15 +299,8 @@ class ServicesServer:
             with contextlib.suppress(Exception):
                 await self.announcer.stop()
             self.announcer = None
-        if self._server is not None:
-            self._server.close()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+        await stop_serving(self._server, self._tasks)
+        self._server = None
         await asyncio.to_thread(self.pool.close)
 
     # -- connections --------------------------------------------------------------------------
