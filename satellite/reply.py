@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from satellite.engine.commands import FRAMES_PER_SECOND, VOICES
 from satellite.errors import UserError
 
 if TYPE_CHECKING:
@@ -50,14 +51,12 @@ if TYPE_CHECKING:
     from satellite.engine.decoder import DecoderState
     from satellite.engine.detokenize import StreamingDetokenizer
     from satellite.engine.model import Model
-    from satellite.engine.template import Accent, Gender, Tokens
+    from satellite.engine.template import Tokens
     from satellite.settings import Settings
 
 _LOG = logging.getLogger("satellite.reply")
 
 FloatArray = npt.NDArray[np.float32]
-FRAMES_PER_SECOND = 12.5
-"""Generated audio frames per second of speech (80 ms each)."""
 TEXT_ALLOWANCE = 64
 """Tokens beyond the audio frames a reply may take (its text runs, the end markers)."""
 SPECULATED_PARTS = 2
@@ -68,12 +67,6 @@ AHEAD_STEPS = 64
 audio: 6 text tokens and one frame in interleaved mode, more when frames are skipped)."""
 ASR_TOKENS = 128
 """Longest transcript of a short answer (a confirmation), in tokens."""
-VOICE_PROMPTS: dict[str, tuple[Accent, Gender]] = {
-    "us_female": ("US", "female"),
-    "us_male": ("US", "male"),
-    "uk_female": ("UK", "female"),
-    "uk_male": ("UK", "male"),
-}
 
 
 class ReplyError(UserError):
@@ -410,7 +403,7 @@ class Responder:
         from satellite.engine.tts import SpeechStream
 
         self._abandon()  # the detokenizer is shared
-        accent, gender = VOICE_PROMPTS.get(voice, ("US", "female"))
+        accent, gender = VOICES.get(voice, ("US", "female"))
         chat = self._tts.get(voice)
         if chat is None:
             chat = self._tts[voice] = self._side_chat(tts_prompt(accent, gender))

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from satellite.engine.commands import VOICES, printable, transcribe_one
+from satellite.engine.commands import FRAMES_PER_SECOND, VOICES, printable, transcribe_one
 
 if TYPE_CHECKING:
     from satellite.engine.chat import Chat
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from satellite.wyoming.workers import Job
 
 FloatArray = npt.NDArray[np.float32]
-FRAMES_PER_SECOND = 12.5
 LANGUAGES = ("en",)
 """Languages of the model (LFM2-Audio is English)."""
 
