@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from models.cache import CACHE_ENV
+from tests.broker import Broker
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -24,3 +25,12 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ.pop(CACHE_ENV, None)
     else:
         os.environ[CACHE_ENV] = before
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    """A real mosquitto on a free loopback port, for one test."""
+    b = Broker(tmp_path)
+    b.start()
+    yield b
+    b.stop()

@@ -101,6 +101,22 @@ def daemon_settings(
     )
 
 
+async def run_to_end(settings: Settings, timeout: float) -> tuple[Any, list[str]]:
+    """Run a daemon on `settings` until its input file has ended and it stops by itself (at
+    most `timeout` seconds); returns the daemon and the kinds of what it reported, in order."""
+    from satellite.daemon import Daemon
+
+    daemon = Daemon(settings)
+    seen: list[str] = []
+    daemon.observe(lambda kind, data: seen.append(kind))
+    await daemon.start()
+    try:
+        await asyncio.wait_for(daemon.wait_stopped(), timeout)
+    finally:
+        await daemon.close()
+    return daemon, seen
+
+
 @dataclass
 class Received:
     event: Event

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -124,14 +124,6 @@ def test_controller_yes_no_and_expiry() -> None:
     assert [e["reason"] for e in events if e["event_type"] == "command_refused"] == [
         "not confirmed", "no confirmation in time",
     ]  # fmt: skip
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    b = Broker(tmp_path)
-    b.start()
-    yield b
-    b.stop()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import logging
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +36,6 @@ DISCOVERY = "homeassistant/device/lfm_satellite_test_satellite/config"
 @pytest.fixture(scope="module")
 def model() -> Path:
     return tiny_model()
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    b = Broker(tmp_path)
-    b.start()
-    yield b
-    b.stop()
 
 
 def _mqtt(port: int, **extra: Any) -> MqttSettings:

@@ -28,6 +28,7 @@ from satellite.wyoming.announce import SERVICE_TYPE, instance_name
 from tests.satellite_support import (
     HomeAssistant,
     daemon_settings,
+    run_to_end,
     script_wav,
     tiny_model,
     wake_and_ask,
@@ -59,15 +60,7 @@ async def _run(model: Path, source: Path, output: Path, barge_in: bool) -> tuple
         model, input_file=source, output_file=output, max_reply_seconds=REPLY_SECONDS,
         barge_in=barge_in,
     )  # fmt: skip
-    daemon = Daemon(settings)
-    seen: list[str] = []
-    daemon.observe(lambda kind, data: seen.append(kind))
-    await daemon.start()
-    try:
-        await asyncio.wait_for(daemon.wait_stopped(), 40)
-    finally:
-        await daemon.close()
-    return daemon, seen
+    return await run_to_end(settings, 40)
 
 
 async def test_barge_in_stops_the_reply_and_starts_a_new_turn(
@@ -98,14 +91,7 @@ async def test_no_speech_after_the_wake_word_gives_up(model: Path, tmp_path: Pat
     script_wav(source, [("silence", 1.0), ("say", "okay nabu"), ("silence", 2.5)])
     settings = daemon_settings(model, input_file=source)
     settings = dataclasses.replace(settings, vad=VadSettings(no_speech_seconds=1.5))
-    daemon = Daemon(settings)
-    seen: list[str] = []
-    daemon.observe(lambda kind, data: seen.append(kind))
-    await daemon.start()
-    try:
-        await asyncio.wait_for(daemon.wait_stopped(), 20)
-    finally:
-        await daemon.close()
+    daemon, seen = await run_to_end(settings, 20)
     assert "wake" in seen and "utterance" not in seen and not daemon.turns
     assert daemon.state == "idle"
 
@@ -222,12 +208,7 @@ async def test_awake_and_done_sounds_frame_the_reply(model: Path, tmp_path: Path
     settings = daemon_settings(
         model, input_file=source, output_file=output, awake_sound=str(awake), done_sound=str(done)
     )
-    daemon = Daemon(settings)
-    await daemon.start()
-    try:
-        await asyncio.wait_for(daemon.wait_stopped(), 30)
-    finally:
-        await daemon.close()
+    daemon, _ = await run_to_end(settings, 30)
     [turn] = daemon.turns
     heard = read_wav(output).samples
     assert abs(heard.size / 24000 - (0.3 + 0.5 + turn.reply_audio_seconds)) < 0.05
@@ -277,12 +258,7 @@ async def test_speculative_prefill_during_the_trailing_silence(
     ])  # fmt: skip
     settings = daemon_settings(model, input_file=source)
     settings = dataclasses.replace(settings, vad=VadSettings(speculative=speculative))
-    daemon = Daemon(settings)
-    await daemon.start()
-    try:
-        await asyncio.wait_for(daemon.wait_stopped(), 30)
-    finally:
-        await daemon.close()
+    daemon, _ = await run_to_end(settings, 30)
     [turn] = daemon.turns
     responder = daemon.responder
     assert responder is not None and turn.time_to_first_audio is not None
