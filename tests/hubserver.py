@@ -8,6 +8,10 @@ through the endpoints `huggingface_hub` uses to list and download files.
   `Range: bytes=N-` answered with 206.
 - Unknown repositories, revisions and files get 404 with the hub's `X-Error-Code`.
 
+Revisions: each repository is served at `commit` (default COMMIT) and as `main`, unless
+`main` names another (commit, folder) for the repository: a hub whose `main` has moved on from
+a pinned commit.
+
 Fault injection: `cut[path] = n` cuts the next n GETs of `path` after half their bytes (the
 connection closes mid-body); `corrupt[path] = bytes` serves other content than the listing
 describes. `requests` records (method, path, Range header) of every request.
@@ -40,14 +44,26 @@ def blob_id(data: bytes) -> str:
 @dataclass
 class Hub:
     repos: dict[str, Path]
+    commit: str = COMMIT
+    main: dict[str, tuple[str, Path]] = field(default_factory=dict)
+    """Repository -> (commit, folder) served as `main` instead of `repos`' folder."""
     cut: dict[str, int] = field(default_factory=dict)
     corrupt: dict[str, bytes] = field(default_factory=dict)
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     url: str = ""
 
-    def files(self, repo: str) -> dict[str, Path]:
-        root = self.repos[repo]
+    def at(self, repo: str, revision: str) -> tuple[str, Path] | None:
+        """(commit, folder) that `revision` of `repo` resolves to, or None."""
+        if revision in ("", "main") and repo in self.main:
+            return self.main[repo]
+        if revision in ("", "main", self.commit):
+            return self.commit, self.repos[repo]
+        moved = self.main.get(repo)
+        return moved if moved is not None and revision == moved[0] else None
+
+    @staticmethod
+    def files(root: Path) -> dict[str, Path]:
         return {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()}
 
     def gets(self, path_part: str = "") -> list[tuple[str, str | None]]:
@@ -102,11 +118,13 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
             if repo not in hub.repos:
                 self.fail(404, "RepoNotFound", head)
                 return
-            if revision not in ("", "main", COMMIT):
+            found = hub.at(repo, revision)
+            if found is None:
                 self.fail(404, "RevisionNotFound", head)
                 return
+            commit, root = found
             siblings = []
-            for rel, file in hub.files(repo).items():
+            for rel, file in hub.files(root).items():
                 data = file.read_bytes()
                 sibling = {"rfilename": rel, "size": len(data), "blobId": blob_id(data)}
                 if is_lfs(rel):
@@ -116,7 +134,7 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
                         "pointerSize": 134,
                     }
                 siblings.append(sibling)
-            body = json.dumps({"id": repo, "modelId": repo, "sha": COMMIT, "siblings": siblings})
+            body = json.dumps({"id": repo, "modelId": repo, "sha": commit, "siblings": siblings})
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -125,10 +143,12 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(body.encode())
 
         def resolve(self, repo: str, revision: str, rel: str, head: bool) -> None:
-            if revision not in ("main", COMMIT):
+            found = hub.at(repo, revision)
+            if found is None:
                 self.fail(404, "RevisionNotFound", head)
                 return
-            file = hub.files(repo).get(rel)
+            commit, root = found
+            file = hub.files(root).get(rel)
             if file is None:
                 self.fail(404, "EntryNotFound", head)
                 return
@@ -142,7 +162,7 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
             body = data[start:]
             self.send_response(206 if start else 200)
             self.send_header("ETag", f'"{etag}"')
-            self.send_header("X-Repo-Commit", COMMIT)
+            self.send_header("X-Repo-Commit", commit)
             self.send_header("Accept-Ranges", "bytes")
             self.send_header("Content-Length", str(len(body)))
             if start:
@@ -168,9 +188,14 @@ def _handler(hub: Hub) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def serve_hub(repos: dict[str, Path]) -> Iterator[Hub]:
-    """Run a hub for `repos` (repo id -> folder) on 127.0.0.1 on a free port."""
-    hub = Hub(repos=repos)
+def serve_hub(
+    repos: dict[str, Path],
+    commit: str = COMMIT,
+    main: dict[str, tuple[str, Path]] | None = None,
+) -> Iterator[Hub]:
+    """Run a hub for `repos` (repo id -> folder, served at `commit` and as `main` unless
+    `main` moves it) on 127.0.0.1 on a free port."""
+    hub = Hub(repos=repos, commit=commit, main=main or {})
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(hub))
     server.daemon_threads = True
     hub.url = f"http://127.0.0.1:{server.server_address[1]}"

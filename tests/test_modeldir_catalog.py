@@ -32,7 +32,10 @@ def test_shipped_catalog_entries() -> None:
     ]
     onnx = entries["LiquidAI/LFM2.5-Audio-1.5B-ONNX"]
     assert onnx.kind == "onnx" and onnx.default_variant == "q4"
-    assert list(onnx.variants) == ["q4", "q8", "fp16", "fp32"]
+    assert list(onnx.variants) == ["q4", "fp16", "fp32"], "q8 files were never seen on the hub"
+    assert onnx.revision == "62318d95ddf42a65e742cdd6fd33df91874a801d"
+    assert onnx.known_files["onnx/decoder_q4.onnx_data"].size == 1_217_650_688
+    assert onnx.known_files["onnx/embed_tokens.bin"].size == 65536 * 2048 * 4
     assert onnx.variants["q4"]["depthformer"] == "onnx/vocoder_depthformer_q4.onnx"
     assert onnx.variants["fp32"]["decoder"] == "onnx/decoder.onnx"
     for variant, graphs in onnx.variants.items():
@@ -72,7 +75,7 @@ def test_list_prints_every_model(capsys: pytest.CaptureFixture[str]) -> None:
     assert lines[0].split() == ["NAME", "KIND", "VARIANTS", "DESCRIPTION"]
     rows = {line.split()[0]: line for line in lines[1:5]}
     assert "onnx" in rows["LiquidAI/LFM2.5-Audio-1.5B-ONNX"]
-    assert "q4* q8 fp16 fp32" in rows["LiquidAI/LFM2.5-Audio-1.5B-ONNX"]
+    assert "q4* fp16 fp32" in rows["LiquidAI/LFM2.5-Audio-1.5B-ONNX"]
     assert "checkpoint" in rows["LiquidAI/LFM2-Audio-1.5B"]
     assert "build" in rows["tiny"] and "fp32*" in rows["tiny"]
     assert main(["model", "list", "--json"]) == 0
@@ -107,3 +110,24 @@ def test_find_entry_by_name() -> None:
         CatalogError, match=re.escape("did you mean LiquidAI/LFM2.5-Audio-1.5B-ONNX")
     ):
         find_entry(entries, "LiquidAI/LFM2.5-Audio-1.5B-ONX")
+
+
+@pytest.mark.parametrize(
+    "known, message",
+    [
+        ("[1]", r"known_files: must be a mapping"),
+        ("{a.onnx: {size: -1}}", r"known_files\.a\.onnx\.size: -1 must be a whole number"),
+        ("{a.onnx: {sha256: abc}}", r"known_files\.a\.onnx\.sha256: 'abc' must be 64 hex"),
+        ("{a.onnx: {md5: x}}", r"known_files\.a\.onnx: must be a mapping with size and/or"),
+    ],
+)
+def test_known_files_are_checked(tmp_path: Path, known: str, message: str) -> None:
+    path = tmp_path / "catalog.yaml"
+    path.write_text(
+        "format_version: 1\nmodels:\n  - name: x\n    kind: onnx\n    family: lfm2-audio\n"
+        "    description: d\n    repo: o/x\n    revision: abc\n"
+        "    variants: {q4: {graphs: {decoder: a.onnx}}}\n"
+        f"    known_files: {known}\n"
+    )
+    with pytest.raises(CatalogError, match=message):
+        load_catalog(path)

@@ -33,6 +33,15 @@ class CatalogError(UserError):
 
 
 @dataclass(frozen=True)
+class KnownFile:
+    """What a file of the pinned revision is known to be."""
+
+    size: int | None = None
+    sha256: str | None = None
+    """Lower-case hex."""
+
+
+@dataclass(frozen=True)
 class CatalogEntry:
     name: str
     kind: Kind
@@ -50,6 +59,8 @@ class CatalogEntry:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     build: str | None = None
+    known_files: dict[str, KnownFile] = field(default_factory=dict)
+    """Path -> size and sha256 at `revision`, where known (the hub must agree)."""
 
 
 def catalog_path(override: str | os.PathLike[str] | None = None) -> Path:
@@ -190,6 +201,10 @@ def _entry(raw: Any, where: str) -> CatalogEntry:
         raise CatalogError(f"{where}.options: must map roles to mappings")
     repo = text("repo", required=kind != "build")
     build = text("build", required=kind != "onnx")
+    known_files = {
+        str(path): _known_file(spec, f"{where}.known_files.{path}")
+        for path, spec in mapping("known_files").items()
+    }
     revision = raw.get("revision", "main")
     if not isinstance(revision, str) or not revision:
         raise CatalogError(f"{where}.revision: {revision!r} must be a branch, tag or commit")
@@ -209,7 +224,24 @@ def _entry(raw: Any, where: str) -> CatalogEntry:
         options={str(k): dict(v) for k, v in options.items()},
         config=dict(mapping("config")),
         build=build,
+        known_files=known_files,
     )
+
+
+def _known_file(spec: Any, where: str) -> KnownFile:
+    if not isinstance(spec, dict) or not spec or set(spec) - {"size", "sha256"}:
+        raise CatalogError(f"{where}: must be a mapping with size and/or sha256")
+    size = spec.get("size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        raise CatalogError(f"{where}.size: {size!r} must be a whole number of bytes")
+    digest = spec.get("sha256")
+    if digest is not None and (
+        not isinstance(digest, str)
+        or len(digest) != 64
+        or any(c not in "0123456789abcdefABCDEF" for c in digest)
+    ):
+        raise CatalogError(f"{where}.sha256: {digest!r} must be 64 hexadecimal digits")
+    return KnownFile(size=size, sha256=digest.lower() if digest else None)
 
 
 def entry_as_dict(entry: CatalogEntry) -> Mapping[str, Any]:
