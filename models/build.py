@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-import onnx
 
 from models import decoder, depthformer, detokenizer, embeddings, encoder, mimi
 from models.checkpoint import Checkpoint, CheckpointError, read_checkpoint
 from models.config import SIZES, AudioModelConfig, config_for
-from models.onnx_graph import ExternalData, GraphBuilder, save
+from models.onnx_graph import write_graph
+from models.published import PUBLISHED_VARIANTS, build_published
 from models.quantize import build_quantized, spec_for
 from models.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, write_tokenizer
 from models.weights import Array, random_detokenizer_weights, random_model_weights
@@ -34,28 +33,15 @@ from satellite.modeldir.make import make_manifest
 from satellite.modeldir.manifest import FAMILIES, MANIFEST_NAME, VARIANTS, Manifest, Variant
 
 BUILT_VARIANTS: tuple[Variant, ...] = ("fp32", "q8", "q4")
+LAYOUTS = ("project", "published")
+"""`project`: the project's own graphs and names; `published`: the published export's
+(`models.published`)."""
 DEFAULT_MAX_POSITIONS = {"tiny": 4096, "full": 32768}
 """RoPE table length (longest context) per size, unless given."""
 
 
 class BuildError(UserError):
     """The build cannot run as asked; the message says why."""
-
-
-GraphFn = Callable[[GraphBuilder], onnx.ModelProto]
-
-
-def _write_graph(out: Path, file_stem: str, build: GraphFn) -> str:
-    """Build one graph into `out` (`<stem>.onnx` + `<stem>.onnx_data`); returns its file name."""
-    data = ExternalData(out / f"{file_stem}.onnx_data")
-    try:
-        model = build(GraphBuilder(file_stem, data))
-    finally:
-        data.close()
-    if data.path.stat().st_size == 0:
-        data.path.unlink()
-    save(model, out / f"{file_stem}.onnx")
-    return f"{file_stem}.onnx"
 
 
 def build_graphs(
@@ -76,37 +62,37 @@ def build_graphs(
     `mimi_decoder` and `mimi_decoder_cached` instead of the detokenizer graphs.
     """
     graphs = {
-        "decoder": _write_graph(
+        "decoder": write_graph(
             out, "decoder",
             lambda g: decoder.build_decoder(
                 g, config.backbone, weights, max_positions=max_positions,
                 logits_to_keep=logits_to_keep,
             ),
         ),
-        "audio_encoder": _write_graph(
+        "audio_encoder": write_graph(
             out, "audio_encoder", lambda g: encoder.build_audio_encoder(g, config, weights)
         ),
-        "embed_tokens": _write_graph(
+        "embed_tokens": write_graph(
             out, "embed_tokens", lambda g: embeddings.build_embed_tokens(g, config, weights)
         ),
-        "audio_embedding": _write_graph(
+        "audio_embedding": write_graph(
             out, "audio_embedding", lambda g: embeddings.build_audio_embedding(g, config, weights)
         ),
-        "depthformer": _write_graph(
+        "depthformer": write_graph(
             out, "depthformer", lambda g: depthformer.build_depthformer(g, config, weights)
         ),
     }  # fmt: skip
     if mimi_model is not None:
         mimi_config, mimi_weights = mimi_model
         for role, build in mimi.graph_builders(mimi_config, mimi_weights).items():
-            graphs[role] = _write_graph(out, role, build)
+            graphs[role] = write_graph(out, role, build)
     else:
-        graphs["audio_detokenizer"] = _write_graph(
+        graphs["audio_detokenizer"] = write_graph(
             out,
             "audio_detokenizer",
             lambda g: detokenizer.build_audio_detokenizer(g, config, detokenizer_weights),
         )
-        graphs["audio_detokenizer_cached"] = _write_graph(
+        graphs["audio_detokenizer_cached"] = write_graph(
             out,
             "audio_detokenizer_cached",
             lambda g: detokenizer.build_audio_detokenizer_cached(g, config, detokenizer_weights),
@@ -157,6 +143,7 @@ def build_model(
     overwrite: bool = False,
     family: str = "lfm2.5-audio",
     block_size: int | None = None,
+    layout: str = "project",
 ) -> Manifest:
     """Build a model directory at `out` and return its manifest.
 
@@ -168,6 +155,8 @@ def build_model(
     `lfm2-audio` builds LFM2-Audio v1 (random weights only): the same backbone, encoder and
     depthformer, with Mimi (`models.mimi`) instead of the LFM2.5 detokenizer.
     `block_size` replaces the quantized variant's default block (`models.quantize.spec_for`).
+    `layout` `published` writes the files of the published ONNX export instead, its defects
+    included (`models.published`: fp32 or q4, LFM2.5-Audio only).
     Refuses to write into a directory that already holds a manifest unless `overwrite`.
     """
     if variant not in VARIANTS:
@@ -175,6 +164,17 @@ def build_model(
     if variant not in BUILT_VARIANTS:
         raise BuildError(
             f"--variant {variant}: not built yet (this version builds {', '.join(BUILT_VARIANTS)})"
+        )
+    if layout not in LAYOUTS:
+        raise BuildError(f"--layout {layout}: not one of {', '.join(LAYOUTS)}")
+    if layout == "published" and variant not in PUBLISHED_VARIANTS:
+        raise BuildError(
+            f"--layout published --variant {variant}: the published export is reproduced as "
+            f"{' or '.join(PUBLISHED_VARIANTS)}"
+        )
+    if layout == "published" and family != "lfm2.5-audio":
+        raise BuildError(
+            f"--layout published: only LFM2.5-Audio is published as ONNX, not {family}"
         )
     if size not in SIZES:
         raise BuildError(f"--size {size}: not one of {', '.join(SIZES)}")
@@ -223,6 +223,22 @@ def build_model(
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     about["tokenizer"] = _write_tokenizer(out, config.backbone.vocab_size, *tokenizer_files)
+    if layout == "published":
+        if mimi_model is not None:
+            raise BuildError(
+                f"--layout published: only LFM2.5-Audio is published as ONNX, not {family}"
+            )
+        return build_published(
+            out,
+            config,
+            weights,
+            detok_weights,
+            variant=variant,
+            max_positions=positions,
+            block_size=block_size,
+            tokenizer=TOKENIZER_FILE,
+            source=about,
+        )
     if variant == "fp32":
         graphs, options = build_graphs(
             out, config, weights, detok_weights, max_positions=positions, mimi_model=mimi_model

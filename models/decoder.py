@@ -30,9 +30,10 @@ import numpy as np
 import onnx
 
 from models.config import BackboneConfig
-from models.layers import Layers, rope_tables
+from models.layers import Layers
 from models.onnx_graph import FLOAT, INT32, INT64, MS_DOMAIN, GraphBuilder
 from models.weights import Array
+from satellite.modeldir.rope import rope_tables
 
 INT64_MAX = np.iinfo(np.int64).max
 
@@ -176,6 +177,7 @@ def build_decoder(
     prefix: str = "lfm.",
     max_positions: int = 32768,
     logits_to_keep: bool = False,
+    published: bool = False,
 ) -> onnx.ModelProto:
     """The decoder graph of the backbone `cfg` with `weights` (checkpoint names under `prefix`).
 
@@ -184,7 +186,9 @@ def build_decoder(
     `logits` holds the last n positions only (all when n >= sequence_length), and n = 0 skips
     the lm-head (the vocab x hidden table, the largest single read of a step) on steps whose
     text logits nobody reads, such as audio frames. Unlike transformers' `logits_to_keep`, 0
-    means none.
+    means none. `published` writes the lm-head as the published export does: a Transpose of
+    the text embedding table `model.embed_tokens.weight` [vocab, hidden] into a MatMul, which
+    no weight quantizer touches (the head stays float32 and runs on every step).
     """
     d = cfg.hidden_size
     embeds = g.input("inputs_embeds", FLOAT, ["batch_size", "sequence_length", d])
@@ -245,5 +249,10 @@ def build_decoder(
         start = g.op1("Unsqueeze", [start, g.const([0])], name=f"{n}/Unsqueeze")
         x = g.op1("Slice", [x, start, g.const([INT64_MAX]), g.const([1])], name=f"{n}/Slice")
     # Tied lm-head: logits = hidden_states @ embed_tokens.T.
-    bb.linear(x, "embed_tokens.weight", "/lm_head/MatMul", out="logits")
+    if published:
+        table = g.weight("model.embed_tokens.weight", weights[f"{prefix}embed_tokens.weight"])
+        head = g.op1("Transpose", [table], name="/lm_head/Transpose", perm=[1, 0])
+        g.op("MatMul", [x, head], name="logits", outputs=["logits"])
+    else:
+        bb.linear(x, "embed_tokens.weight", "/lm_head/MatMul", out="logits")
     return g.model(doc="LFM2 backbone (lfm-satellite models.decoder)")

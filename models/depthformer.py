@@ -30,9 +30,10 @@ import onnx
 from onnx import helper
 
 from models.config import AudioModelConfig
-from models.layers import Layers, rope_tables
+from models.layers import Layers
 from models.onnx_graph import FLOAT, INT32, INT64, MS_DOMAIN, GraphBuilder
 from models.weights import Array
+from satellite.modeldir.rope import rope_tables
 
 INPUTS = (
     "hidden_states",
@@ -47,10 +48,27 @@ INPUTS = (
 OUTPUTS = ("logits", "depth_slices", "new_keys", "new_values")
 
 
+PUBLISHED_THETA = 10_000.0
+"""The theta the published export's depthformer tables were computed for (its defect)."""
+PUBLISHED_TABLE_POSITIONS = 16
+"""Rows of the published export's per-layer rotary tables."""
+
+
 def build_depthformer(
-    g: GraphBuilder, config: AudioModelConfig, weights: Mapping[str, Array]
+    g: GraphBuilder,
+    config: AudioModelConfig,
+    weights: Mapping[str, Array],
+    *,
+    published: bool = False,
 ) -> onnx.ModelProto:
-    """The codebook-step graph of `config`'s depthformer with checkpoint `weights`."""
+    """The codebook-step graph of `config`'s depthformer with checkpoint `weights`.
+
+    `published` writes the attention as the published export's `vocoder_depthformer` does,
+    defects included: each head's q and k rearranged from interleaved pairs into two halves
+    (so that rotate-half rotation would equal the model's interleaved one), GroupQueryAttention
+    with `do_rotary` unset (no rotation at all), and per-layer tables `layer.{i}.gqa_cos` /
+    `gqa_sin` of 16 positions for theta 10,000 instead of the model's 1,000,000.
+    `satellite.modeldir.repair` corrects such a graph."""
     cfg = config.depthformer
     books, vocab, dim, hd, kv = (
         config.codebooks, config.codebook_size, cfg.dim, cfg.head_dim, cfg.num_kv_heads,
@@ -124,8 +142,12 @@ def build_depthformer(
     x = g.op1("Add", [x, emb], name="/input/Add")
     x = g.op1("Unsqueeze", [x, g.const([1])], name="/input/Unsqueeze")  # [B, 1, dim]
 
-    cos, sin = rope_tables(hd, cfg.rope_theta, books)
-    rope = (g.weight("depthformer.cos_cache", cos), g.weight("depthformer.sin_cache", sin))
+    rope = ("", "")
+    if published:
+        cos, sin = rope_tables(hd, PUBLISHED_THETA, PUBLISHED_TABLE_POSITIONS)
+    else:
+        cos, sin = rope_tables(hd, cfg.rope_theta, books)
+        rope = (g.weight("depthformer.cos_cache", cos), g.weight("depthformer.sin_cache", sin))
     residual = x
     h = ly.norm(x, "depthformer.layers.0.operator_norm.weight", "/layers.0/operator_norm")
     keys, values = [], []
@@ -138,6 +160,12 @@ def build_depthformer(
         norms = f"{p}operator.bounded_attention"
         q = ly.head_norm(q, cfg.num_heads, hd, f"{norms}.q_layernorm.weight", f"{n}/q_norm")
         k = ly.head_norm(k, kv, hd, f"{norms}.k_layernorm.weight", f"{n}/k_norm")
+        rotary: dict[str, int] = {"do_rotary": 1, "rotary_interleaved": 1}
+        if published:
+            q = _pairs_to_halves(g, q, cfg.num_heads, hd, f"{n}/q_halves")
+            k = _pairs_to_halves(g, k, kv, hd, f"{n}/k_halves")
+            rope = (g.weight(f"layer.{i}.gqa_cos", cos), g.weight(f"layer.{i}.gqa_sin", sin))
+            rotary = {}
         layer = g.const(i)
         past_k = g.op1("Gather", ["past_keys", layer], name=f"{n}/past_key", axis=0)
         past_v = g.op1("Gather", ["past_values", layer], name=f"{n}/past_value", axis=0)
@@ -149,9 +177,8 @@ def build_depthformer(
             domain=MS_DOMAIN,
             num_heads=cfg.num_heads,
             kv_num_heads=kv,
-            do_rotary=1,
-            rotary_interleaved=1,
             scale=float(hd**-0.5),
+            **rotary,
         )
         keys.append(g.op1("Unsqueeze", [new_k, g.const([0])], name=f"{n}/new_key"))
         values.append(g.op1("Unsqueeze", [new_v, g.const([0])], name=f"{n}/new_value"))
@@ -186,6 +213,14 @@ def build_depthformer(
     return g.model(
         doc="LFM2-Audio depthformer, one codebook step (lfm-satellite models.depthformer)"
     )
+
+
+def _pairs_to_halves(g: GraphBuilder, x: str, heads: int, hd: int, node: str) -> str:
+    """[B, S, heads*hd] with each head's elements (x0, x1, x2, x3, ...) -> (x0, x2, ..., x1,
+    x3, ...): the published export's rearrangement before attention."""
+    pairs = g.op1("Reshape", [x, g.const([0, 0, heads, hd // 2, 2])], name=f"{node}/Reshape")
+    swapped = g.op1("Transpose", [pairs], name=f"{node}/Transpose", perm=[0, 1, 2, 4, 3])
+    return g.op1("Reshape", [swapped, g.const([0, 0, heads * hd])], name=f"{node}/Reshape_back")
 
 
 def _named(info: onnx.ValueInfoProto, name: str) -> onnx.ValueInfoProto:

@@ -37,9 +37,9 @@ import onnx
 
 from models.config import AudioModelConfig
 from models.decoder import Lfm2Layers
-from models.layers import rope_tables
 from models.onnx_graph import FLOAT, INT32, INT64, GraphBuilder
 from models.weights import Array
+from satellite.modeldir.rope import rope_tables
 
 DEFAULT_MAX_FRAMES = 1024
 """Longest input (in 80 ms code frames) the RoPE tables cover: 82 s of audio per call."""

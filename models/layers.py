@@ -16,20 +16,6 @@ from models.onnx_graph import MS_DOMAIN, GraphBuilder
 from models.weights import Array
 
 
-def rope_tables(head_dim: int, theta: float, positions: int) -> tuple[Array, Array]:
-    """cos and sin [positions, head_dim/2] of RoPE's angles `position * theta^(-2i/head_dim)`.
-
-    The angles are formed in float32 (float32 inverse frequencies times float32 positions), as
-    both references do (transformers' LFM2 and liquid-audio's depthformer); only cos/sin are
-    taken in float64 before rounding, so long positions match the reference to an ulp.
-    """
-    exponent = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
-    inv_freq = (1.0 / (np.float32(theta) ** exponent)).astype(np.float32)
-    angles = np.arange(positions, dtype=np.float32)[:, None] * inv_freq[None, :]
-    angles64 = angles.astype(np.float64)
-    return np.cos(angles64).astype(np.float32), np.sin(angles64).astype(np.float32)
-
-
 class Layers:
     """Emits common layers into `g`, reading weights `prefix + name` from `weights`."""
 

@@ -12,6 +12,7 @@ memory at a time and the `.onnx` file itself stays small.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -184,3 +185,16 @@ def tensor_specs(values: list[onnx.ValueInfoProto]) -> list[tuple[str, str, list
         ]
         specs.append((value.name, dtype, shape))
     return specs
+
+
+def write_graph(out: Path, file_stem: str, build: Callable[[GraphBuilder], onnx.ModelProto]) -> str:
+    """Build one graph into `out` (`<stem>.onnx` + `<stem>.onnx_data`); returns its file name."""
+    data = ExternalData(out / f"{file_stem}.onnx_data")
+    try:
+        model = build(GraphBuilder(file_stem, data))
+    finally:
+        data.close()
+    if data.path.stat().st_size == 0:
+        data.path.unlink()
+    save(model, out / f"{file_stem}.onnx")
+    return f"{file_stem}.onnx"

@@ -201,18 +201,26 @@ class QuantizeError(ValueError):
 
 
 def build_quantized(
-    out: Path, variant: str, build_fp32: BuildFp32, *, block_size: int | None = None
+    out: Path,
+    variant: str,
+    build_fp32: BuildFp32,
+    *,
+    block_size: int | None = None,
+    gathers: bool = True,
 ) -> tuple[dict[str, str], GraphOptions]:
     """Build the fp32 graphs in a scratch folder inside `out`, quantize them into `out` as
     `<stem>_<variant>.onnx` (+ `.onnx_data`) and remove the scratch folder.
 
     Returns role -> file and role -> options, each role's options holding its report under
-    `quantization`. `block_size` replaces the variant's default (`spec_for`)."""
+    `quantization`. `block_size` replaces the variant's default (`spec_for`); `gathers` False
+    leaves the embedding tables in float (as the published export does)."""
     spec = spec_for(variant, block_size)
     scratch = Path(tempfile.mkdtemp(prefix=".fp32-", dir=out))
     try:
         graphs, options = build_fp32(scratch)
-        files, reports = quantize_graphs(scratch, graphs, out, spec, suffix=f"_{variant}")
+        files, reports = quantize_graphs(
+            scratch, graphs, out, spec, suffix=f"_{variant}", gathers=gathers
+        )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     merged = {role: dict(options.get(role, {})) for role in files}
@@ -222,7 +230,13 @@ def build_quantized(
 
 
 def quantize_graphs(
-    src: Path, graphs: Mapping[str, str], out: Path, spec: QuantSpec, *, suffix: str
+    src: Path,
+    graphs: Mapping[str, str],
+    out: Path,
+    spec: QuantSpec,
+    *,
+    suffix: str,
+    gathers: bool = True,
 ) -> tuple[dict[str, str], dict[str, GraphReport]]:
     """Quantize the fp32 graphs `graphs` (role -> file in `src`) into `out`.
 
@@ -242,7 +256,8 @@ def quantize_graphs(
         for job in jobs.values():
             job.quantize_matmuls(table_shapes, packed)
         for job in jobs.values():
-            job.quantize_gathers(packed)
+            if gathers:
+                job.quantize_gathers(packed)
         return {role: job.finish() for role, job in jobs.items()}, {
             role: job.report() for role, job in jobs.items()
         }

@@ -119,15 +119,17 @@ def test_model_build_cli_writes_a_verified_directory(tmp_path: Path) -> None:
 
 
 def test_model_build_without_toolchain_names_the_extra(tmp_path: Path) -> None:
-    """With the `onnx` package unimportable (as in a runtime-only install) the command says
-    which extra to install."""
+    """With the toolchain unimportable (a broken install) the command says what is missing
+    and how to reinstall."""
     code = (
-        "import sys; sys.modules['onnx'] = None; from satellite.cli import main; "
+        "import sys; sys.modules['onnxruntime.quantization'] = None; "
+        "from satellite.cli import main; "
         f"sys.exit(main(['model', 'build', '--out', {str(tmp_path / 'x')!r}]))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 2
-    assert "pip install 'lfm-satellite[export]'" in result.stderr
+    assert "cannot import 'onnxruntime.quantization" in result.stderr
+    assert "pip install --force-reinstall 'lfm-satellite[export]'" in result.stderr
     assert "Traceback" not in result.stderr

@@ -5,6 +5,7 @@ way it can fail. No other network."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import shutil
@@ -16,10 +17,11 @@ from pathlib import Path
 
 import modeldir_graphs as g
 import pytest
-from hubserver import COMMIT, Hub, serve_hub
+import yaml
+from hubserver import Hub, serve_hub
 
 from satellite.cli import main
-from satellite.modeldir.catalog import catalog_path, find_entry, load_catalog
+from satellite.modeldir.catalog import KnownFile, catalog_path, find_entry, load_catalog
 from satellite.modeldir.fetch import FetchError, fetch
 from satellite.modeldir.manifest import read_manifest
 from satellite.modeldir.verify import verify
@@ -51,6 +53,11 @@ Q4_FILES = {
 }
 
 
+SHIPPED = find_entry(load_catalog(catalog_path()), NAME)
+PIN = SHIPPED.revision
+"""The commit the shipped catalog pins (the test hub serves the test repository there)."""
+
+
 @pytest.fixture(scope="module")
 def repo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("hub") / "repo"
@@ -58,10 +65,27 @@ def repo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def test_catalog(repo_dir: Path) -> Path:
+    """The shipped catalog with its known files (sizes of the real q4 files) replaced by the
+    test repository's sizes and sha256, as a catalog for the same pin would state them."""
+    raw = yaml.safe_load(catalog_path().read_text(encoding="utf-8"))
+    official = next(m for m in raw["models"] if m["name"] == NAME)
+    official["known_files"] = {
+        rel: {"size": (repo_dir / rel).stat().st_size, "sha256": sha256(repo_dir / rel)}
+        for rel in sorted(official["known_files"])
+        if (repo_dir / rel).is_file()  # the test graphs keep some weights inline
+    }
+    path = repo_dir.parent / "catalog.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return path
+
+
 @pytest.fixture
-def hub(repo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Hub]:
-    with serve_hub({NAME: repo_dir}) as server:
+def hub(repo_dir: Path, test_catalog: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Hub]:
+    with serve_hub({NAME: repo_dir}, commit=PIN) as server:
         monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("LFM_SATELLITE_CATALOG", str(test_catalog))
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         yield server
 
@@ -86,10 +110,10 @@ def test_fetch_only_the_variant(
     target = tmp_path / "q4"
     assert main(["model", "fetch", NAME, "--variant", "q4", "--dir", str(target)]) == 0
     out = capsys.readouterr().out
-    assert f"fetching {NAME} q4 ({COMMIT[:12]}) into {target}: 15 files" in out
+    assert f"fetching {NAME} q4 ({PIN[:12]}) into {target}: 15 files" in out
     assert out.splitlines()[-1].startswith(f"OK: {target}: {NAME} q4, 15 files")
     fetched = {p for p, _ in hub.gets()}
-    assert {p.split(f"/resolve/{COMMIT}/")[1] for p in fetched} == Q4_FILES
+    assert {p.split(f"/resolve/{PIN}/")[1] for p in fetched} == Q4_FILES
     assert not any("README" in p or "decoder.onnx" in p for p in fetched)
     manifest = read_manifest(target)
     assert set(manifest.files) == Q4_FILES
@@ -106,7 +130,7 @@ def test_fetch_only_the_variant(
     assert manifest.config["hidden_size"] == 16  # from the repository's config.json
     assert manifest.config["layer_types"] == CONFIG["layer_types"]
     assert manifest.config["codebook_size"] == 2049  # from the catalog
-    assert manifest.source["revision"] == COMMIT
+    assert manifest.source["revision"] == PIN
     assert manifest.side_files["embed_tokens"] == "onnx/embed_tokens.json"
     assert verify(target).ok
 
@@ -151,13 +175,88 @@ def test_resume_in_the_next_run(hub: Hub, repo_dir: Path, tmp_path: Path) -> Non
 def test_variant_the_repo_lacks(
     hub: Hub, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["model", "fetch", NAME, "--variant", "q8", "--dir", str(tmp_path)]) == 1
+    assert main(["model", "fetch", NAME, "--variant", "fp16", "--dir", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err == (
-        f"error: {NAME} at main has no q8 variant of {NAME} (no onnx/decoder_q8.onnx); "
+        f"error: {NAME} at {PIN} has no fp16 variant of {NAME} (no onnx/decoder_fp16.onnx); "
         "it has q4, fp32\n"
     )
     assert hub.gets() == []
+
+
+def test_only_variants_known_to_exist_are_offered(
+    hub: Hub, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """q8 files were never seen on the hub: the catalog does not offer them."""
+    assert list(SHIPPED.variants) == ["q4", "fp16", "fp32"]
+    assert main(["model", "fetch", NAME, "--variant", "q8", "--dir", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == (
+        f"error: {NAME} has no variant 'q8' in the catalog; its variants are q4, fp16, fp32\n"
+    )
+    assert hub.requests == []
+
+
+def test_the_pin_is_fetched_and_revision_overrides_it(
+    repo_dir: Path,
+    test_catalog: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`main` has moved on to the newer onnxruntime-genai layout: the pinned commit is what a
+    plain fetch gets; `--revision main` gets the newer layout, refused before any download."""
+    assert PIN == "62318d95ddf42a65e742cdd6fd33df91874a801d"
+    newer = tmp_path / "newer"
+    shutil.copytree(repo_dir, newer)
+    (newer / "genai_config.json").write_text('{"model": {"type": "lfm2_audio"}}')
+    (newer / "onnx" / "embeddings_q8.onnx").write_bytes(b"\x08\x0a")
+    later = "fedcba9876543210fedcba9876543210fedcba98"
+    with serve_hub({NAME: repo_dir}, commit=PIN, main={NAME: (later, newer)}) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.setenv("LFM_SATELLITE_CATALOG", str(test_catalog))
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        target = tmp_path / "d"
+        assert main(["model", "fetch", NAME, "--dir", str(target)]) == 0
+        assert read_manifest(target).source["revision"] == PIN
+        capsys.readouterr()
+        server.requests.clear()
+        args = ["model", "fetch", NAME, "--revision", "main", "--dir", str(tmp_path / "e")]
+        assert main(args) == 1
+        assert capsys.readouterr().err == (
+            f"error: {NAME} at main has the newer onnxruntime-genai layout (genai_config.json; "
+            "a decoder with a conv state of 2), which this version of lfm-satellite cannot "
+            f"run: fetch the pinned revision {PIN} (leave out --revision)\n"
+        )
+        assert server.gets() == []
+
+
+def test_the_hub_disagreeing_with_the_pinned_sizes_stops_before_download(
+    repo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shipped catalog knows the real files' sizes; a hub serving other files at the pinned
+    commit is refused before a byte is downloaded."""
+    with serve_hub({NAME: repo_dir}, commit=PIN) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        with pytest.raises(FetchError) as caught:
+            fetch(SHIPPED, variant="q4", directory=tmp_path / "d")
+        size = (repo_dir / "onnx/embed_tokens.bin").stat().st_size
+        assert str(caught.value) == (
+            f"{NAME} at {PIN[:12]}: onnx/embed_tokens.bin: the hub lists {size} bytes, the "
+            "catalog knows the pinned file as 536870912; nothing was downloaded (is HF_ENDPOINT "
+            "a mirror of another repository?)"
+        )
+        assert server.gets() == []
+        assert not (tmp_path / "d").exists()
+
+
+def test_a_known_sha256_is_checked_after_download(hub: Hub, repo_dir: Path, tmp_path: Path) -> None:
+    """Where the catalog knows a sha256 and the hub lists none (a small file), the download
+    must match the catalog's."""
+    known = dict(entry().known_files)
+    known["config.json"] = KnownFile(sha256="0" * 64)
+    with pytest.raises(FetchError, match=r"config.json: sha256 .* does not match"):
+        fetch(dataclasses.replace(entry(), known_files=known), directory=tmp_path / "d")
 
 
 def test_hub_unreachable(

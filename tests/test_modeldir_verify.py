@@ -275,19 +275,19 @@ def test_known_defect_rmsnorm_in_audio_embedding(model_dir: Path) -> None:
     )
 
 
-def test_known_defect_depthformer_rope_is_a_warning(
+def test_known_defect_depthformer_rope_is_refused_with_the_fix(
     model_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     replace_graph(model_dir, "depthformer", g.depthformer(gqa_without_rotary=True))
     report = verify(model_dir)
-    assert report.ok
-    assert [str(w) for w in report.warnings] == [
-        f"{model_dir}/onnx/vocoder_depthformer.onnx: 1 GroupQueryAttention nodes carry rotary "
-        "tables but leave do_rotary off: a known defect of published vocoder_depthformer graphs "
-        "(codebooks 1-7 are predicted without RoPE, so the audio is degraded)"
+    assert [str(e) for e in report.errors] == [
+        f"{model_dir}/onnx/vocoder_depthformer.onnx: 1 of 1 GroupQueryAttention nodes leave "
+        "do_rotary unset, so attention runs without rotary embeddings: a known defect of the "
+        "published vocoder_depthformer graphs (codebooks 1-7 come out wrong, the speech is "
+        f"degraded); correct it with `lfm-satellite model fix {model_dir}`"
     ]
-    assert main(["model", "verify", str(model_dir)]) == 0
-    assert "warning: " in capsys.readouterr().err
+    assert main(["model", "verify", str(model_dir)]) == 1
+    assert "model fix" in capsys.readouterr().err
 
 
 def test_load_finds_graphs_onnxruntime_refuses(model_dir: Path) -> None:

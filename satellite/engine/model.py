@@ -31,6 +31,7 @@ from satellite.errors import UserError
 from satellite.modeldir.contract import Binding, match_role, session_specs
 from satellite.modeldir.manifest import Manifest, read_manifest, required_roles
 from satellite.modeldir.onnxread import GraphReadError, read_graph
+from satellite.modeldir.rotary import check_rotary
 from satellite.modeldir.sidefiles import SideFileError, check_table, read_table
 
 _LOG = logging.getLogger("satellite.engine.model")
@@ -174,6 +175,7 @@ class Model:
                 f"{where}: graphs.depthformer.options.granularity {granularity!r}: this engine "
                 "runs codebook_step depthformers only"
             )
+        self._check_rotary()
         for role, table in (
             ("embed_tokens", "embed_tokens"),
             ("audio_embedding", "audio_embedding"),
@@ -183,6 +185,23 @@ class Model:
                     f"{where}: no {role}: the model needs an {role} graph (graphs.{role}) or "
                     f"table (side_files.{table})"
                 )
+
+    def _check_rotary(self) -> None:
+        """Refuse the published depthformer's rotary defect (satellite.modeldir.rotary): its
+        speech would be audibly wrong, and `model fix` corrects it in a second."""
+        path = self.directory / self.manifest.graphs["depthformer"].file
+        try:
+            check = check_rotary(read_graph(path))
+        except GraphReadError as err:
+            raise ModelLoadError(str(err)) from None
+        except OSError as err:
+            raise ModelLoadError(f"{path}: cannot read its rotary tables: {err}") from None
+        if check.defective:
+            raise ModelLoadError(
+                f"{path}: {'; '.join(check.problems())}: the published graph's known defect "
+                f"(the speech would come out wrong); correct it with "
+                f"`lfm-satellite model fix {self.directory}`"
+            )
 
     def open(self, roles: Sequence[str] | None = None) -> None:
         """Open the sessions of `roles` now (default: every graph of the manifest but the

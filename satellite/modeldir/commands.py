@@ -17,6 +17,7 @@ from satellite.modeldir.catalog import (
     load_catalog,
 )
 from satellite.modeldir.manifest import VARIANTS, read_manifest
+from satellite.modeldir.repair import fix_model
 from satellite.modeldir.verify import Report, verify
 
 
@@ -89,6 +90,17 @@ def add_model_commands(commands: Any) -> None:
     )
     check.set_defaults(handler=cmd_verify)
 
+    fix = sub.add_parser(
+        "fix",
+        help="correct the known defects of a published model's graphs",
+        description="Write corrected graphs beside the defective ones of a model directory and "
+        "point the manifest at them: the published vocoder_depthformer graphs run attention "
+        "without rotary embeddings and with tables for theta 10,000 (the model uses 1,000,000). "
+        "The downloaded files are left as they are. `model fetch` does this by itself.",
+    )
+    fix.add_argument("directory", metavar="DIR", type=Path)
+    fix.set_defaults(handler=cmd_fix)
+
     info = sub.add_parser(
         "info",
         help="show what a model directory holds",
@@ -105,7 +117,8 @@ def add_model_commands(commands: Any) -> None:
         description="Build a model directory of the LFM2.5-Audio architecture: `--size tiny` "
         "(tests and the demo) or `--size full` (the real shapes, for speed and memory figures), "
         "with seeded random weights, or convert a real checkpoint with --from (which replaces "
-        "--size and --seed). Needs the model toolchain: pip install 'lfm-satellite[export]'.",
+        "--size and --seed). `--layout published` writes the published ONNX export's files, "
+        "defects included.",
     )
     build.add_argument("--size", choices=("tiny", "full"), default="tiny", help="default: tiny")
     build.add_argument("--variant", choices=VARIANTS, default="fp32", help="default: fp32")
@@ -133,25 +146,30 @@ def add_model_commands(commands: Any) -> None:
         "decoder takes 908 MB at 32, 753 MB at 64",
     )
     build.add_argument(
+        "--layout",
+        choices=("project", "published"),
+        default="project",
+        help="project: the project's own graphs (default); published: the files of the "
+        "published LiquidAI/LFM2.5-Audio-1.5B-ONNX export with its known defects (fp32 or q4), "
+        "to test what `model fetch` gets and `model fix` corrects",
+    )
+    build.add_argument(
         "--overwrite", action="store_true", help="replace a model directory already at --out"
     )
     build.set_defaults(handler=cmd_build)
 
 
 def load_toolchain() -> Any:
-    """`models.build`, imported only when asked for: the daemon never needs the toolchain."""
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-        raise UserError(
-            "`model build` needs the model toolchain: pip install 'lfm-satellite[export]'"
-        ) from None
+    """`models.build`, imported only when asked for: the daemon never needs the toolchain.
+    It runs on the run-time dependencies (onnx, onnxruntime's quantizer), so a board can build
+    from a checkpoint; the `export` extra adds what the reference comparisons need."""
     try:
         import models.build as build
     except ImportError as err:
         raise UserError(
-            f"`model build` needs the model toolchain, which is missing {err.name!r}: "
-            "pip install 'lfm-satellite[export]' from a source checkout"
+            f"`model build` needs the model toolchain (the `models` package of lfm-satellite), "
+            f"which cannot import {err.name!r}: reinstall lfm-satellite, e.g. "
+            "pip install --force-reinstall 'lfm-satellite[export]' from a source checkout"
         ) from None
     return build
 
@@ -169,6 +187,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         overwrite=args.overwrite,
         block_size=args.block_size,
+        layout=args.layout,
     )
     print(format_info(args.out, manifest))
     report = verify(args.out)
@@ -248,6 +267,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fix(args: argparse.Namespace) -> int:
+    manifest, repairs = fix_model(args.directory)
+    for repair in repairs:
+        print(f"{args.directory / repair.original}: {'; '.join(repair.problems)}")
+        print(f"  wrote {args.directory / repair.fixed}; manifest.json now uses it")
+    if not repairs:
+        print(f"{args.directory}: no known defect to correct")
+    report = verify(args.directory, checksums=False)
+    _print_report(report)
+    if not report.ok:
+        return 1
+    print(f"OK: {args.directory}: {manifest.name} ({manifest.variant}) verified")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from satellite.modeldir.info import format_info, info_dict
 
@@ -260,6 +294,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def _print_report(report: Report) -> None:
+    for note in report.notes:
+        print(note)
     for finding in report.warnings:
         print(f"warning: {finding}", file=sys.stderr)
     for finding in report.errors:

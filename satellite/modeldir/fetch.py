@@ -1,6 +1,7 @@
 """`lfm-satellite model fetch`: download one variant of a catalog model from the Hugging Face
-hub into a model directory, check every file against the hub's checksums, write the manifest
-and verify the result.
+hub into a model directory, check every file against the hub's checksums (and the catalog's
+knowledge of the pinned commit), write the manifest, correct the published graphs' known
+defects (`satellite.modeldir.repair`) and verify the result.
 
 Only the variant's files are fetched: the catalog names the graphs, and each graph's external
 weights are whatever the repository lists as `GRAPH.onnx_data`, `GRAPH.onnx_data_1`, ...
@@ -26,9 +27,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from satellite.errors import UserError
-from satellite.modeldir.catalog import CatalogEntry
+from satellite.modeldir.catalog import CatalogEntry, KnownFile
+from satellite.modeldir.layout import newer_layout
 from satellite.modeldir.make import make_manifest
 from satellite.modeldir.manifest import MANIFEST_NAME, FileEntry, Manifest, sha256_file
+from satellite.modeldir.repair import fix_model
 from satellite.modeldir.sidefiles import config_from_hub
 from satellite.modeldir.verify import Report, verify_manifest
 
@@ -99,6 +102,14 @@ def human_size(size: int) -> str:
     return f"{value:.1f} TB"  # pragma: no cover
 
 
+def newer_layout_message(where: str, marker: str, entry: CatalogEntry) -> str:
+    return (
+        f"{where} has the newer onnxruntime-genai layout ({marker}; a decoder with a conv state "
+        f"of 2), which this version of lfm-satellite cannot run: fetch the pinned revision "
+        f"{entry.revision} (leave out --revision)"
+    )
+
+
 def select_variant(
     entry: CatalogEntry, variant: str, available: dict[str, RemoteFile], where: str
 ) -> list[RemoteFile]:
@@ -106,7 +117,10 @@ def select_variant(
     common files, the variant's graphs and their data files, and optional files present.
 
     Raises FetchError naming what is missing; for a missing variant, lists the variants
-    `where` does have."""
+    `where` does have; for the newer onnxruntime-genai layout, says so."""
+    marker = newer_layout(available)
+    if marker is not None:
+        raise FetchError(newer_layout_message(where, marker, entry))
     graphs = entry.variants[variant]
     lacking = [f for f in graphs.values() if f not in available]
     if lacking:
@@ -187,6 +201,32 @@ def list_repo(repo: str, revision: str, endpoint: str) -> tuple[str, dict[str, R
     return info.sha, files
 
 
+def with_known(f: RemoteFile, known: KnownFile | None, repo: str, commit: str) -> RemoteFile:
+    """`f` as the hub lists it, checked against what the catalog knows of it at the pinned
+    commit; the catalog's sha256 fills in one the hub does not list. Raises FetchError, before
+    anything is downloaded, when the two disagree."""
+    if known is None:
+        return f
+    where = f"{repo} at {commit[:12]}: {f.path}"
+    if known.size is not None and f.size is not None and known.size != f.size:
+        raise FetchError(
+            f"{where}: the hub lists {f.size} bytes, the catalog knows the pinned file as "
+            f"{known.size}; nothing was downloaded (is HF_ENDPOINT a mirror of another "
+            "repository?)"
+        )
+    if known.sha256 is not None and f.sha256 is not None and known.sha256 != f.sha256.lower():
+        raise FetchError(
+            f"{where}: the hub lists sha256 {f.sha256[:16]}…, the catalog knows the pinned file "
+            f"as {known.sha256[:16]}…; nothing was downloaded"
+        )
+    return RemoteFile(
+        path=f.path,
+        size=f.size if f.size is not None else known.size,
+        sha256=f.sha256 or known.sha256,
+        blob_id=f.blob_id,
+    )
+
+
 def _offline_message(endpoint: str, reason: str, name: str) -> str:
     return (
         f"cannot reach the Hugging Face hub at {endpoint} ({reason}); check the network and "
@@ -265,6 +305,10 @@ def fetch(
     else:
         commit, remote = list_repo(entry.repo, requested, endpoint)
         files = select_variant(entry, variant, remote, f"{entry.repo} at {requested}")
+        if commit == entry.revision:
+            files = [
+                with_known(f, entry.known_files.get(f.path), entry.repo, commit) for f in files
+            ]
         total = sum(f.size or 0 for f in files)
         print(
             f"fetching {entry.name} {variant} ({commit[:12]}) into {target}: "
@@ -311,6 +355,9 @@ def fetch(
     )
     manifest.write(target)
     print(f"wrote {target / MANIFEST_NAME}", file=out)
+    manifest, repairs = fix_model(target, manifest)
+    for repair in repairs:
+        print(f"fixed {repair.original}: {'; '.join(repair.problems)} -> {repair.fixed}", file=out)
     report = verify_manifest(target, manifest, checksums=False)
     return FetchResult(
         directory=target,
@@ -443,7 +490,7 @@ def _check_files(files: list[RemoteFile], target: Path) -> dict[str, FileEntry]:
         if f.size is not None and size != f.size:
             bad = f"is {size} bytes, the hub lists {f.size}"
         elif f.sha256 is not None and digest != f.sha256.lower():
-            bad = f"sha256 {digest[:16]}… does not match the hub's {f.sha256[:16]}…"
+            bad = f"sha256 {digest[:16]}… does not match the expected {f.sha256[:16]}…"
         elif f.sha256 is None and f.blob_id is not None and git_blob_id(path) != f.blob_id:
             bad = f"git blob id does not match the hub's {f.blob_id[:12]}…"
         if bad is not None:

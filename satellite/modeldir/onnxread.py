@@ -15,6 +15,10 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from satellite.errors import UserError
 from satellite.modeldir.manifest import UNKNOWN_RANK, TensorSpec
@@ -85,6 +89,22 @@ class ExternalTensor:
 
 
 @dataclass(frozen=True)
+class EmbeddedTensor:
+    """A small initializer whose bytes are in the graph file itself (raw_data or float_data)."""
+
+    name: str
+    dtype: str
+    dims: tuple[int, ...]
+    data: bytes
+    """Little-endian element bytes, as onnx's raw_data holds them."""
+
+
+EMBEDDED_MAX_BYTES = 1 << 16
+"""Embedded initializers up to this size are kept by `read_graph` (rotary tables, norm
+gains); larger ones are skipped, as the weights are."""
+
+
+@dataclass(frozen=True)
 class GraphInfo:
     """What `read_graph` learns from one `.onnx` file."""
 
@@ -102,6 +122,8 @@ class GraphInfo:
     """Locations (relative to the graph's folder) of external weight files, sorted."""
     external_tensors: tuple[ExternalTensor, ...] = ()
     """Initializers stored in external files (those of the main graph and of subgraphs)."""
+    embedded_tensors: tuple[EmbeddedTensor, ...] = ()
+    """Small initializers stored in the graph file (up to EMBEDDED_MAX_BYTES)."""
 
     def op_types(self) -> Counter[str]:
         """How many nodes of each operator type the graph has."""
@@ -143,6 +165,7 @@ class _Reader:
         self.nodes: list[NodeInfo] = []
         self.external: set[str] = set()
         self.external_tensors: list[ExternalTensor] = []
+        self.embedded_tensors: list[EmbeddedTensor] = []
         self.initializers = 0
 
     def fail(self, why: str) -> GraphReadError:
@@ -231,6 +254,7 @@ class _Reader:
             initializer_count=self.initializers,
             external_data=tuple(sorted(self.external)),
             external_tensors=tuple(self.external_tensors),
+            embedded_tensors=tuple(self.embedded_tensors),
         )
 
     def opset(self, start: int, end: int) -> tuple[str, int]:
@@ -322,8 +346,11 @@ class _Reader:
         data_type = 0
         dims: list[int] = []
         entries: dict[str, str] = {}
+        payload: tuple[int, int] | None = None
         for number, wire, a, b in self.fields(start, end):
-            if number == 8 and wire == 2:
+            if number in (4, 9) and wire == 2:  # float_data (packed), raw_data
+                payload = (a, b)
+            elif number == 8 and wire == 2:
                 name = self.text(a, b)
             elif number == 14 and wire == 0:
                 external = a == 1
@@ -359,6 +386,15 @@ class _Reader:
                     location=location,
                     offset=offset,
                     length=length,
+                )
+            )
+        elif payload is not None and payload[1] - payload[0] <= EMBEDDED_MAX_BYTES:
+            self.embedded_tensors.append(
+                EmbeddedTensor(
+                    name=name,
+                    dtype=ELEMENT_TYPES.get(data_type, f"type {data_type}"),
+                    dims=tuple(dims),
+                    data=bytes(self.data[payload[0] : payload[1]]),
                 )
             )
         return name
@@ -414,6 +450,32 @@ class _Reader:
             if number == 2 and wire == 2:
                 return self.text(a, b) or UNKNOWN_DIM
         return UNKNOWN_DIM
+
+
+def initializer_array(info: GraphInfo, name: str) -> npt.NDArray[Any] | None:
+    """The value of initializer `name` of the graph `info` was read from: embedded (if small,
+    see EMBEDDED_MAX_BYTES) or read from its external data file. None when the graph has no
+    such initializer that can be read this way (a large embedded one, an unsupported type).
+
+    Raises OSError when the external data file cannot be read."""
+    for tensor in info.embedded_tensors:
+        if tensor.name == name and tensor.dtype in NUMPY_TYPES:
+            dtype = np.dtype(NUMPY_TYPES[tensor.dtype]).newbyteorder("<")
+            return np.frombuffer(tensor.data, dtype=dtype).reshape(tensor.dims).copy()
+    for ext in info.external_tensors:
+        if ext.name == name and ext.dtype in NUMPY_TYPES:
+            dtype = np.dtype(NUMPY_TYPES[ext.dtype]).newbyteorder("<")
+            count = int(np.prod(ext.dims, dtype=np.int64))
+            with (info.path.parent / ext.location).open("rb") as f:
+                data = os.pread(f.fileno(), count * dtype.itemsize, ext.offset)
+            if len(data) != count * dtype.itemsize:
+                raise OSError(f"{info.path.parent / ext.location}: too short for {name}")
+            return np.frombuffer(data, dtype=dtype).reshape(ext.dims).copy()
+    return None
+
+
+NUMPY_TYPES = {"float32": "f4", "float16": "f2", "float64": "f8", "int64": "i8", "int32": "i4"}
+"""Element types `initializer_array` reads."""
 
 
 def describe_shape(shape: list[int | str]) -> str:

@@ -8,8 +8,10 @@ Checks, each finding naming the file it is about:
   (`satellite.modeldir.contract`), with shapes consistent with the config numbers, and its
   inputs and outputs are what the manifest records;
 - the config numbers agree with each other and with the side files (mel config, tables);
-- known defects of published graphs: an RMSNorm after the audio_embedding lookup (refused),
-  depthformer attention with rotary embedding switched off (warned);
+- known defects of published graphs: an RMSNorm after the audio_embedding lookup, the
+  depthformer's attention without rotary embeddings or with tables for the wrong theta (each
+  refused with the command that corrects it; a directory carrying the fix says so), a decoder
+  of the newer onnxruntime-genai export (conv state of 2);
 - optionally (`load=True`) that onnxruntime loads each graph with the same interface.
 """
 
@@ -27,6 +29,7 @@ from satellite.modeldir.contract import (
     match_role,
     ort_dtype,
 )
+from satellite.modeldir.layout import newer_layout
 from satellite.modeldir.manifest import (
     MANIFEST_NAME,
     GraphEntry,
@@ -38,6 +41,7 @@ from satellite.modeldir.manifest import (
     sha256_file,
 )
 from satellite.modeldir.onnxread import GraphInfo, GraphReadError, describe_tensor, read_graph
+from satellite.modeldir.rotary import check_rotary
 from satellite.modeldir.sidefiles import (
     SideFileError,
     check_mel_config,
@@ -79,6 +83,8 @@ class Report:
     bindings: dict[str, Binding] = field(default_factory=dict)
     """Role -> how its graph's names map to the contract (roles whose graph could be read)."""
     hashed_bytes: int = 0
+    notes: tuple[str, ...] = ()
+    """Facts worth telling that are not problems (repairs the directory carries)."""
 
     @property
     def errors(self) -> list[Finding]:
@@ -108,6 +114,7 @@ def verify_manifest(
 ) -> Report:
     """Check `directory` against `manifest` (which need not be written yet)."""
     check = _Checker(directory, manifest)
+    check.layout()
     check.config()
     check.roles()
     check.files(checksums)
@@ -121,6 +128,7 @@ def verify_manifest(
         findings=tuple(check.findings),
         bindings=check.bindings,
         hashed_bytes=check.hashed,
+        notes=tuple(check.notes),
     )
 
 
@@ -132,6 +140,7 @@ class _Checker:
         self.bindings: dict[str, Binding] = {}
         self.hashed = 0
         self.absent: set[str] = set()
+        self.notes: list[str] = []
 
     def add(self, rel: str, message: str, level: Level = "error") -> None:
         self.findings.append(Finding(str(self.dir / rel), message, level))
@@ -140,6 +149,20 @@ class _Checker:
         self.add(MANIFEST_NAME, message)
 
     # -- manifest-level -----------------------------------------------------------------
+
+    def layout(self) -> None:
+        marker = newer_layout(
+            p.relative_to(self.dir).as_posix()
+            for pattern in ("genai_config.json", "onnx/embeddings*.onnx")
+            for p in self.dir.glob(pattern)
+        )
+        if marker is not None:
+            self.add(
+                marker,
+                "marks the newer onnxruntime-genai export (conv state of 2, its own embeddings "
+                "graph), which this version of lfm-satellite cannot run; fetch the pinned "
+                "revision of the catalog (`lfm-satellite model fetch NAME` without --revision)",
+            )
 
     def config(self) -> None:
         c = self.m.config
@@ -332,22 +355,45 @@ class _Checker:
                     "embeddings are wrong; use a current export",
                 )
         if role == "depthformer":
-            off = [
-                n
-                for n in info.nodes
-                if n.op_type == "GroupQueryAttention"
-                and not n.ints.get("do_rotary", 0)
-                and len(n.inputs) > 7
-                and n.inputs[7]
+            self.rotary(entry, info)
+        if role == "decoder":
+            conv = [
+                t
+                for t in info.inputs
+                if t.name.startswith("past_conv") and len(t.shape) == 3 and t.shape[2] == 2
             ]
-            if off:
+            if conv:
                 self.add(
                     entry.file,
-                    f"{len(off)} GroupQueryAttention nodes carry rotary tables but leave "
-                    "do_rotary off: a known defect of published vocoder_depthformer graphs "
-                    "(codebooks 1-7 are predicted without RoPE, so the audio is degraded)",
-                    "warning",
+                    f"{conv[0].name} holds a conv state of 2: the newer onnxruntime-genai "
+                    "export, which this version of lfm-satellite cannot run; fetch the pinned "
+                    "revision of the catalog (`lfm-satellite model fetch NAME` without --revision)",
                 )
+
+    def rotary(self, entry: GraphEntry, info: GraphInfo) -> None:
+        """The published depthformer's rotary defect (satellite.modeldir.rotary): each defect
+        read from the graph, and whether the directory carries the fix."""
+        try:
+            check = check_rotary(info)
+        except OSError as err:
+            self.add(entry.file, f"cannot read its rotary tables: {err}")
+            return
+        fix = entry.options.get("rope_fix")
+        if check.defective:
+            for problem in check.problems():
+                self.add(
+                    entry.file,
+                    f"{problem}: a known defect of the published vocoder_depthformer graphs "
+                    "(codebooks 1-7 come out wrong, the speech is degraded); correct it with "
+                    f"`lfm-satellite model fix {self.dir}`",
+                )
+            return
+        if isinstance(fix, dict) and check.theta is not None:
+            self.notes.append(
+                f"{entry.file}: carries the rotary fix of {fix.get('from', '?')} (do_rotary=1 "
+                f"on {check.attention_nodes} attention nodes, tables for theta "
+                f"{check.theta:,.0f})"
+            )
 
     def load(self, entry: GraphEntry, info: GraphInfo) -> None:
         import onnxruntime as ort
