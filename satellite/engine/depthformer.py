@@ -5,6 +5,13 @@ grown by one position per call and started empty for every frame.
 
 The input is the decoder's final-normed hidden state at the last position run (read at step 0,
 where the graph computes `depth_linear` of it into the slices).
+
+The cache can start empty (length 0, growing by one a step: onnxruntime-genai's way, and the
+default on CPU) or preallocated at the frame's full length (`codebooks` positions, zeros, with
+`seqlens_k` telling the attention how much of it is filled): some providers fail on the empty
+cache (FINDINGS §1: WebGPU's "Shape mismatch attempting to re-use buffer {1,8,0,32} !=
+{1,8,1,32}"), so every provider but CPU gets the preallocated one. On CPU both give the same
+codes (tests/test_engine_depthformer.py).
 """
 
 from __future__ import annotations
@@ -20,7 +27,10 @@ from satellite.modeldir.contract import config_dims
 class Depthformer:
     """Samples frames of `codebooks` codes."""
 
-    def __init__(self, graph: BoundGraph, config: dict[str, object]) -> None:
+    def __init__(
+        self, graph: BoundGraph, config: dict[str, object], preallocate: bool | None = None
+    ) -> None:
+        """`preallocate`: start the cache at its full length (None: unless on CPU)."""
         self.graph = graph
         dims = config_dims(config)
         self.codebooks = dims["codebooks"]
@@ -45,7 +55,11 @@ class Depthformer:
             cache[4] if len(cache) == 5 else None, "depthformer_head_dim", self.dim // heads
         )
         dtype = numpy_dtype(graph.input_type("past_keys"))
-        self._empty_cache = np.zeros((layers, 1, kv_heads, 0, head_dim), dtype)
+        if preallocate is None:
+            preallocate = graph.session.get_providers()[0] != "CPUExecutionProvider"
+        self.preallocated = preallocate
+        length = self.codebooks if preallocate else 0
+        self._empty_cache = np.zeros((layers, 1, kv_heads, length, head_dim), dtype)
         self._outputs = ["logits", "depth_slices", "new_keys", "new_values"]
 
     def frame(
