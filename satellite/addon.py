@@ -51,7 +51,7 @@ OPTION_SCHEMA: dict[str, str] = {
     "wake_word": "list(okay_nabu|hey_jarvis|alexa|hey_mycroft)",
     "wake_sensitivity": "float(0,1)",
     "model": "str",
-    "model_variant": "list(q4|q8|fp16|fp32)",
+    "model_variant": "list(q4|fp16|fp32)",
     "voice": "list(us_female|us_male|uk_female|uk_male)",
     "threads": "int(0,64)",
     "input_device": "str?",
@@ -390,6 +390,12 @@ async def run(data_dir: Path, supervisor: Supervisor, advertised_host: str) -> i
         )  # fmt: skip
         if await fetch.wait() != 0:
             raise AddonError(f"could not fetch {options['model']}; see the lines above")
+    else:  # fetched by an earlier version: correct and repack it (nothing to do if done)
+        optimize = await asyncio.create_subprocess_exec(
+            *exe, "model", "optimize", str(model_dir)
+        )  # fmt: skip
+        if await optimize.wait() != 0:
+            raise AddonError(f"could not optimize {model_dir}; see the lines above")
     daemon = await asyncio.create_subprocess_exec(*exe, "--config", str(path), "run")
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -197,7 +197,7 @@ def test_defaults_make_a_valid_config(tmp_path: Path) -> None:
 def test_every_option_lands_in_its_key(tmp_path: Path) -> None:
     options = {
         **DEFAULT_OPTIONS, "name": "Kitchen Satellite", "area": "Kitchen", "mode": "ha",
-        "wake_word": "hey_jarvis", "wake_sensitivity": 0.7, "model_variant": "q8",
+        "wake_word": "hey_jarvis", "wake_sensitivity": 0.7, "model_variant": "fp16",
         "voice": "uk_male", "threads": 2, "input_device": "2", "output_device": "USB Audio",
         "volume": 0.4, "barge_in": False, "max_reply_seconds": 12, "wyoming_services": False,
         "mqtt_host": "broker.lan", "mqtt_port": 8883, "mqtt_username": "sat",
@@ -210,7 +210,7 @@ def test_every_option_lands_in_its_key(tmp_path: Path) -> None:
         "ha",
     )
     assert (s.wake.model, s.wake.sensitivity) == ("hey_jarvis", 0.7)
-    assert (s.model.variant, s.model.voice, s.model.threads) == ("q8", "uk_male", 2)
+    assert (s.model.variant, s.model.voice, s.model.threads) == ("fp16", "uk_male", 2)
     assert (s.audio.input_device, s.audio.output_device) == (2, "USB Audio")
     assert (s.audio.volume, s.audio.barge_in) == (0.4, False)
     assert s.safety.max_reply_seconds == 12 and not s.wyoming.services_enabled

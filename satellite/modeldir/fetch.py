@@ -31,6 +31,7 @@ from satellite.modeldir.catalog import CatalogEntry, KnownFile
 from satellite.modeldir.layout import newer_layout
 from satellite.modeldir.make import make_manifest
 from satellite.modeldir.manifest import MANIFEST_NAME, FileEntry, Manifest, sha256_file
+from satellite.modeldir.repack import repack_model
 from satellite.modeldir.repair import fix_model
 from satellite.modeldir.sidefiles import config_from_hub
 from satellite.modeldir.verify import Report, verify_manifest
@@ -272,9 +273,13 @@ def fetch(
     attempts: int = ATTEMPTS,
     out: TextIO | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    repack: bool = True,
 ) -> FetchResult:
     """Fetch `variant` of `entry` into `directory` (default
     `<models_dir>/<name>/<variant>`), write its manifest and verify it.
+
+    The published graphs' defects are corrected (`satellite.modeldir.repair`) and, unless
+    `repack` is False, a float32 lm-head is repacked (`satellite.modeldir.repack`).
 
     Raises FetchError (one sentence) when it cannot: not an ONNX entry, unknown variant,
     hub unreachable, repository or variant missing, checksum mismatch, disk full."""
@@ -358,6 +363,10 @@ def fetch(
     manifest, repairs = fix_model(target, manifest)
     for repair in repairs:
         print(f"fixed {repair.original}: {'; '.join(repair.problems)} -> {repair.fixed}", file=out)
+    if repack:
+        manifest, done = repack_model(target, manifest)
+        for line in done:
+            print(f"repacked {line}", file=out)
     report = verify_manifest(target, manifest, checksums=False)
     return FetchResult(
         directory=target,
