@@ -133,3 +133,16 @@ def test_model_build_without_toolchain_names_the_extra(tmp_path: Path) -> None:
     assert "cannot import 'onnxruntime.quantization" in result.stderr
     assert "pip install --force-reinstall 'lfm-satellite[export]'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_cli_starts_without_onnx() -> None:
+    """`onnx` (and onnxruntime's quantizer) load only for the model commands that rewrite
+    graphs: the daemon's `run` does not pay for them."""
+    code = (
+        "import sys; import satellite.cli, satellite.engine.model; "
+        "print(sorted(m for m in ('onnx', 'onnxruntime.quantization') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]"

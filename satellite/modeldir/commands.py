@@ -17,9 +17,7 @@ from satellite.modeldir.catalog import (
     find_entry,
     load_catalog,
 )
-from satellite.modeldir.manifest import VARIANTS, read_manifest
-from satellite.modeldir.repack import repack_model
-from satellite.modeldir.repair import fix_model
+from satellite.modeldir.manifest import VARIANTS, human_size, read_manifest
 from satellite.modeldir.verify import Report, verify
 
 
@@ -242,7 +240,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from satellite.modeldir.fetch import fetch, human_size
+    from satellite.modeldir.fetch import fetch
 
     entry = find_entry(load_catalog(catalog_path(args.catalog)), args.name)
     result = fetch(
@@ -268,8 +266,6 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from satellite.modeldir.fetch import human_size
-
     report = verify(args.directory, checksums=not args.quick, load=args.load)
     _print_report(report)
     if not report.ok:
@@ -287,6 +283,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_fix(args: argparse.Namespace) -> int:
+    # Imported here, as fetch is: they load onnx, which no other command (the daemon's `run`
+    # above all) should pay for at start.
+    from satellite.modeldir.repair import fix_model
+
     manifest, repairs = fix_model(args.directory)
     for repair in repairs:
         print(f"{args.directory / repair.original}: {'; '.join(repair.problems)}")
@@ -302,6 +302,9 @@ def cmd_fix(args: argparse.Namespace) -> int:
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
+    from satellite.modeldir.repack import repack_model
+    from satellite.modeldir.repair import fix_model
+
     manifest, repairs = fix_model(args.directory)
     for repair in repairs:
         print(f"fixed {repair.original}: {'; '.join(repair.problems)} -> {repair.fixed}")

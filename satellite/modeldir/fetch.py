@@ -30,7 +30,7 @@ from satellite.errors import UserError
 from satellite.modeldir.catalog import CatalogEntry, KnownFile
 from satellite.modeldir.layout import newer_layout
 from satellite.modeldir.make import make_manifest
-from satellite.modeldir.manifest import MANIFEST_NAME, FileEntry, Manifest, sha256_file
+from satellite.modeldir.manifest import MANIFEST_NAME, FileEntry, Manifest, human_size, sha256_file
 from satellite.modeldir.repack import repack_model
 from satellite.modeldir.repair import fix_model
 from satellite.modeldir.sidefiles import config_from_hub
@@ -92,15 +92,6 @@ def default_models_dir() -> Path:
 def default_model_dir(models_dir: Path, name: str, variant: str) -> Path:
     """`<models_dir>/<name>/<variant>`; a hub name's `/` makes an organisation folder."""
     return models_dir.joinpath(*name.split("/"), variant)
-
-
-def human_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} TB"  # pragma: no cover
 
 
 def newer_layout_message(where: str, marker: str, entry: CatalogEntry) -> str:

@@ -9,8 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from satellite.modeldir.fetch import human_size
-from satellite.modeldir.manifest import Manifest, TensorSpec
+from satellite.modeldir.manifest import Manifest, TensorSpec, human_size
 from satellite.modeldir.onnxread import describe_shape
 
 _LAYER_INDEX = re.compile(r"(?<=\.)\d+(?=\.|$)")

@@ -293,3 +293,12 @@ def file_entries(directory: Path, names: list[str]) -> dict[str, FileEntry]:
         )
         for name in sorted(names)
     }
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"  # pragma: no cover
