@@ -15,6 +15,9 @@ a pinned commit.
 Fault injection: `cut[path] = n` cuts the next n GETs of `path` after half their bytes (the
 connection closes mid-body); `corrupt[path] = bytes` serves other content than the listing
 describes. `requests` records (method, path, Range header) of every request.
+
+`write_test_catalog` writes the shipped catalog with a test repository's sizes and sha256 as
+its known files, so a fetch from this hub passes the catalog's size checks.
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
+import yaml
+
+from satellite.modeldir.catalog import catalog_path
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 LFS_SUFFIXES = (".onnx", ".bin")
@@ -207,3 +214,22 @@ def serve_hub(
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def write_test_catalog(name: str, repo_dir: Path, path: Path) -> Path:
+    """The shipped catalog, with the known files of entry `name` (the real q4 files' sizes)
+    replaced by `repo_dir`'s sizes and sha256, as a catalog for the same pin would state them;
+    written to `path`."""
+    raw = yaml.safe_load(catalog_path().read_text(encoding="utf-8"))
+    entry = next(m for m in raw["models"] if m["name"] == name)
+    entry["known_files"] = {
+        rel: {"size": (repo_dir / rel).stat().st_size, "sha256": file_sha256(repo_dir / rel)}
+        for rel in sorted(entry["known_files"])
+        if (repo_dir / rel).is_file()  # the test graphs keep some weights inline
+    }
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import modeldir_graphs as g
 import pytest
-from hubserver import serve_hub
+from hubserver import serve_hub, write_test_catalog
+
+from satellite.modeldir.catalog import catalog_path, find_entry, load_catalog
 
 REPO = Path(__file__).resolve().parent.parent
 INSTALL = REPO / "script" / "install"
@@ -155,8 +157,10 @@ def test_install_upgrade_uninstall_in_a_root_prefix(tmp_path: Path, source: Path
     repo = tmp_path / "hub" / "repo"
     g.write_hub_repo(repo, {**g.CONFIG, "codebook_size": 2049}, ("q4",))
     offline = ["--pip-arg=--no-index", "--pip-arg=--no-build-isolation", "--source", source]
-    with serve_hub({NAME: repo}) as hub:
-        env = {**os.environ, "HF_ENDPOINT": hub.url}
+    pin = find_entry(load_catalog(catalog_path()), NAME).revision
+    with serve_hub({NAME: repo}, commit=pin) as hub:
+        catalog = write_test_catalog(NAME, repo, tmp_path / "catalog.yaml")
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "LFM_SATELLITE_CATALOG": str(catalog)}
         env.pop("HF_HUB_OFFLINE", None)
         done = install("--root", root, *offline, env=env)
         assert done.returncode == 0, done.stdout + done.stderr

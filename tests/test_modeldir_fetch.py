@@ -17,8 +17,7 @@ from pathlib import Path
 
 import modeldir_graphs as g
 import pytest
-import yaml
-from hubserver import Hub, serve_hub
+from hubserver import Hub, serve_hub, write_test_catalog
 
 from satellite.cli import main
 from satellite.modeldir.catalog import KnownFile, catalog_path, find_entry, load_catalog
@@ -51,6 +50,11 @@ Q4_FILES = {
     "onnx/vocoder_depthformer_q4.onnx",
     "onnx/audio_detokenizer_q4.onnx",
 }
+REPACKED_FILES = {
+    "onnx/decoder_q4.repacked.onnx",
+    "onnx/decoder_q4.head.onnx_data",
+    "onnx/embed_tokens_q4.onnx",
+}
 
 
 SHIPPED = find_entry(load_catalog(catalog_path()), NAME)
@@ -67,18 +71,7 @@ def repo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def test_catalog(repo_dir: Path) -> Path:
-    """The shipped catalog with its known files (sizes of the real q4 files) replaced by the
-    test repository's sizes and sha256, as a catalog for the same pin would state them."""
-    raw = yaml.safe_load(catalog_path().read_text(encoding="utf-8"))
-    official = next(m for m in raw["models"] if m["name"] == NAME)
-    official["known_files"] = {
-        rel: {"size": (repo_dir / rel).stat().st_size, "sha256": sha256(repo_dir / rel)}
-        for rel in sorted(official["known_files"])
-        if (repo_dir / rel).is_file()  # the test graphs keep some weights inline
-    }
-    path = repo_dir.parent / "catalog.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
-    return path
+    return write_test_catalog(NAME, repo_dir, repo_dir.parent / "catalog.yaml")
 
 
 @pytest.fixture
@@ -111,19 +104,25 @@ def test_fetch_only_the_variant(
     assert main(["model", "fetch", NAME, "--variant", "q4", "--dir", str(target)]) == 0
     out = capsys.readouterr().out
     assert f"fetching {NAME} q4 ({PIN[:12]}) into {target}: 15 files" in out
-    assert out.splitlines()[-1].startswith(f"OK: {target}: {NAME} q4, 15 files")
+    assert "repacked onnx/decoder_q4.onnx: float32 lm-head" in out
+    assert out.splitlines()[-1].startswith(f"OK: {target}: {NAME} q4, 18 files")
     fetched = {p for p, _ in hub.gets()}
     assert {p.split(f"/resolve/{PIN}/")[1] for p in fetched} == Q4_FILES
     assert not any("README" in p or "decoder.onnx" in p for p in fetched)
     manifest = read_manifest(target)
-    assert set(manifest.files) == Q4_FILES
-    for name, recorded in manifest.files.items():
+    assert set(manifest.files) == Q4_FILES | REPACKED_FILES
+    for name in Q4_FILES:  # the downloaded files, as the hub has them
+        recorded = manifest.files[name]
         assert recorded.sha256 == sha256(repo_dir / name), name
         assert recorded.size == (repo_dir / name).stat().st_size
-    assert manifest.graphs["decoder"].data_files == [
+    decoder = manifest.graphs["decoder"]
+    assert decoder.file == "onnx/decoder_q4.repacked.onnx"
+    assert decoder.options["repack"]["from"] == "onnx/decoder_q4.onnx"
+    # the body's weights read in place; the float head (in `_data_1` here) no longer read
+    assert set(decoder.data_files) == {
         "onnx/decoder_q4.onnx_data",
-        "onnx/decoder_q4.onnx_data_1",
-    ]
+        "onnx/decoder_q4.head.onnx_data",
+    }
     assert manifest.graphs["depthformer"].file == "onnx/vocoder_depthformer_q4.onnx"
     assert manifest.graphs["depthformer"].options == {"granularity": "codebook_step"}
     assert manifest.variant == "q4" and manifest.family == "lfm2.5-audio"
@@ -131,7 +130,8 @@ def test_fetch_only_the_variant(
     assert manifest.config["layer_types"] == CONFIG["layer_types"]
     assert manifest.config["codebook_size"] == 2049  # from the catalog
     assert manifest.source["revision"] == PIN
-    assert manifest.side_files["embed_tokens"] == "onnx/embed_tokens.json"
+    assert "embed_tokens" not in manifest.side_files  # read from the repacked head's table
+    assert manifest.graphs["embed_tokens"].file == "onnx/embed_tokens_q4.onnx"
     assert verify(target).ok
 
     # a second fetch finds every file in place and downloads nothing

@@ -44,7 +44,9 @@ from satellite.modeldir.manifest import Manifest, read_manifest
 
 HEAD_BLOCK = 64
 """Weights per block of the repacked head: the project's q4 block (models.quantize explains why
-64 rather than the export's 32)."""
+64 rather than the export's 32). Narrow test models whose width it does not divide get the
+largest of `SMALLER_BLOCKS` that does."""
+SMALLER_BLOCKS = (32, 16)
 BITS = 4
 ROWS_PER_CHUNK = 4096
 """Table rows quantized at a time (32 MB of float32 at the full model's width)."""
@@ -119,17 +121,18 @@ def repack_model(
     decoder_file = str(folder / f"{stem}.repacked.onnx")
     table_file = str(folder / "embed_tokens_q4.onnx")
     rows, width = head.rows, head.width
-    if width % HEAD_BLOCK:
-        raise RepackError(f"{path}: hidden size {width} is not a multiple of {HEAD_BLOCK}")
-    blob = HEAD_BLOCK * BITS // 8
-    blocks = width // HEAD_BLOCK
+    block = head_block(width)
+    if block is None:
+        raise RepackError(f"{path}: hidden size {width} is not a multiple of 16 (4-bit blocks)")
+    blob = block * BITS // 8
+    blocks = width // block
     packed_bytes = rows * blocks * blob
 
     data_path = path.parent / data_name
     tmp = data_path.with_name(data_name + ".tmp")
     try:
         with tmp.open("wb") as out:
-            scales = quantize_rows(path.parent, head, out, progress)
+            scales = quantize_rows(path.parent, head, block, out, progress)
             out.write(scales.astype("<f4").tobytes())
             out.flush()
             os.fsync(out.fileno())
@@ -137,8 +140,8 @@ def repack_model(
                            data_name, 0, packed_bytes)  # fmt: skip
         scale = _external("lm_head.weight_scales", TensorProto.FLOAT, [rows, blocks],
                           data_name, packed_bytes, rows * blocks * 4)  # fmt: skip
-        rewrite_decoder(model, head, packed, scale)
-        table = lookup_graph(rows, width, data_name, packed_bytes)
+        rewrite_decoder(model, head, block, packed, scale)
+        table = lookup_graph(rows, width, block, data_name, packed_bytes)
         _save(model, directory / decoder_file)
         _save(table, directory / table_file)
         os.replace(tmp, data_path)
@@ -151,7 +154,7 @@ def repack_model(
     options = {role: dict(g.options) for role, g in manifest.graphs.items()}
     options["decoder"]["repack"] = {
         "from": entry.file,
-        "lm_head": f"float32 {rows} x {width} -> MatMulNBits 4-bit, block {HEAD_BLOCK}",
+        "lm_head": f"float32 {rows} x {width} -> MatMulNBits 4-bit, block {block}",
         "num_logits_to_keep": True,
         "embed_tokens": f"{table_file} reads the head's packed table ({data_name})",
     }
@@ -174,19 +177,24 @@ def repack_model(
     repacked.write(directory)
     return repacked, [
         f"{entry.file}: float32 lm-head ({rows} x {width}) repacked to 4-bit blocks of "
-        f"{HEAD_BLOCK} in {folder / data_name}; {decoder_file} skips it on audio steps",
+        f"{block} in {folder / data_name}; {decoder_file} skips it on audio steps",
         f"{table_file}: text embeddings from the same packed table (stored once)",
     ]
 
 
+def head_block(width: int) -> int | None:
+    """The 4-bit block for a head `width` wide: `HEAD_BLOCK`, or a smaller one that divides it."""
+    return next((b for b in (HEAD_BLOCK, *SMALLER_BLOCKS) if width % b == 0), None)
+
+
 def quantize_rows(
-    folder: Path, head: FloatHead, out: BinaryIO, progress: Progress | None
+    folder: Path, head: FloatHead, block: int, out: BinaryIO, progress: Progress | None
 ) -> npt.NDArray[np.float32]:
     """Quantize the table's rows chunk by chunk, writing the packed blocks to `out` (a binary
     file); returns the scales [rows, blocks]."""
     quantizer = DefaultWeightOnlyQuantizer(
         DefaultWeightOnlyQuantConfig(
-            block_size=HEAD_BLOCK, is_symmetric=True, accuracy_level=4, bits=BITS
+            block_size=block, is_symmetric=True, accuracy_level=4, bits=BITS
         )
     )
     rows = head.rows
@@ -222,7 +230,7 @@ def read_rows(folder: Path, head: FloatHead, start: int, stop: int) -> npt.NDArr
 
 
 def rewrite_decoder(
-    model: onnx.ModelProto, head: FloatHead, packed: TensorProto, scales: TensorProto
+    model: onnx.ModelProto, head: FloatHead, block: int, packed: TensorProto, scales: TensorProto
 ) -> None:
     """Replace the float head by MatMulNBits over the last `num_logits_to_keep` positions."""
     graph = model.graph
@@ -258,7 +266,7 @@ def rewrite_decoder(
             K=head.width,
             N=head.rows,
             bits=BITS,
-            block_size=HEAD_BLOCK,
+            block_size=block,
             accuracy_level=4,
         ),
     ]  # fmt: skip
@@ -274,9 +282,11 @@ def rewrite_decoder(
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
 
 
-def lookup_graph(rows: int, width: int, data_name: str, packed_bytes: int) -> onnx.ModelProto:
+def lookup_graph(
+    rows: int, width: int, block: int, data_name: str, packed_bytes: int
+) -> onnx.ModelProto:
     """`embed_tokens`: GatherBlockQuantized over the head's packed table, read in place."""
-    blocks = width // HEAD_BLOCK
+    blocks = width // block
     data = _external("embed_tokens.weight_Q4", TensorProto.UINT8, [rows, width * BITS // 8],
                      data_name, 0, packed_bytes)  # fmt: skip
     scales = _external("embed_tokens.weight_scales", TensorProto.FLOAT, [rows, blocks],
@@ -288,7 +298,7 @@ def lookup_graph(rows: int, width: int, data_name: str, packed_bytes: int) -> on
         name="/embed_tokens/GatherBlockQuantized",
         domain=MS_DOMAIN,
         bits=BITS,
-        block_size=HEAD_BLOCK,
+        block_size=block,
         gather_axis=0,
         quantize_axis=1,
     )
