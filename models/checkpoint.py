@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import math
-import mmap
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -144,23 +144,41 @@ def read_safetensors_header(path: Path) -> dict[str, TensorEntry]:
     return entries
 
 
-def _to_array(entry: TensorEntry, buffer: mmap.mmap) -> Array:
+READ_PIECE = 16 << 20
+"""Bytes read from a weight file at a time."""
+
+
+def read_tensor(entry: TensorEntry) -> Array:
+    """One tensor, widened to float32 if it is a float (native byte order otherwise), read
+    `READ_PIECE` bytes at a time straight into the result: the largest tensor (the 512 MB
+    embedding table at full size) costs its float32 size and no more, and nothing of the file
+    stays mapped into the process."""
+    source = _DTYPES[entry.dtype]
     count = math.prod(entry.shape)
-    raw = np.frombuffer(buffer, _DTYPES[entry.dtype], count, entry.start).reshape(entry.shape)
-    if entry.dtype == "BF16":
-        return (raw.astype(np.uint32) << 16).view(np.float32)
-    if raw.dtype.kind == "f":
-        return raw.astype(np.float32)
-    return raw.astype(raw.dtype.newbyteorder("="))
+    target = np.dtype(np.float32) if source.kind == "f" or entry.dtype == "BF16" else source
+    out = np.empty(count, dtype=target.newbyteorder("="))
+    per_piece = max(1, READ_PIECE // source.itemsize)
+    with entry.file.open("rb") as f:
+        fd = f.fileno()
+        for first in range(0, count, per_piece):
+            n = min(per_piece, count - first)
+            data = os.pread(fd, n * source.itemsize, entry.start + first * source.itemsize)
+            if len(data) != n * source.itemsize:
+                raise CheckpointError(f"{entry.file}: ends inside a tensor (truncated?)")
+            raw = np.frombuffer(data, dtype=source)
+            if entry.dtype == "BF16":  # bfloat16 is the top half of a float32
+                out.view(np.uint32)[first : first + n] = raw.astype(np.uint32) << 16
+            else:
+                out[first : first + n] = raw
+    return out.reshape(entry.shape)
 
 
 class SafetensorsWeights(Mapping[str, Array]):
     """Tensors of one or more safetensors files by name, read (and widened to float32) on
-    access from memory-mapped files; nothing is kept."""
+    access (`read_tensor`); nothing is kept."""
 
     def __init__(self, entries: Mapping[str, TensorEntry]) -> None:
         self.entries = dict(entries)
-        self._maps: dict[Path, mmap.mmap] = {}
 
     @classmethod
     def open(cls, files: list[Path]) -> SafetensorsWeights:
@@ -175,11 +193,7 @@ class SafetensorsWeights(Mapping[str, Array]):
         return cls(entries)
 
     def __getitem__(self, name: str) -> Array:
-        entry = self.entries[name]
-        if entry.file not in self._maps:
-            with entry.file.open("rb") as f:
-                self._maps[entry.file] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        return _to_array(entry, self._maps[entry.file])
+        return read_tensor(self.entries[name])
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.entries)

@@ -12,7 +12,7 @@ memory at a time and the `.onnx` file itself stays small.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,23 +48,43 @@ class ExternalData:
         data = np.asarray(array, order="C")
         if data.dtype.byteorder == ">":
             data = data.astype(data.dtype.newbyteorder("<"))
-        align = _ALIGN_LARGE if data.nbytes >= (1 << 20) else 64
+        return self.stream(name, data.dtype, data.shape, [data])
+
+    def stream(
+        self,
+        name: str,
+        dtype: Any,
+        shape: Sequence[int],
+        pieces: Iterable[Array | bytes],
+    ) -> TensorProto:
+        """A tensor written from `pieces` (arrays or bytes, in storage order) as they come, so
+        that no more than one piece is in memory; their bytes must add up to the shape."""
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        align = _ALIGN_LARGE if nbytes >= (1 << 20) else 64
         pad = -self._offset % align
         if pad:
             self._file.write(b"\0" * pad)
             self._offset += pad
         offset = self._offset
-        self._file.write(data.tobytes())
-        self._offset += data.nbytes
+        for piece in pieces:
+            raw = piece if isinstance(piece, bytes) else _bytes_of(piece)
+            self._file.write(raw)
+            self._offset += len(raw)
+        if self._offset - offset != nbytes:
+            raise ValueError(
+                f"{name}: {self._offset - offset} bytes written for {list(shape)} {dtype} "
+                f"({nbytes} bytes)"
+            )
         proto = TensorProto()
         proto.name = name
-        proto.data_type = helper.np_dtype_to_tensor_dtype(data.dtype)
-        proto.dims.extend(data.shape)
+        proto.data_type = helper.np_dtype_to_tensor_dtype(dtype)
+        proto.dims.extend(shape)
         proto.data_location = TensorProto.EXTERNAL
         for key, value in (
             ("location", self.path.name),
             ("offset", str(offset)),
-            ("length", str(data.nbytes)),
+            ("length", str(nbytes)),
         ):
             entry = proto.external_data.add()
             entry.key = key
@@ -73,6 +93,12 @@ class ExternalData:
 
     def close(self) -> None:
         self._file.close()
+
+
+def _bytes_of(array: Array) -> memoryview:
+    """The array's bytes without a copy (one is made only if it is not C-contiguous)."""
+    data = np.ascontiguousarray(array)
+    return data.data.cast("B") if data.size else memoryview(b"")
 
 
 class GraphBuilder:

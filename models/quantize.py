@@ -56,12 +56,15 @@ from onnxruntime.quantization.matmul_nbits_quantizer import (
 
 from models.onnx_graph import EXTERNAL_MIN_BYTES, MS_DOMAIN, ExternalData, save
 from models.weights import Array
+from satellite.modeldir.tensorio import column_step, is_external, iter_bytes, read_window
 
 MIN_TABLE_ROWS = 256
 """Gather tables with fewer rows are per-step parameters (e.g. the depthformer's 8 norm
 gains), not embeddings: quantizing them would cost accuracy and save nothing."""
 
 GraphOptions = dict[str, dict[str, Any]]
+Progress = Callable[[str], None]
+"""Called with a line per step."""
 BuildFp32 = Callable[[Path], tuple[dict[str, str], GraphOptions]]
 """Writes the fp32 graphs into a directory; returns role -> file and role -> options."""
 
@@ -207,9 +210,11 @@ def build_quantized(
     *,
     block_size: int | None = None,
     gathers: bool = True,
+    progress: Progress | None = None,
 ) -> tuple[dict[str, str], GraphOptions]:
     """Build the fp32 graphs in a scratch folder inside `out`, quantize them into `out` as
-    `<stem>_<variant>.onnx` (+ `.onnx_data`) and remove the scratch folder.
+    `<stem>_<variant>.onnx` (+ `.onnx_data`) and remove the scratch folder (also when
+    interrupted). `progress` is called with a line per graph and phase.
 
     Returns role -> file and role -> options, each role's options holding its report under
     `quantization`. `block_size` replaces the variant's default (`spec_for`); `gathers` False
@@ -219,7 +224,7 @@ def build_quantized(
     try:
         graphs, options = build_fp32(scratch)
         files, reports = quantize_graphs(
-            scratch, graphs, out, spec, suffix=f"_{variant}", gathers=gathers
+            scratch, graphs, out, spec, suffix=f"_{variant}", gathers=gathers, progress=progress
         )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -237,6 +242,7 @@ def quantize_graphs(
     *,
     suffix: str,
     gathers: bool = True,
+    progress: Progress | None = None,
 ) -> tuple[dict[str, str], dict[str, GraphReport]]:
     """Quantize the fp32 graphs `graphs` (role -> file in `src`) into `out`.
 
@@ -251,16 +257,21 @@ def quantize_graphs(
     level = quiet.level
     quiet.setLevel(logging.WARNING)  # it logs two INFO lines per node
     try:
+        say = progress or (lambda _: None)
         table_shapes = {shape for job in jobs.values() for shape in job.table_shapes()}
         packed: dict[str, _Packed] = {}
-        for job in jobs.values():
+        for n, (role, job) in enumerate(jobs.items(), 1):
+            say(f"quantizing {n}/{len(jobs)}: {role} (MatMul weights, {spec.bits}-bit)")
             job.quantize_matmuls(table_shapes, packed)
-        for job in jobs.values():
-            if gathers:
+        if gathers:
+            for role, job in jobs.items():
+                say(f"quantizing {role}'s embedding tables")
                 job.quantize_gathers(packed)
-        return {role: job.finish() for role, job in jobs.items()}, {
-            role: job.report() for role, job in jobs.items()
-        }
+        files: dict[str, str] = {}
+        for n, (role, job) in enumerate(jobs.items(), 1):
+            say(f"writing {n}/{len(jobs)}: {job.stem}.onnx")
+            files[role] = job.finish()
+        return files, {role: job.report() for role, job in jobs.items()}
     finally:
         quiet.setLevel(level)
         for job in jobs.values():
@@ -372,9 +383,6 @@ class _GraphJob:
                     return tensor, graph
         return None
 
-    def _array(self, tensor: TensorProto) -> Array:
-        return numpy_helper.to_array(tensor, base_dir=str(self.src_dir))
-
     def _table(self, node: onnx.NodeProto, stack: list[onnx.GraphProto]) -> TensorProto | None:
         """The constant float table a Gather reads, if any."""
         found = self._initializer(node.input[0], stack)
@@ -457,31 +465,63 @@ class _GraphJob:
         table_shapes: set[tuple[int, int]],
         packed: dict[str, _Packed],
     ) -> list[onnx.NodeProto]:
-        original = _copy(weight)
-        array = self._array(weight)
-        weight.CopyFrom(numpy_helper.from_array(array, weight.name))  # the quantizer reads it
-        before = len(graph.initializer)
-        try:
-            nodes: list[onnx.NodeProto] = list(self.quantizer.quantize(node, stack))
-        finally:
-            weight.CopyFrom(original)  # back to a reference; dropped when unused
-        added = list(graph.initializer)[before:]
-        if [n.op_type for n in nodes] != ["MatMulNBits"] or len(added) != 2:
-            raise QuantizeError(
-                f"{self.stem}: MatMul {node.name}: onnxruntime's quantizer gave "
-                f"{[n.op_type for n in nodes]} with {len(added)} new initializers"
-            )
-        for tensor in added:
-            self._externalize(tensor, force=True)
-        b, scales = added
-        k, n = (int(d) for d in array.shape)
+        """The weight [K, N] quantized a window of columns at a time (`column_step`: about 16
+        MB of float each) by onnxruntime's block quantizer, each window's packed rows written
+        out before the next is read. The node is the one onnxruntime's `quantize` makes."""
+        spec = self.spec
+        k, n = (int(d) for d in weight.dims)
+        tied = (k, n) in {(w, r) for r, w in table_shapes}
+        digest = hashlib.sha256() if tied else None  # of the transposed weight: a table's bytes
+        scale_parts: list[Array] = []
+        zero_parts: list[Array] = []
+
+        def windows() -> Iterator[Array]:
+            step = column_step(k)
+            for c0 in range(0, n, step):
+                columns = read_window(weight, self.src_dir, (0, k), (c0, min(n, c0 + step)))
+                blocks, scales, zeros = self.quantizer.qbits_block_quant(columns)
+                if digest is not None:
+                    digest.update(np.ascontiguousarray(columns.T).tobytes())
+                scale_parts.append(scales)
+                zero_parts.append(zeros)
+                yield blocks
+
+        blocks_per_column = -(-k // spec.block_size)
+        blob = -(-spec.block_size * spec.bits // 8)
+        b = self.data.stream(
+            f"{weight.name}_Q{spec.bits}", np.uint8, [n, blocks_per_column, blob], windows()
+        )
+        scales = self.data.tensor(f"{weight.name}_scales", np.concatenate(scale_parts))
+        inputs = [node.input[0], b.name, scales.name]
+        graph.initializer.extend([b, scales])
+        self.done.update([b.name, scales.name])
+        if not spec.symmetric:
+            zeros = self.data.tensor(f"{weight.name}_zero_points", np.concatenate(zero_parts))
+            graph.initializer.append(zeros)
+            self.done.add(zeros.name)
+            inputs.append(zeros.name)
+        attributes: dict[str, Any] = {
+            "K": k,
+            "N": n,
+            "bits": spec.bits,
+            "block_size": spec.block_size,
+        }
+        if spec.accuracy_level:
+            attributes["accuracy_level"] = spec.accuracy_level
+        quantized = helper.make_node(
+            "MatMulNBits",
+            inputs,
+            [node.output[0]],
+            name=node.name + f"_Q{spec.bits}" if node.name else "",
+            domain=MS_DOMAIN,
+            **attributes,
+        )
         self.tally.quantized_params += k * n
         self.tally.quantized_bytes += _nbytes(b) + _nbytes(scales)
-        self._matmuls[weight.name] = nodes[0]
-        if (k, n) in {(w, r) for r, w in table_shapes}:
-            digest = _digest(np.ascontiguousarray(array.T))
-            packed.setdefault(digest, _Packed(self.stem, _copy(b), _copy(scales), n, k))
-        return nodes
+        self._matmuls[weight.name] = quantized
+        if digest is not None:
+            packed.setdefault(digest.hexdigest(), _Packed(self.stem, _copy(b), _copy(scales), n, k))
+        return [quantized]
 
     # -- Gather ----------------------------------------------------------------------------
 
@@ -497,20 +537,15 @@ class _GraphJob:
             if problem is not None:
                 self.tally.keep(node, problem)
                 return [node]
-            array = self._array(table)
-            rows, width = (int(d) for d in array.shape)
+            rows, width = (int(d) for d in table.dims)
             self.tally.gather_quantized += 1
-            tied = packed.get(_digest(np.ascontiguousarray(array)))
+            tied = packed.get(self._table_digest(table))
             if tied is not None and tied.stem == self.stem:
                 return self._gather_in_graph(node, table.name, tied)
             if tied is not None:
                 data, scales = self._gather_reference(table.name, tied)
             else:
-                blocks, scale_array, _ = self.quantizer.qbits_block_quant(
-                    np.ascontiguousarray(array.T)
-                )
-                data = self.data.tensor(f"{table.name}_Q{spec.bits}", blocks.reshape(rows, -1))
-                scales = self.data.tensor(f"{table.name}_scales", scale_array)
+                data, scales = self._quantize_table(table)
                 self.tally.quantized_params += rows * width
                 self.tally.quantized_bytes += _nbytes(data) + _nbytes(scales)
             self.model.graph.initializer.extend([data, scales])
@@ -530,6 +565,38 @@ class _GraphJob:
             ]
 
         self._rewrite(visit)
+
+    def _table_digest(self, table: TensorProto) -> str:
+        """sha256 of the table's float values, read a window of rows at a time."""
+        rows, width = (int(d) for d in table.dims)
+        digest = hashlib.sha256()
+        step = column_step(width)  # rows of `width` floats per window
+        for r0 in range(0, rows, step):
+            window = read_window(table, self.src_dir, (r0, min(rows, r0 + step)))
+            digest.update(window.astype(np.float32, copy=False).tobytes())
+        return digest.hexdigest()
+
+    def _quantize_table(self, table: TensorProto) -> tuple[TensorProto, TensorProto]:
+        """A [rows, width] table packed as GatherBlockQuantized reads it ([rows, width*bits/8]
+        uint8, scales [rows, blocks]), a window of rows at a time."""
+        spec = self.spec
+        rows, width = (int(d) for d in table.dims)
+        scale_parts: list[Array] = []
+
+        def windows() -> Iterator[Array]:
+            step = column_step(width)
+            for r0 in range(0, rows, step):
+                window = read_window(table, self.src_dir, (r0, min(rows, r0 + step)))
+                blocks, scales, _ = self.quantizer.qbits_block_quant(
+                    np.ascontiguousarray(window.astype(np.float32, copy=False).T)
+                )
+                scale_parts.append(scales)
+                yield blocks
+
+        data = self.data.stream(
+            f"{table.name}_Q{spec.bits}", np.uint8, [rows, width * spec.bits // 8], windows()
+        )
+        return data, self.data.tensor(f"{table.name}_scales", np.concatenate(scale_parts))
 
     def _gather_reference(self, name: str, tied: _Packed) -> tuple[TensorProto, TensorProto]:
         """Initializers naming the bytes of another graph's packed weight and scales, shaped
@@ -608,6 +675,14 @@ class _GraphJob:
             tensor.CopyFrom(self.data.tensor(tensor.name, array))
         self.done.add(tensor.name)
 
+    def _copy_external(self, tensor: TensorProto) -> TensorProto:
+        """An external float initializer of the fp32 graph, its bytes copied into this graph's
+        data file (`PIECE_BYTES` at a time)."""
+        dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        return self.data.stream(
+            tensor.name, dtype, list(tensor.dims), iter_bytes(tensor, self.src_dir)
+        )
+
     def finish(self) -> str:
         """Drop unused initializers, copy the remaining float ones over, write the graph."""
         used: set[str] = {o.name for o in self.model.graph.output}
@@ -628,9 +703,11 @@ class _GraphJob:
                 if tensor.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16):
                     op = "/".join(sorted(consumers.get(tensor.name, {"?"})))
                     float_bytes[op] = float_bytes.get(op, 0) + _nbytes(tensor)
-                if tensor.data_location == TensorProto.EXTERNAL:
-                    tensor.CopyFrom(numpy_helper.from_array(self._array(tensor), tensor.name))
-                self._externalize(tensor)
+                if is_external(tensor):  # copied over piece by piece
+                    tensor.CopyFrom(self._copy_external(tensor))
+                    self.done.add(tensor.name)
+                else:
+                    self._externalize(tensor)
             for node in graph.node:
                 for attr in node.attribute:
                     if attr.type == onnx.AttributeProto.GRAPH:
@@ -688,7 +765,3 @@ def _copy(tensor: TensorProto) -> TensorProto:
     copy = TensorProto()
     copy.CopyFrom(tensor)
     return copy
-
-
-def _digest(array: Array) -> str:
-    return hashlib.sha256(array.tobytes()).hexdigest()

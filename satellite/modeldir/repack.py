@@ -41,6 +41,7 @@ from onnxruntime.quantization.matmul_nbits_quantizer import (
 from satellite.errors import UserError
 from satellite.modeldir.make import make_manifest
 from satellite.modeldir.manifest import Manifest, read_manifest
+from satellite.modeldir.tensorio import TensorReadError, read_window
 
 HEAD_BLOCK = 64
 """Weights per block of the repacked head: the project's q4 block (models.quantize explains why
@@ -213,20 +214,14 @@ def quantize_rows(
 def read_rows(folder: Path, head: FloatHead, start: int, stop: int) -> npt.NDArray[np.float32]:
     """Rows [start, stop) of the [vocab, hidden] table, read from its data file (pread)."""
     table = head.table
-    if head.transpose is None:  # [hidden, vocab] stored: read it whole (small graphs only)
-        whole = numpy_helper.to_array(table, base_dir=str(folder))
-        return np.asarray(whole.T[start:stop], dtype=np.float32)
-    if table.data_location != TensorProto.EXTERNAL:
-        return np.asarray(numpy_helper.to_array(table)[start:stop], dtype=np.float32)
-    info = {e.key: e.value for e in table.external_data}
-    width = int(table.dims[1])
-    offset = int(info.get("offset", "0")) + start * width * 4
-    count = (stop - start) * width * 4
-    with (folder / info["location"]).open("rb") as f:
-        data = os.pread(f.fileno(), count, offset)
-    if len(data) != count:
-        raise RepackError(f"{folder / info['location']}: too short for {table.name}")
-    return np.frombuffer(data, dtype="<f4").reshape(stop - start, width)
+    try:
+        if head.transpose is None:  # stored [hidden, vocab]: the rows are columns
+            window = read_window(table, folder, (0, int(table.dims[0])), (start, stop)).T
+        else:
+            window = read_window(table, folder, (start, stop))
+    except TensorReadError as err:
+        raise RepackError(str(err)) from None
+    return np.ascontiguousarray(window, dtype=np.float32)
 
 
 def rewrite_decoder(
