@@ -13,7 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from models.build import build_model
+from models.build import Progress, build_model
 from models.config import config_for
 from models.weights import detokenizer_specs, model_specs
 from satellite.bench.system import peak_rss_mb
@@ -44,10 +44,27 @@ def parameter_counts(size: str) -> dict[str, int]:
     return dict(counts)
 
 
-def bench_build(out: Path, size: str, variant: str, seed: int = 0) -> dict[str, Any]:
-    """Build into `out` (replacing what is there) and return the figures."""
+def bench_build(
+    out: Path,
+    size: str,
+    variant: str,
+    seed: int = 0,
+    checkpoint: Path | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Build into `out` (replacing what is there), from random weights of `size` or from the
+    `checkpoint` directory (then `size` only names the architecture the parameter counts are
+    given for), and return the figures."""
     started = time.monotonic()
-    manifest = build_model(out, size=size, variant=variant, seed=seed, overwrite=True)
+    manifest = build_model(
+        out,
+        size=size,
+        variant=variant,
+        seed=seed,
+        checkpoint=checkpoint,
+        overwrite=True,
+        progress=progress,
+    )
     seconds = time.monotonic() - started
     graphs: dict[str, int] = {}
     counted: set[str] = set()
@@ -62,6 +79,7 @@ def bench_build(out: Path, size: str, variant: str, seed: int = 0) -> dict[str, 
         "size": size,
         "variant": variant,
         "seed": seed,
+        "from": str(checkpoint) if checkpoint is not None else "random weights",
         "directory": str(out),
         "build_seconds": round(seconds, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
@@ -76,7 +94,8 @@ def bench_build(out: Path, size: str, variant: str, seed: int = 0) -> dict[str, 
 def format_report(report: dict[str, Any]) -> str:
     mb = 1e6
     lines = [
-        f"build {report['size']} {report['variant']} (seed {report['seed']}) -> {report['directory']}",
+        f"build {report['size']} {report['variant']} from {report['from']} "
+        f"(seed {report['seed']}) -> {report['directory']}",
         f"  build time   {report['build_seconds']:.1f} s",
         f"  peak RSS     {report['peak_rss_mb']:.0f} MB",
         "  on disk",

@@ -13,16 +13,22 @@ detokenizer), fp32, or q8/q4 (`models.quantize`), with `tokenizer.json` and
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import shutil
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+import onnx
 
 from models import decoder, depthformer, detokenizer, embeddings, encoder, mimi
 from models.checkpoint import Checkpoint, CheckpointError, read_checkpoint
 from models.config import SIZES, AudioModelConfig, config_for
-from models.onnx_graph import write_graph
+from models.onnx_graph import GraphBuilder, write_graph
 from models.published import PUBLISHED_VARIANTS, build_published
 from models.quantize import build_quantized, spec_for
 from models.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, write_tokenizer
@@ -38,6 +44,10 @@ LAYOUTS = ("project", "published")
 (`models.published`)."""
 DEFAULT_MAX_POSITIONS = {"tiny": 4096, "full": 32768}
 """RoPE table length (longest context) per size, unless given."""
+STAGING_PREFIX = ".building-"
+"""The folder inside `--out` a build writes into before it moves the files in."""
+Progress = Callable[[str], None]
+"""Called with one line per build step (the CLI prints it on stderr)."""
 
 
 class BuildError(UserError):
@@ -53,6 +63,7 @@ def build_graphs(
     max_positions: int,
     logits_to_keep: bool = False,
     mimi_model: tuple[mimi.MimiConfig, Mapping[str, Array]] | None = None,
+    progress: Progress | None = None,
 ) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
     """Write every graph into `out`; returns role -> file and role -> options.
 
@@ -61,42 +72,30 @@ def build_graphs(
     `mimi_model` (LFM2-Audio v1: Mimi's config and weights, `models.mimi`) writes
     `mimi_decoder` and `mimi_decoder_cached` instead of the detokenizer graphs.
     """
-    graphs = {
-        "decoder": write_graph(
-            out, "decoder",
-            lambda g: decoder.build_decoder(
-                g, config.backbone, weights, max_positions=max_positions,
-                logits_to_keep=logits_to_keep,
-            ),
+    builders: dict[str, Callable[[GraphBuilder], onnx.ModelProto]] = {
+        "decoder": lambda g: decoder.build_decoder(
+            g, config.backbone, weights, max_positions=max_positions,
+            logits_to_keep=logits_to_keep,
         ),
-        "audio_encoder": write_graph(
-            out, "audio_encoder", lambda g: encoder.build_audio_encoder(g, config, weights)
-        ),
-        "embed_tokens": write_graph(
-            out, "embed_tokens", lambda g: embeddings.build_embed_tokens(g, config, weights)
-        ),
-        "audio_embedding": write_graph(
-            out, "audio_embedding", lambda g: embeddings.build_audio_embedding(g, config, weights)
-        ),
-        "depthformer": write_graph(
-            out, "depthformer", lambda g: depthformer.build_depthformer(g, config, weights)
-        ),
+        "audio_encoder": lambda g: encoder.build_audio_encoder(g, config, weights),
+        "embed_tokens": lambda g: embeddings.build_embed_tokens(g, config, weights),
+        "audio_embedding": lambda g: embeddings.build_audio_embedding(g, config, weights),
+        "depthformer": lambda g: depthformer.build_depthformer(g, config, weights),
     }  # fmt: skip
     if mimi_model is not None:
-        mimi_config, mimi_weights = mimi_model
-        for role, build in mimi.graph_builders(mimi_config, mimi_weights).items():
-            graphs[role] = write_graph(out, role, build)
+        builders.update(mimi.graph_builders(*mimi_model))
     else:
-        graphs["audio_detokenizer"] = write_graph(
-            out,
-            "audio_detokenizer",
-            lambda g: detokenizer.build_audio_detokenizer(g, config, detokenizer_weights),
+        builders["audio_detokenizer"] = lambda g: detokenizer.build_audio_detokenizer(
+            g, config, detokenizer_weights
         )
-        graphs["audio_detokenizer_cached"] = write_graph(
-            out,
-            "audio_detokenizer_cached",
-            lambda g: detokenizer.build_audio_detokenizer_cached(g, config, detokenizer_weights),
+        builders["audio_detokenizer_cached"] = lambda g: detokenizer.build_audio_detokenizer_cached(
+            g, config, detokenizer_weights
         )
+    graphs: dict[str, str] = {}
+    for n, (role, build) in enumerate(builders.items(), 1):
+        if progress is not None:
+            progress(f"graph {n}/{len(builders)}: {role} (fp32)")
+        graphs[role] = write_graph(out, role, build)
     options: dict[str, dict[str, Any]] = {
         "decoder": {"max_sequence_length": max_positions, "rope": "rotate_half"},
         "depthformer": {"granularity": "codebook_step", "rope": "interleaved"},
@@ -144,6 +143,7 @@ def build_model(
     family: str = "lfm2.5-audio",
     block_size: int | None = None,
     layout: str = "project",
+    progress: Progress | None = None,
 ) -> Manifest:
     """Build a model directory at `out` and return its manifest.
 
@@ -158,6 +158,11 @@ def build_model(
     `layout` `published` writes the files of the published ONNX export instead, its defects
     included (`models.published`: fp32 or q4, LFM2.5-Audio only).
     Refuses to write into a directory that already holds a manifest unless `overwrite`.
+
+    The files are written into a hidden staging folder inside `out` and moved in when all are
+    done, the manifest last; an interrupted build (Ctrl-C, an error, a full disk) removes it,
+    and the next build removes one left by a killed process, so `out` never holds a manifest
+    for files that are not all there. `progress` is called with a line per step.
     """
     if variant not in VARIANTS:
         raise BuildError(f"--variant {variant}: not one of {', '.join(VARIANTS)}")
@@ -219,15 +224,81 @@ def build_model(
             mimi_config = mimi.mimi_config_for(config.size)
             mimi_model = (mimi_config, mimi.random_mimi_weights(mimi_config, seed))
     positions = max_positions or DEFAULT_MAX_POSITIONS[config.size]
-
+    if layout == "published" and mimi_model is not None:
+        raise BuildError(
+            f"--layout published: only LFM2.5-Audio is published as ONNX, not {family}"
+        )
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(f"{STAGING_PREFIX}*"):  # left by a build that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
+    say = progress or (lambda _: None)
+    try:
+        manifest = _write_model(
+            staging,
+            config=config,
+            weights=weights,
+            detok_weights=detok_weights,
+            mimi_model=mimi_model,
+            variant=variant,
+            layout=layout,
+            positions=positions,
+            block_size=block_size,
+            tokenizer_files=tokenizer_files,
+            name=name,
+            family=family,
+            about=about,
+            say=say,
+        )
+        say(f"moving the files into {out}")
+        _publish(staging, out)
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        free = shutil.disk_usage(out).free
+        raise BuildError(
+            f"--out {out}: the disk is full ({free / 1e6:,.0f} MB free); nothing was kept. "
+            "A build needs room for its fp32 graphs and the result at once (docs/PERFORMANCE.md)"
+        ) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Move the finished build from `staging` into `out`, its manifest last: a directory
+    holds a manifest only once every file it lists is in place."""
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    for path in sorted(staging.rglob("*")):
+        if path.is_dir() or path == staging / MANIFEST_NAME:
+            continue
+        target = out / path.relative_to(staging)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+    os.replace(staging / MANIFEST_NAME, out / MANIFEST_NAME)
+
+
+def _write_model(
+    out: Path,
+    *,
+    config: AudioModelConfig,
+    weights: Mapping[str, Array],
+    detok_weights: Mapping[str, Array],
+    mimi_model: MimiModel | None,
+    variant: str,
+    layout: str,
+    positions: int,
+    block_size: int | None,
+    tokenizer_files: tuple[Path | None, Path | None],
+    name: str,
+    family: str,
+    about: dict[str, Any],
+    say: Progress,
+) -> Manifest:
+    """Write the model into `out` (the staging folder), manifest included."""
     started = time.monotonic()
     about["tokenizer"] = _write_tokenizer(out, config.backbone.vocab_size, *tokenizer_files)
     if layout == "published":
-        if mimi_model is not None:
-            raise BuildError(
-                f"--layout published: only LFM2.5-Audio is published as ONNX, not {family}"
-            )
         return build_published(
             out,
             config,
@@ -238,10 +309,17 @@ def build_model(
             block_size=block_size,
             tokenizer=TOKENIZER_FILE,
             source=about,
+            progress=say,
         )
     if variant == "fp32":
         graphs, options = build_graphs(
-            out, config, weights, detok_weights, max_positions=positions, mimi_model=mimi_model
+            out,
+            config,
+            weights,
+            detok_weights,
+            max_positions=positions,
+            mimi_model=mimi_model,
+            progress=say,
         )
     else:  # fp32 graphs in a scratch folder, quantized into `out` (models.quantize)
         graphs, options = build_quantized(
@@ -255,12 +333,15 @@ def build_model(
                 max_positions=positions,
                 logits_to_keep=True,
                 mimi_model=mimi_model,
+                progress=say,
             ),
             block_size=block_size,
+            progress=say,
         )
     (out / "config.json").write_text(
         json.dumps(config.reference_config_json(), indent=2) + "\n", encoding="utf-8"
     )
+    say("checksums and manifest")
     manifest = make_manifest(
         out,
         name=name,

@@ -19,7 +19,7 @@ runs the directory as a user's unrepaired fetch would.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -90,24 +90,35 @@ def build_published(
     block_size: int | None,
     tokenizer: str,
     source: dict[str, Any],
+    progress: Callable[[str], None] | None = None,
 ) -> Manifest:
     """Write the published layout of `variant` into `out` (the tokenizer files are already
-    there, `tokenizer` names the main one) and its manifest; returns the manifest."""
+    there, `tokenizer` names the main one) and its manifest; returns the manifest.
+    `progress` is called with a line per step."""
     folder = out / "onnx"
     folder.mkdir(parents=True, exist_ok=True)
 
+    say = progress or (lambda _: None)
+
     def fp32(target: Path) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+        say("the published graphs (fp32)")
         return published_graphs(target, config, weights, detokenizer_weights, max_positions)
 
     if variant == "fp32":
         graphs, options = fp32(folder)
     else:
         graphs, options = build_quantized(
-            folder, variant, fp32, block_size=block_size or PUBLISHED_BLOCK_SIZE, gathers=False
+            folder,
+            variant,
+            fp32,
+            block_size=block_size or PUBLISHED_BLOCK_SIZE,
+            gathers=False,
+            progress=say,
         )
     (out / "config.json").write_text(
         json.dumps(config.reference_config_json(), indent=2) + "\n", encoding="utf-8"
     )
+    say("embed_tokens.bin and audio_embedding.bin")
     write_tables(folder, config, weights)
     (folder / "mel_config.json").write_text(json.dumps(mel_config(config), indent=2) + "\n")
     return_manifest = make_manifest(
@@ -137,8 +148,9 @@ def write_tables(folder: Path, config: AudioModelConfig, weights: Mapping[str, A
         ),
     }
     for name, (table, extra) in tables.items():
-        rows = np.asarray(table, dtype="<f4")
-        (folder / f"{name}.bin").write_bytes(rows.tobytes())
+        rows = np.ascontiguousarray(table, dtype="<f4")
+        with (folder / f"{name}.bin").open("wb") as f:
+            f.write(rows.data.cast("B"))  # no second copy of a 512 MB table
         described = {
             "vocab_size": int(rows.shape[0]),
             "hidden_size": int(rows.shape[1]),

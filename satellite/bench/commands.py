@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from satellite.modeldir.commands import load_toolchain
-from satellite.modeldir.manifest import VARIANTS
+from satellite.errors import UserError
+from satellite.modeldir.commands import load_toolchain, print_step
+from satellite.modeldir.manifest import VARIANTS, human_size
 
 
 def add_bench_commands(commands: Any) -> None:
@@ -29,9 +30,34 @@ def add_bench_commands(commands: Any) -> None:
     build.add_argument("--size", choices=("tiny", "full"), default="full", help="default: full")
     build.add_argument("--variant", choices=VARIANTS, default="q4", help="default: q4")
     build.add_argument("--seed", type=int, default=0)
+    build.add_argument(
+        "--from",
+        dest="checkpoint",
+        type=Path,
+        metavar="CHECKPOINT_DIR",
+        help="build from this checkpoint directory (as `model build --from`) instead of random "
+        "weights; `bench checkpoint` writes a full-size one",
+    )
     build.add_argument("--out", type=Path, required=True, metavar="DIR", help="directory to write")
     build.add_argument("--json", type=Path, metavar="FILE", help="also save the figures here")
     build.set_defaults(handler=cmd_bench_build)
+
+    checkpoint = sub.add_parser(
+        "checkpoint",
+        help="write a random-weight checkpoint in the hub's layout (for `bench build --from`)",
+        description="Write a checkpoint directory laid out like LiquidAI/LFM2.5-Audio-1.5B "
+        "(model.safetensors, audio_detokenizer/, configs, a stand-in tokenizer) with seeded "
+        "random weights, one tensor at a time (needs the export extra).",
+    )
+    checkpoint.add_argument(
+        "--size", choices=("tiny", "full"), default="full", help="default: full"
+    )
+    checkpoint.add_argument("--seed", type=int, default=0)
+    checkpoint.add_argument(
+        "--dtype", choices=("BF16", "F32"), default="BF16", help="default: BF16"
+    )
+    checkpoint.add_argument("--out", type=Path, required=True, metavar="DIR")
+    checkpoint.set_defaults(handler=cmd_bench_checkpoint)
 
     system = sub.add_parser(
         "memory",
@@ -154,9 +180,23 @@ def cmd_bench_build(args: argparse.Namespace) -> int:
     load_toolchain()
     from models.bench_build import bench_build, format_report
 
-    report = bench_build(args.out, args.size, args.variant, args.seed)
+    report = bench_build(
+        args.out, args.size, args.variant, args.seed, args.checkpoint, progress=print_step()
+    )
     print(format_report(report))
     _save(args.json, report)
+    return 0
+
+
+def cmd_bench_checkpoint(args: argparse.Namespace) -> int:
+    load_toolchain()
+    from models.random_checkpoint import write_random_checkpoint
+
+    if (args.out / "model.safetensors").exists():
+        raise UserError(f"--out {args.out}: already holds a checkpoint (model.safetensors)")
+    write_random_checkpoint(args.out, args.size, args.seed, args.dtype)
+    total = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
+    print(f"wrote {args.out}: {args.size} checkpoint, {args.dtype}, {human_size(total)}")
     return 0
 
 
@@ -195,7 +235,6 @@ def cmd_bench_engine(args: argparse.Namespace) -> int:
 def cmd_bench_turns(args: argparse.Namespace) -> int:
     from satellite.bench.turns import bench_turns, format_report
     from satellite.demo import tiny_model
-    from satellite.errors import UserError
 
     if args.turns < 1:
         raise UserError(f"--turns must be at least 1, not {args.turns}")
@@ -220,7 +259,6 @@ def cmd_bench_turns(args: argparse.Namespace) -> int:
 def cmd_bench_services(args: argparse.Namespace) -> int:
     from satellite.bench.services import bench_services, format_report
     from satellite.demo import tiny_model
-    from satellite.errors import UserError
 
     if args.requests < 1:
         raise UserError(f"--requests must be at least 1, not {args.requests}")

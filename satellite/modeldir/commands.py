@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -199,6 +200,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         block_size=args.block_size,
         layout=args.layout,
+        progress=print_step(),
     )
     print(format_info(args.out, manifest))
     report = verify(args.out)
@@ -319,6 +321,16 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         return 1
     print(f"OK: {args.directory}: {manifest.name} ({manifest.variant}) verified")
     return 0
+
+
+def print_step() -> Callable[[str], None]:
+    """A progress callback printing each step on stderr with the seconds since the start."""
+    started = time.monotonic()
+
+    def show(step: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f} s] {step}", file=sys.stderr, flush=True)
+
+    return show
 
 
 def print_progress(what: str) -> Callable[[int, int], None]:
