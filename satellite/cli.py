@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import signal
 import sys
@@ -125,6 +126,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        where = f" writing {err.filename}" if err.filename else ""
+        print(
+            f"error: no space left on the device{where}: free some space and run the command "
+            "again (the model commands keep no half-written file)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 def load_for_command(args: argparse.Namespace, explicit: str | None = None) -> LoadedConfig:

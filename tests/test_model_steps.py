@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,10 +17,12 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import modeldir_graphs as g
 import numpy as np
 import onnx
 import pytest
 import torch
+from hubserver import serve_hub, write_test_catalog
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization.matmul_nbits_quantizer import (
     DefaultWeightOnlyQuantConfig,
@@ -35,7 +38,9 @@ from models.quantize import quantize_graphs, spec_for
 from models.random_checkpoint import to_bfloat16, write_random_checkpoint
 from models.weights import random_model_weights
 from satellite.cli import main
+from satellite.modeldir import fetch as fetch_module
 from satellite.modeldir import tensorio
+from satellite.modeldir.catalog import catalog_path, find_entry, load_catalog
 from satellite.modeldir.manifest import MANIFEST_NAME
 from satellite.modeldir.tensorio import TensorReadError, iter_bytes, read_window
 from satellite.modeldir.verify import verify
@@ -260,6 +265,70 @@ def test_a_full_disk_is_named_and_leaves_nothing(
         assert list(out.iterdir()) == []
         with pytest.raises(BuildError, match="disk is full"):
             build_model(out, size="tiny", variant="fp32")
+
+
+def fill(disk: Path) -> Path:
+    """Fill the filesystem at `disk` up to its last byte with one file."""
+    filler = disk / "filler"
+    with filler.open("wb") as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 65536)
+            f.flush()
+    with contextlib.suppress(OSError), filler.open("ab") as f:
+        while True:
+            f.write(b"\0")
+            f.flush()
+    return filler
+
+
+def test_optimize_on_a_full_disk_keeps_nothing_half_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    disk = tmp_path / "disk"
+    built = build_model(tmp_path / "built", size="tiny", variant="q4", layout="published")
+    assert built.variant == "q4"
+    size = sum(p.stat().st_size for p in (tmp_path / "built").rglob("*") if p.is_file())
+    with small_filesystem(disk, size // 2**20 + 16):
+        model = shutil.copytree(tmp_path / "built", disk / "published")
+        before = {p.relative_to(model): p.read_bytes() for p in model.rglob("*") if p.is_file()}
+        filler = fill(disk)
+        assert main(["model", "optimize", str(model)]) == 1
+        err = capsys.readouterr().err
+        assert "error: no space left on the device" in err and "Traceback" not in err
+        after = {p.relative_to(model): p.read_bytes() for p in model.rglob("*") if p.is_file()}
+        assert after == before  # no .tmp, no new graph, the manifest as it was
+        filler.unlink()
+        assert main(["model", "optimize", str(model)]) == 0
+        assert verify(model).ok
+
+
+def test_a_full_disk_after_the_download_says_what_to_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stand-in: the disk fills up between the download and the repack (a real filesystem
+    cannot be made to fill at that moment), so the repack raises ENOSPC as the write would."""
+    name = "LiquidAI/LFM2.5-Audio-1.5B-ONNX"
+    repo = tmp_path / "repo"
+    g.write_hub_repo(repo, {**g.CONFIG, "codebook_size": 2049}, ("q4",))
+    catalog = write_test_catalog(name, repo, tmp_path / "catalog.yaml")
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fetch_module, "repack_model", full)
+    pin = find_entry(load_catalog(catalog_path()), name).revision
+    with serve_hub({name: repo}, commit=pin) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("LFM_SATELLITE_CATALOG", str(catalog))
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        target = tmp_path / "model"
+        with pytest.raises(fetch_module.FetchError) as caught:
+            fetch_module.fetch(
+                find_entry(load_catalog(catalog), name), variant="q4", directory=target
+            )
+    message = str(caught.value)
+    assert "the disk filled up after the download" in message
+    assert f"lfm-satellite model optimize {target}" in message
 
 
 def test_a_killed_build_leaves_no_manifest_and_the_next_build_cleans_up(tmp_path: Path) -> None:

@@ -351,13 +351,26 @@ def fetch(
     )
     manifest.write(target)
     print(f"wrote {target / MANIFEST_NAME}", file=out)
-    manifest, repairs = fix_model(target, manifest)
-    for repair in repairs:
-        print(f"fixed {repair.original}: {'; '.join(repair.problems)} -> {repair.fixed}", file=out)
-    if repack:
-        manifest, done = repack_model(target, manifest)
-        for line in done:
-            print(f"repacked {line}", file=out)
+    try:
+        manifest, repairs = fix_model(target, manifest)
+        for repair in repairs:
+            print(
+                f"fixed {repair.original}: {'; '.join(repair.problems)} -> {repair.fixed}",
+                file=out,
+            )
+        if repack:
+            manifest, done = repack_model(target, manifest)
+            for line in done:
+                print(f"repacked {line}", file=out)
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        raise FetchError(
+            f"the disk filled up after the download, while correcting or repacking {target} "
+            f"({human_size(shutil.disk_usage(target).free)} free); the downloaded files are "
+            f"complete and nothing half-written was kept: free about 100 MB, then run "
+            f"`lfm-satellite model optimize {target}`"
+        ) from None
     report = verify_manifest(target, manifest, checksums=False)
     return FetchResult(
         directory=target,
