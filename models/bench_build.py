@@ -13,8 +13,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from models.build import Progress, build_model
+from models.build import build_model
 from models.config import config_for
+from models.quantize import Progress
 from models.weights import detokenizer_specs, model_specs
 from satellite.bench.system import peak_rss_mb
 

@@ -30,7 +30,7 @@ from models.checkpoint import Checkpoint, CheckpointError, read_checkpoint
 from models.config import SIZES, AudioModelConfig, config_for
 from models.onnx_graph import GraphBuilder, write_graph
 from models.published import PUBLISHED_VARIANTS, build_published
-from models.quantize import build_quantized, spec_for
+from models.quantize import Progress, build_quantized, spec_for
 from models.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, write_tokenizer
 from models.weights import Array, random_detokenizer_weights, random_model_weights
 from satellite.engine.template import TokenizerError
@@ -46,8 +46,6 @@ DEFAULT_MAX_POSITIONS = {"tiny": 4096, "full": 32768}
 """RoPE table length (longest context) per size, unless given."""
 STAGING_PREFIX = ".building-"
 """The folder inside `--out` a build writes into before it moves the files in."""
-Progress = Callable[[str], None]
-"""Called with one line per build step (the CLI prints it on stderr)."""
 
 
 class BuildError(UserError):

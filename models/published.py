@@ -19,7 +19,7 @@ runs the directory as a user's unrepaired fetch would.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import numpy as np
 from models import decoder, depthformer, detokenizer, embeddings, encoder
 from models.config import AudioModelConfig
 from models.onnx_graph import write_graph
-from models.quantize import build_quantized
+from models.quantize import Progress, build_quantized
 from models.weights import Array
 from satellite.modeldir.make import make_manifest
 from satellite.modeldir.manifest import Manifest
@@ -90,7 +90,7 @@ def build_published(
     block_size: int | None,
     tokenizer: str,
     source: dict[str, Any],
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> Manifest:
     """Write the published layout of `variant` into `out` (the tokenizer files are already
     there, `tokenizer` names the main one) and its manifest; returns the manifest.

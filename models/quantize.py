@@ -56,6 +56,7 @@ from onnxruntime.quantization.matmul_nbits_quantizer import (
 
 from models.onnx_graph import EXTERNAL_MIN_BYTES, MS_DOMAIN, ExternalData, save
 from models.weights import Array
+from satellite.modeldir.blockquant import packed_windows
 from satellite.modeldir.tensorio import column_step, is_external, iter_bytes, read_window
 
 MIN_TABLE_ROWS = 256
@@ -64,7 +65,7 @@ gains), not embeddings: quantizing them would cost accuracy and save nothing."""
 
 GraphOptions = dict[str, dict[str, Any]]
 Progress = Callable[[str], None]
-"""Called with a line per step."""
+"""Called with one line per step (the CLI prints it on stderr)."""
 BuildFp32 = Callable[[Path], tuple[dict[str, str], GraphOptions]]
 """Writes the fp32 graphs into a directory; returns role -> file and role -> options."""
 
@@ -476,15 +477,14 @@ class _GraphJob:
         zero_parts: list[Array] = []
 
         def windows() -> Iterator[Array]:
-            step = column_step(k)
-            for c0 in range(0, n, step):
-                columns = read_window(weight, self.src_dir, (0, k), (c0, min(n, c0 + step)))
-                blocks, scales, zeros = self.quantizer.qbits_block_quant(columns)
+            for window in packed_windows(
+                weight, self.src_dir, self.quantizer, stored_transposed=True
+            ):
                 if digest is not None:
-                    digest.update(np.ascontiguousarray(columns.T).tobytes())
-                scale_parts.append(scales)
-                zero_parts.append(zeros)
-                yield blocks
+                    digest.update(np.ascontiguousarray(window.columns.T).tobytes())
+                scale_parts.append(window.scales)
+                zero_parts.append(window.zero_points)
+                yield window.blocks
 
         blocks_per_column = -(-k // spec.block_size)
         blob = -(-spec.block_size * spec.bits // 8)
@@ -539,7 +539,8 @@ class _GraphJob:
                 return [node]
             rows, width = (int(d) for d in table.dims)
             self.tally.gather_quantized += 1
-            tied = packed.get(self._table_digest(table))
+            same_shape = any((p.rows, p.width) == (rows, width) for p in packed.values())
+            tied = packed.get(self._table_digest(table)) if same_shape else None
             if tied is not None and tied.stem == self.stem:
                 return self._gather_in_graph(node, table.name, tied)
             if tied is not None:
@@ -584,14 +585,11 @@ class _GraphJob:
         scale_parts: list[Array] = []
 
         def windows() -> Iterator[Array]:
-            step = column_step(width)
-            for r0 in range(0, rows, step):
-                window = read_window(table, self.src_dir, (r0, min(rows, r0 + step)))
-                blocks, scales, _ = self.quantizer.qbits_block_quant(
-                    np.ascontiguousarray(window.astype(np.float32, copy=False).T)
-                )
-                scale_parts.append(scales)
-                yield blocks
+            for window in packed_windows(
+                table, self.src_dir, self.quantizer, stored_transposed=False
+            ):
+                scale_parts.append(window.scales)
+                yield window.blocks
 
         data = self.data.stream(
             f"{table.name}_Q{spec.bits}", np.uint8, [rows, width * spec.bits // 8], windows()

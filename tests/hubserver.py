@@ -35,6 +35,7 @@ from urllib.parse import unquote, urlsplit
 import yaml
 
 from satellite.modeldir.catalog import catalog_path
+from satellite.modeldir.manifest import sha256_file
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 LFS_SUFFIXES = (".onnx", ".bin")
@@ -223,13 +224,9 @@ def write_test_catalog(name: str, repo_dir: Path, path: Path) -> Path:
     raw = yaml.safe_load(catalog_path().read_text(encoding="utf-8"))
     entry = next(m for m in raw["models"] if m["name"] == name)
     entry["known_files"] = {
-        rel: {"size": (repo_dir / rel).stat().st_size, "sha256": file_sha256(repo_dir / rel)}
+        rel: {"size": (repo_dir / rel).stat().st_size, "sha256": sha256_file(repo_dir / rel)}
         for rel in sorted(entry["known_files"])
         if (repo_dir / rel).is_file()  # the test graphs keep some weights inline
     }
     path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     return path
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -34,24 +34,13 @@ from models.checkpoint import CheckpointError, read_checkpoint
 from models.config import tiny
 from models.decoder import cache_names
 from models.mimi import random_mimi_weights, tiny_mimi
+from models.random_checkpoint import detokenizer_config
 from models.tokenizer import build_tokenizer, write_tokenizer
 from models.weights import random_detokenizer_weights
 from satellite.modeldir.manifest import read_manifest
 
 TOLERANCE = 1e-4
 REPO = Path(__file__).resolve().parent.parent
-
-
-def detokenizer_config_json() -> dict[str, Any]:
-    """The detokenizer's `config.json` as the hub has it: an Lfm2Config with llama.cpp-style
-    `sliding_attention` layers and the window."""
-    det = tiny().detokenizer.backbone
-    return {
-        **det.reference_kwargs(),
-        "model_type": "lfm2",
-        "layer_types": list(det.layer_types),
-        "sliding_window": det.sliding_window,
-    }
 
 
 def write_checkpoint(out: Path, dtype: torch.dtype, *, tokenizer: bool = True) -> Path:
@@ -81,7 +70,7 @@ def write_checkpoint(out: Path, dtype: torch.dtype, *, tokenizer: bool = True) -
         str(out / "audio_detokenizer" / "model.safetensors"),
         metadata={"format": "pt"},
     )
-    (out / "audio_detokenizer" / "config.json").write_text(json.dumps(detokenizer_config_json()))
+    (out / "audio_detokenizer" / "config.json").write_text(json.dumps(detokenizer_config(config)))
     if tokenizer:
         write_tokenizer(out, config.backbone.vocab_size)
     return out

@@ -6,7 +6,6 @@ way it can fail. No other network."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import re
 import shutil
 import socket
@@ -22,7 +21,7 @@ from hubserver import Hub, serve_hub, write_test_catalog
 from satellite.cli import main
 from satellite.modeldir.catalog import KnownFile, catalog_path, find_entry, load_catalog
 from satellite.modeldir.fetch import FetchError, fetch
-from satellite.modeldir.manifest import read_manifest
+from satellite.modeldir.manifest import read_manifest, sha256_file
 from satellite.modeldir.verify import verify
 
 NAME = "LiquidAI/LFM2.5-Audio-1.5B-ONNX"
@@ -87,10 +86,6 @@ def entry(name: str = NAME):  # type: ignore[no-untyped-def]
     return find_entry(load_catalog(catalog_path()), name)
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -113,7 +108,7 @@ def test_fetch_only_the_variant(
     assert set(manifest.files) == Q4_FILES | REPACKED_FILES
     for name in Q4_FILES:  # the downloaded files, as the hub has them
         recorded = manifest.files[name]
-        assert recorded.sha256 == sha256(repo_dir / name), name
+        assert recorded.sha256 == sha256_file(repo_dir / name), name
         assert recorded.size == (repo_dir / name).stat().st_size
     decoder = manifest.graphs["decoder"]
     assert decoder.file == "onnx/decoder_q4.repacked.onnx"
@@ -150,7 +145,7 @@ def test_interrupted_download_resumes(hub: Hub, repo_dir: Path, tmp_path: Path) 
     assert data_gets == [None, f"bytes={10 << 20}-"]
     assert naps == [0.2]
     got = tmp_path / "d" / "onnx" / "decoder_q4.onnx_data"
-    assert sha256(got) == sha256(repo_dir / "onnx" / "decoder_q4.onnx_data")
+    assert sha256_file(got) == sha256_file(repo_dir / "onnx" / "decoder_q4.onnx_data")
 
 
 def test_resume_in_the_next_run(hub: Hub, repo_dir: Path, tmp_path: Path) -> None:
@@ -167,7 +162,7 @@ def test_resume_in_the_next_run(hub: Hub, repo_dir: Path, tmp_path: Path) -> Non
     result = fetch(entry(), variant="q4", directory=tmp_path / "d", attempts=1)
     assert result.report.ok
     assert next(r for _, r in hub.gets("decoder_q4.onnx_data")) == f"bytes={10 << 20}-"
-    assert read_manifest(tmp_path / "d").files["onnx/decoder_q4.onnx_data"].sha256 == sha256(
+    assert read_manifest(tmp_path / "d").files["onnx/decoder_q4.onnx_data"].sha256 == sha256_file(
         repo_dir / "onnx" / "decoder_q4.onnx_data"
     )
 

@@ -14,7 +14,7 @@ text embeddings come from the float32 `embed_tokens.bin` beside it (another 512 
   and scales are the same bytes of `<stem>.head.onnx_data`: the tied table is stored once, and
   the engine reads its rows directly (`satellite.engine.tables`).
 
-The table is read and quantized `ROWS_PER_CHUNK` rows at a time, so the repack itself holds a
+The table is read and quantized a window at a time (`blockquant`), so the repack itself holds a
 few tens of MB whatever the model size. The decoder's other weights stay where they are (the
 new graph reads the original data file), the downloaded files are left untouched, and every new
 file is written under a temporary name and renamed before the manifest points at it: an
@@ -39,9 +39,10 @@ from onnxruntime.quantization.matmul_nbits_quantizer import (
 )
 
 from satellite.errors import UserError
+from satellite.modeldir.blockquant import packed_windows
 from satellite.modeldir.make import make_manifest
 from satellite.modeldir.manifest import Manifest, read_manifest
-from satellite.modeldir.tensorio import TensorReadError, read_window
+from satellite.modeldir.tensorio import TensorReadError
 
 HEAD_BLOCK = 64
 """Weights per block of the repacked head: the project's q4 block (models.quantize explains why
@@ -49,8 +50,6 @@ HEAD_BLOCK = 64
 largest of `SMALLER_BLOCKS` that does."""
 SMALLER_BLOCKS = (32, 16)
 BITS = 4
-ROWS_PER_CHUNK = 4096
-"""Table rows quantized at a time (32 MB of float32 at the full model's width)."""
 INT64_MAX = 2**63 - 1
 MS_DOMAIN = "com.microsoft"
 Progress = Callable[[int, int], None]
@@ -191,37 +190,26 @@ def head_block(width: int) -> int | None:
 def quantize_rows(
     folder: Path, head: FloatHead, block: int, out: BinaryIO, progress: Progress | None
 ) -> npt.NDArray[np.float32]:
-    """Quantize the table's rows chunk by chunk, writing the packed blocks to `out` (a binary
-    file); returns the scales [rows, blocks]."""
+    """Quantize the table's rows a window at a time (`blockquant`), writing the packed blocks
+    to `out` (a binary file); returns the scales [rows, blocks]."""
     quantizer = DefaultWeightOnlyQuantizer(
         DefaultWeightOnlyQuantConfig(
             block_size=block, is_symmetric=True, accuracy_level=4, bits=BITS
         )
     )
-    rows = head.rows
     all_scales: list[npt.NDArray[np.float32]] = []
-    for start in range(0, rows, ROWS_PER_CHUNK):
-        stop = min(rows, start + ROWS_PER_CHUNK)
-        chunk = read_rows(folder, head, start, stop)  # [n, hidden]
-        packed, scales, _ = quantizer.qbits_block_quant(np.ascontiguousarray(chunk.T))
-        out.write(np.ascontiguousarray(packed).tobytes())
-        all_scales.append(np.asarray(scales, dtype=np.float32))
-        if progress is not None:
-            progress(stop, rows)
-    return np.concatenate(all_scales, axis=0)
-
-
-def read_rows(folder: Path, head: FloatHead, start: int, stop: int) -> npt.NDArray[np.float32]:
-    """Rows [start, stop) of the [vocab, hidden] table, read from its data file (pread)."""
-    table = head.table
+    windows = packed_windows(
+        head.table, folder, quantizer, stored_transposed=head.transpose is None
+    )
     try:
-        if head.transpose is None:  # stored [hidden, vocab]: the rows are columns
-            window = read_window(table, folder, (0, int(table.dims[0])), (start, stop)).T
-        else:
-            window = read_window(table, folder, (start, stop))
+        for window in windows:
+            out.write(np.ascontiguousarray(window.blocks).tobytes())
+            all_scales.append(np.asarray(window.scales, dtype=np.float32))
+            if progress is not None:
+                progress(window.stop, head.rows)
     except TensorReadError as err:
         raise RepackError(str(err)) from None
-    return np.ascontiguousarray(window, dtype=np.float32)
+    return np.concatenate(all_scales, axis=0)
 
 
 def rewrite_decoder(
