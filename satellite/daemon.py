@@ -74,6 +74,8 @@ from satellite.audio.endpoint import (
     SpeechStarted,
     UtteranceEnded,
 )
+from satellite.audio.pacing import Pacer
+from satellite.audio.player import Generated, Item, PlaybackReport, ReplyPlayer, TextProgress
 from satellite.audio.sounds import Sound, chime, load_sound
 from satellite.audio.wake import Detection as WakeDetection
 from satellite.audio.wake import WakeWordDetector
@@ -100,6 +102,8 @@ CAPTURE_STALL_SECONDS = 3.0
 """No capture chunk for this long: the audio loop is unhealthy."""
 ENGINE_STALL_SECONDS = 120.0
 """One turn in the engine's worker for longer than this: the engine is unhealthy."""
+SLOW_START_SECONDS = 0.1
+"""A reply held longer than this before playing is logged with the engine's rate."""
 MAX_RINGS = 1000
 """Upper bound on chime repetitions of one finished timer (besides the ring time)."""
 
@@ -125,7 +129,7 @@ class TurnReport:
     engine_first_audio: float | None
     """The engine's part of that: from the worker taking the turn to its first samples."""
     overhead: float | None
-    """`time_to_first_audio - engine_first_audio`: the daemon's own share."""
+    """`time_to_first_audio - engine_first_audio - start_delay`: the daemon's own share."""
     engine_seconds: float
     """The worker's whole time on the turn."""
     total_seconds: float
@@ -135,6 +139,21 @@ class TurnReport:
     """What the audio integrity check fixed in the reply (safety.audio_integrity)."""
     blocked_term: str | None = None
     """The blocked term that stopped the reply (safety.blocked_terms), if one did."""
+    start_delay: float | None = None
+    """Seconds the first reply audio was held so the rest would keep up (the engine makes
+    audio more slowly than real time; 0 when it keeps up)."""
+    underruns: int = 0
+    """Breaks in the reply's playback the speaker met (0: it played without a break)."""
+    holds: int = 0
+    """Deliberate gaps: the start held (after a chime), or the middle held once."""
+    generation_rtf: float | None = None
+    """Wall seconds the engine took per second of reply audio (above 1: slower than real
+    time)."""
+
+    @property
+    def played_at_real_time(self) -> bool:
+        """The reply played without a break (none met, none held mid-reply)."""
+        return self.underruns == 0 and self.holds == 0
 
 
 @dataclass
@@ -230,6 +249,8 @@ class Daemon:
         self.playback_jitter = InterarrivalJitter(24_000)
         """RFC 3550 jitter of reply audio reaching the speaker, early blocks counted as on
         time (only lateness, the cause of gaps, counts)."""
+        self.pacer = Pacer()
+        """When replies start playing (it learns the engine's rate over the turns)."""
         rate = self.backend.input_rate
         self._mic_resampler = (
             None if rate == MIC_FORMAT.rate else StreamResampler(rate, MIC_FORMAT.rate)
@@ -643,13 +664,11 @@ class Daemon:
         samples = pcm_to_float(ended.audio, 2, 1)
         reply = self.responder.reply(samples, speculated=speculated)
         self._reply_cancel = reply.cancel
-        first_audio: float | None = None
         done: ReplyDone | None = None
-        queue: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
+        queue: asyncio.Queue[Item] = asyncio.Queue()
         if self.done_sound is not None:
             queue.put_nowait(self._sound_at_output(self.done_sound))
-        self._start_playback("reply", self._play_queue(queue, self.responder.sample_rate))
-        playback = self._playback
+        playback = self._start_player("reply", queue)
         self.audio_check.start_reply()
         blocked: str | None = None
         said = ""
@@ -658,12 +677,12 @@ class Daemon:
                 if isinstance(event, ReplyAudio):
                     if blocked is not None:
                         continue
-                    if first_audio is None:
-                        first_audio = time.monotonic()
-                    queue.put_nowait(self.audio_check.inspect(event.samples))
+                    queue.put_nowait(Generated(self.audio_check.inspect(event.samples)))
                 elif isinstance(event, ReplyText):
                     said += event.text
-                    self._notify("reply_text", text=event.text)
+                    queue.put_nowait(TextProgress(len(said), event.complete))
+                    if event.text:
+                        self._notify("reply_text", text=event.text)
                     if blocked is None and (term := self.text_filter.blocked(said)):
                         blocked = term
                         reply.cancel()
@@ -674,8 +693,7 @@ class Daemon:
                 elif isinstance(event, ReplyDone):
                     done = event
             queue.put_nowait(None)
-            if playback is not None:
-                await asyncio.wait([playback])  # an announcement may have replaced it
+            await asyncio.wait([playback])  # an announcement may have replaced it
         except asyncio.CancelledError:
             reply.cancel()
             self.interrupted += 1
@@ -686,7 +704,8 @@ class Daemon:
             if self.state == "responding":
                 self.state = "idle"
         assert done is not None
-        self._finish_turn(ended, decided, first_audio, done, blocked)
+        played = _result(playback)
+        self._finish_turn(ended, decided, played, done, blocked)
         if done.error is None and blocked is None:
             await self.act_on(done.text)
 
@@ -742,16 +761,15 @@ class Daemon:
         self._notify("said", text=text)
         reply = self.responder.speak(text, self.controls.voice)
         self._reply_cancel = reply.cancel
-        queue: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
-        self._start_playback("speech", self._play_queue(queue, self.responder.sample_rate))
-        playback = self._playback
+        queue: asyncio.Queue[Item] = asyncio.Queue()
+        queue.put_nowait(TextProgress(len(text), complete=True))
+        playback = self._start_player("speech", queue)
         try:
             async for event in reply:
                 if isinstance(event, ReplyAudio):
-                    queue.put_nowait(self.audio_check.inspect(event.samples))
+                    queue.put_nowait(Generated(self.audio_check.inspect(event.samples)))
             queue.put_nowait(None)
-            if playback is not None:
-                await asyncio.wait([playback])
+            await asyncio.wait([playback])
         except asyncio.CancelledError:
             reply.cancel()
             raise
@@ -762,15 +780,18 @@ class Daemon:
         self,
         ended: UtteranceEnded,
         decided: float,
-        first_audio: float | None,
+        played: PlaybackReport | None,
         done: ReplyDone,
         blocked: str | None = None,
     ) -> None:
         problems = tuple(self.audio_check.reply_problems())
         if problems:
             _LOG.warning("generated audio fixed before playback: %s", "; ".join(problems))
+        played = played or PlaybackReport()
+        first_audio = played.first_played
         ttfa = None if first_audio is None else first_audio - decided
         engine = done.engine_first_audio
+        delay = played.start_delay
         report = TurnReport(
             wake_word=self._wake_word,
             utterance_seconds=len(ended.audio) / 2 / MIC_FORMAT.rate,
@@ -782,12 +803,16 @@ class Daemon:
             skipped_frames=done.skipped,
             time_to_first_audio=ttfa,
             engine_first_audio=engine,
-            overhead=None if ttfa is None or engine is None else ttfa - engine,
+            overhead=None if ttfa is None or engine is None else ttfa - engine - (delay or 0.0),
             engine_seconds=done.engine_seconds,
             total_seconds=time.monotonic() - decided,
             error=done.error,
             audio_problems=problems,
             blocked_term=blocked,
+            start_delay=delay,
+            underruns=played.underruns,
+            holds=played.holds,
+            generation_rtf=played.rtf,
         )
         self.turns.append(report)
         if done.error:
@@ -801,6 +826,13 @@ class Daemon:
             _ms(ttfa),
             _ms(engine),
         )
+        if played.underruns:
+            _LOG.warning(
+                "the reply broke up %d time(s) while playing (underruns)", played.underruns
+            )
+        if delay and delay > SLOW_START_SECONDS and played.rtf is not None:
+            _LOG.info("the reply waited %s before playing: the model made its audio at %.2fx "
+                      "real time on this machine", _ms(delay), played.rtf)  # fmt: skip
         self.server.send(Played().event())
         self._notify("turn_finished", report=report)
 
@@ -812,10 +844,23 @@ class Daemon:
         rate = self.responder.sample_rate if self.responder is not None else sound.rate
         return resample(sound.samples, sound.rate, rate)
 
-    def _start_playback(self, kind: str, coro: Any) -> None:
+    def _start_playback(self, kind: str, coro: Any) -> asyncio.Task[Any]:
         self._stop_playback()
         self._playback_kind = kind
-        self._playback = asyncio.create_task(coro)
+        self._playback = task = asyncio.create_task(coro)
+        return task
+
+    def _start_player(self, kind: str, queue: asyncio.Queue[Item]) -> asyncio.Task[Any]:
+        """Play generated audio from `queue` (see `satellite.audio.player`)."""
+        assert self.responder is not None
+        player = ReplyPlayer(
+            self.backend,
+            self.responder.sample_rate,
+            self.pacer,
+            at_most=self.settings.safety.max_reply_seconds,
+            jitter=self.playback_jitter,
+        )
+        return self._start_playback(kind, player.run(queue))
 
     def _stop_playback(self) -> None:
         if self._playback is not None and not self._playback.done():
@@ -823,22 +868,6 @@ class Daemon:
             self.backend.stop_playback()
         self._playback = None
         self._playback_kind = ""
-
-    async def _play_queue(self, queue: asyncio.Queue[Any], rate: int) -> None:
-        """Play float32 blocks (or 16-bit PCM bytes) from `queue` until None, then drain."""
-        jitter = self.playback_jitter
-        jitter.restart()
-        start: float | None = None
-        media = 0.0
-        while (block := await queue.get()) is not None:
-            if isinstance(block, bytes):
-                block = pcm_to_float(block, 2, 1)
-            now = time.monotonic()
-            start = now if start is None else start
-            jitter.add(round(block.shape[0] * jitter.rate / rate), max(now, start + media))
-            media += block.shape[0] / rate
-            await self.backend.play(block, rate)
-        await self.backend.drain()
 
     def _play_sound(self, sound: Sound) -> None:
         async def play() -> None:
@@ -994,6 +1023,13 @@ class _Converter:
                 _LOG.warning("audio from Home Assistant skipped: %s", err)
                 self.warned = True
             return None
+
+
+def _result(task: asyncio.Task[Any]) -> Any:
+    """What a finished task returned (None: it was cancelled or failed)."""
+    if not task.done() or task.cancelled() or task.exception() is not None:
+        return None
+    return task.result()
 
 
 def _resolve(name: str, base: Path | None) -> Path:

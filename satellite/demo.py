@@ -28,12 +28,15 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from satellite.errors import UserError
 from satellite.settings import Settings, loopback_wyoming
+
+if TYPE_CHECKING:
+    from satellite.daemon import TurnReport
 
 REAL_MODEL = "LiquidAI/LFM2.5-Audio-1.5B-ONNX"
 DEMO_QUESTION = "What is the weather like tomorrow?"
@@ -225,7 +228,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 async def _demo(settings: Settings, model: Path, args: argparse.Namespace) -> int:
-    from satellite.daemon import Daemon, TurnReport
+    from satellite.daemon import Daemon
 
     started = time.monotonic()
 
@@ -346,7 +349,22 @@ async def _home_assistant(port: int, say: Any) -> None:
             reading.cancel()
 
 
-def _print_report(report: Any, args: argparse.Namespace) -> None:
+def playback_summary(report: TurnReport) -> str:
+    """Whether the reply played at real time, in a sentence (what the speaker met)."""
+    if report.underruns:
+        said = f"broke up {report.underruns} time(s): the speaker ran out of audio (underruns)"
+    elif report.holds:
+        said = "paused once mid-reply so the rest would keep up, then played without a break"
+    else:
+        said = "played at real time, without a break"
+    delay, rtf = report.start_delay, report.generation_rtf
+    if delay is not None and delay >= 0.05 and rtf is not None:
+        said += (f", after holding the start {delay * 1000:.0f} ms: the model makes audio at "
+                 f"{rtf:.2f}x real time on this machine")  # fmt: skip
+    return said
+
+
+def _print_report(report: TurnReport, args: argparse.Namespace) -> None:
     def ms(value: float | None) -> str:
         return "-" if value is None else f"{value * 1000:.0f} ms"
 
@@ -361,7 +379,8 @@ def _print_report(report: Any, args: argparse.Namespace) -> None:
     print(f"  time to first audio     {ms(report.time_to_first_audio)}  (from the end of speech)")
     print(f"    engine                {ms(report.engine_first_audio)}")
     print(f"    daemon overhead       {ms(report.overhead)}")
-    print(f"  end of speech -> done   {report.total_seconds:.2f} s (reply played at real time)")
+    print(f"  end of speech -> done   {report.total_seconds:.2f} s")
+    print(f"  playback                {playback_summary(report)}")
     if args.model is None:
         print()
         print("The tiny model has random weights: its reply is noise, by design; the timings and")

@@ -77,6 +77,8 @@ class ReplyError(UserError):
 class ReplyText:
     text: str
     time: float
+    complete: bool = False
+    """The reply's text is all in (the model closed its text run for good)."""
 
 
 @dataclass(frozen=True)
@@ -460,7 +462,7 @@ class Responder:
         self, reply: Reply, samples: FloatArray, start: float, speculated: bool = False
     ) -> ReplyDone:
         from satellite.engine.chat import ContextReset, Speech, user_turn
-        from satellite.engine.generation import AudioFrame, TextToken, TurnEnd
+        from satellite.engine.generation import TEXT_END, AudioFrame, TextToken, TurnEnd
 
         chat, detokenizer = self._chat, self._detokenizer
         assert chat is not None and detokenizer is not None
@@ -499,6 +501,8 @@ class Responder:
                     if event.text:
                         pieces.append(event.text)
                         reply.post(ReplyText(event.text, event.time))
+                    if event.token == TEXT_END:
+                        reply.post(ReplyText("", event.time, complete=True))
                 elif isinstance(event, AudioFrame):
                     if event.end_of_audio:
                         continue

@@ -238,11 +238,13 @@ def test_bench_turns_reports_the_overhead(model: Path, tmp_path: Path) -> None:
     assert report["speculative_pause_seconds"] == 0.3 and "speculative work" in done.stdout
     assert "'turn on the lights'" in report["query"] and 0.5 < report["speech_seconds"] < 2
     assert 30 < report["peak_rss_mb"] < 2000 and "peak RSS of this process" in done.stdout
-    ttfa, engine, overhead = (
-        report[k] for k in ("time_to_first_audio_ms", "engine_ms", "overhead_ms")
+    ttfa, engine, delay, overhead = (
+        report[k] for k in ("time_to_first_audio_ms", "engine_ms", "start_delay_ms", "overhead_ms")
     )
     assert overhead["count"] == 3 and 0 <= overhead["p50"] <= ttfa["p50"]
-    assert abs(ttfa["mean"] - engine["mean"] - overhead["mean"]) < 0.05
+    assert abs(ttfa["mean"] - engine["mean"] - delay["mean"] - overhead["mean"]) < 0.05
+    assert report["underruns"] == [0, 0, 0] and "0 underrun(s)" in done.stdout
+    assert report["generation_rtf"]["count"] == 3 and report["generation_rtf"]["p50"] < 1.0
 
 
 @pytest.mark.parametrize("speculative", [True, False])

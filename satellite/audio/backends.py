@@ -7,6 +7,9 @@ Every backend gives the same two halves, used from asyncio:
   `close` is called;
 - playback: `await backend.play(samples, rate)` queues float32 mono audio at any rate
   (resampled to `output_rate`); `await backend.drain()` waits until it has been played.
+  A reply runs from its first `play` to `drain` (or `stop_playback`); a gap in it, where the
+  speaker had nothing to play, is an underrun, unless `hold_playback` said it is meant (the
+  reply player holds audio back so that the rest keeps up: `satellite.audio.player`).
 
 Backends: `null` (silence in, output counted and dropped), `file` (a WAV file in, a WAV file
 out, paced at real time or as fast as possible) and `sounddevice` (PortAudio). The PortAudio
@@ -51,6 +54,10 @@ CAPTURE_SECONDS = 2.0
 PLAYBACK_SECONDS = 30.0
 """Playback buffer size; `play` waits for room beyond it."""
 STALL_SECONDS = 2.0
+DEFAULT_BLOCK_SECONDS = 0.02
+"""The sound card's block before its callback has run."""
+GAP_SECONDS = 0.001
+"""A simulated speaker (`file`, `null` at real time) counts a gap this long or longer."""
 """A capture stream that delivers nothing for this long is reopened."""
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 8.0)
 """Waits before each attempt to reopen a failed stream; after the last, the error stands."""
@@ -97,6 +104,8 @@ class AudioStats:
     """Samples played (at `output_rate`)."""
     restarts: int
     """Streams reopened after an error or a stall."""
+    holds: int = 0
+    """Deliberate gaps in playback (`hold_playback`)."""
 
 
 def load_sounddevice() -> ModuleType:
@@ -188,6 +197,8 @@ class AudioBackend:
         self._restarts = 0
         self._closed = False
         self._resampler: StreamResampler | None = None
+        self.realtime = True
+        """Playback runs at the speaker's pace (False: as fast as it is queued)."""
 
     @property
     def chunk_seconds(self) -> float:
@@ -212,6 +223,11 @@ class AudioBackend:
         """Samples waiting to be played (at `output_rate`)."""
         return 0
 
+    @property
+    def lead_seconds(self) -> float:
+        """How far ahead of the sound the speaker takes audio (0: at the moment it plays)."""
+        return 0.0
+
     def _to_output(self, samples: npt.ArrayLike, rate: int, last: bool = False) -> FloatArray:
         """`samples` at `rate` -> float32 at `output_rate`, resampler state kept across calls
         of one rate (a new rate starts a new stream)."""
@@ -235,6 +251,10 @@ class AudioBackend:
     def stop_playback(self) -> None:
         """Drop the audio queued for playback now (barge-in); the next `play` starts afresh."""
         self._resampler = None
+
+    def hold_playback(self) -> None:
+        """The next time the speaker runs out of audio in this reply is meant: a hold, not
+        an underrun (until the next `play`)."""
 
     async def _output(self, samples: FloatArray) -> None:
         raise NotImplementedError
@@ -263,6 +283,11 @@ class _PacedBackend(AudioBackend):
         self._play_until = 0.0
         self._pending: deque[FloatArray] = deque()
         self._pending_samples = 0
+        self._in_reply = False
+        self._holding = False
+        self._hold_from = 0.0
+        self._underruns = 0
+        self._holds = 0
 
     def _source(self) -> Int16Array | None:
         """All capture audio at input_rate (None: endless silence)."""
@@ -290,13 +315,31 @@ class _PacedBackend(AudioBackend):
             self._chunks += 1
             yield chunk
 
+    def stats(self) -> AudioStats:
+        return AudioStats(self._chunks, self._overflows, self._underruns, self._played,
+                          self._restarts, self._holds)  # fmt: skip
+
+    def hold_playback(self) -> None:
+        """A gap that began before this call was not meant: it stays an underrun."""
+        self._holding = True
+        self._hold_from = time.monotonic()
+
     async def _output(self, samples: FloatArray) -> None:
         samples = samples * np.float32(self.volume)
         if not self.realtime:
             self._emit(samples)
             return
+        if not samples.shape[0]:
+            return
         now = time.monotonic()
         self._flush(now)
+        if self._in_reply and now - self._play_until >= GAP_SECONDS:
+            if self._holding and self._play_until >= self._hold_from - GAP_SECONDS:
+                self._holds += 1
+            else:
+                self._underruns += 1
+        self._in_reply = True
+        self._holding = False
         self._play_until = max(self._play_until, now) + samples.shape[0] / self.output_rate
         self._pending.append(samples)
         self._pending_samples += samples.shape[0]
@@ -328,10 +371,13 @@ class _PacedBackend(AudioBackend):
         if self.realtime:
             await asyncio.sleep(max(0.0, self._play_until - time.monotonic()))
             self._flush(max(time.monotonic(), self._play_until))
+        self._in_reply = self._holding = False
 
     @property
     def queued(self) -> int:
-        return self._pending_samples
+        if not self.realtime:
+            return 0
+        return max(0, math.ceil((self._play_until - time.monotonic()) * self.output_rate))
 
     def stop_playback(self) -> None:
         """What has been played so far stays played; the rest is dropped."""
@@ -341,6 +387,7 @@ class _PacedBackend(AudioBackend):
         self._pending.clear()
         self._pending_samples = 0
         self._play_until = now
+        self._in_reply = self._holding = False
 
 
 class NullBackend(_PacedBackend):
@@ -424,6 +471,8 @@ class SoundDeviceBackend(AudioBackend):
         self._output_index: int | None = None
         self._device_overflows = 0
         self._device_underruns = 0
+        self._block = 0
+        """The largest block the output callback has asked for."""
 
     def stats(self) -> AudioStats:
         return AudioStats(
@@ -432,6 +481,7 @@ class SoundDeviceBackend(AudioBackend):
             self.jitter.underruns + self._device_underruns,
             self.jitter.played,
             self._restarts,
+            self.jitter.holds,
         )
 
     def _resolve(self) -> None:
@@ -465,6 +515,7 @@ class SoundDeviceBackend(AudioBackend):
     def _on_output(self, outdata: Any, frames: int, when: Any, status: Any) -> None:
         if status and status.output_underflow:
             self._device_underruns += 1
+        self._block = max(self._block, frames)
         self.jitter.pull(outdata[:, 0])
 
     def _open_input(self) -> None:
@@ -569,9 +620,17 @@ class SoundDeviceBackend(AudioBackend):
     def queued(self) -> int:
         return self.jitter.buffered
 
+    @property
+    def lead_seconds(self) -> float:
+        """One callback block (the callback takes a whole block the moment it runs)."""
+        return max(self._block / self.output_rate, DEFAULT_BLOCK_SECONDS)
+
     def stop_playback(self) -> None:
         super().stop_playback()
         self.jitter.stop()
+
+    def hold_playback(self) -> None:
+        self.jitter.hold()
 
     async def close(self) -> None:
         await super().close()

@@ -5,7 +5,9 @@ Playback starts on the first frame: there is no pre-fill wait, so the first soun
 soon as the first audio is written. While a reply is playing, a callback that finds fewer
 samples than it needs plays silence for the gap and counts an underrun. `finish` marks the end
 of the reply: what is buffered drains, then the buffer goes idle (silence, no underruns) and
-`drained` is set.
+`drained` is set. `hold` says the next gap is meant (the player holds the reply back so the
+rest keeps up): when the buffer runs dry it plays silence counted as one hold, not as
+underruns, until the next `write`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class JitterBuffer:
         self.ring = RingBuffer(capacity, np.float32)
         self.underruns = 0
         """Callbacks during a reply that found too few samples (silence filled the gap)."""
+        self.holds = 0
+        """Deliberate gaps (after `hold`) the callback met."""
         self.played = 0
         """Samples handed to the callback (silence excluded)."""
         self.volume = 1.0
@@ -35,6 +39,8 @@ class JitterBuffer:
         self.drained.set()
         self._playing = False
         self._ending = False
+        self._holding = False
+        self._held = False
 
     @property
     def playing(self) -> bool:
@@ -56,6 +62,7 @@ class JitterBuffer:
         stored = self.ring.write(samples)
         if stored:
             self._ending = False
+            self._holding = self._held = False
             self._playing = True
             self.drained.clear()
         return stored
@@ -66,6 +73,10 @@ class JitterBuffer:
         if not len(self.ring):
             self._idle()
 
+    def hold(self) -> None:
+        """The next time the buffer runs dry is a deliberate gap: silence, one hold."""
+        self._holding = True
+
     def stop(self) -> None:
         """Drop what is buffered and go idle now (barge-in)."""
         self.ring.clear()
@@ -74,6 +85,7 @@ class JitterBuffer:
     def _idle(self) -> None:
         self._playing = False
         self._ending = False
+        self._holding = self._held = False
         self.drained.set()
 
     def pull(self, out: FloatArray) -> int:
@@ -85,6 +97,10 @@ class JitterBuffer:
             if self._playing:
                 if self._ending and not len(self.ring):
                     self._idle()
+                elif self._holding:
+                    if not self._held:
+                        self.holds += 1
+                        self._held = True
                 else:
                     self.underruns += 1
         if got and self.volume != 1.0:

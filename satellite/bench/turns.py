@@ -8,8 +8,12 @@ For each turn:
 - time to first audio: from the end of the utterance to the first reply audio handed to the
   speaker;
 - engine: from the worker taking the turn to the detokenizer's first samples;
-- overhead = the difference: handing the utterance to the worker thread, the event hop back
-  to the loop, queueing for playback, resampling.
+- start delay: how long the first audio was held so that the rest of the reply would keep up
+  (0 where the engine makes audio faster than real time; see `satellite.audio.pacing`);
+- overhead = time to first audio - engine - start delay: handing the utterance to the worker
+  thread, the event hop back to the loop, queueing for playback, resampling;
+- underruns and holds: breaks in the reply's playback (a speaker that ran dry) and
+  deliberate gaps; and the engine's real-time factor over the reply.
 
 Turns run back to back, each reply played out at real time before the next (so the tiny
 model's noisy replies are cut to `--reply-seconds`). With `--pause S`, each turn is as if the
@@ -31,6 +35,15 @@ from satellite.bench.query import QUERY_TEXT, Query, spoken_query
 from satellite.bench.system import peak_rss_mb
 from satellite.settings import Settings, loopback_wyoming
 from satellite.telemetry.stats import Window
+
+WINDOWS = {
+    "time_to_first_audio_ms": "time to first audio ms",
+    "engine_ms": "engine ms",
+    "start_delay_ms": "start delay ms",
+    "overhead_ms": "daemon overhead ms",
+    "generation_rtf": "engine real-time factor",
+}
+"""The figures of each turn (name in the report: label in the table)."""
 
 
 async def _run(
@@ -72,15 +85,16 @@ def bench_turns(
         )
         query = spoken_query(query_seconds, text=query_text or QUERY_TEXT)
         reports = asyncio.run(_run(settings, turns, query, pause))
-    windows = {
-        name: Window(turns) for name in ("time_to_first_audio_ms", "engine_ms", "overhead_ms")
-    }
+    windows = {name: Window(turns) for name in WINDOWS}
     for report in reports:
         if report.overhead is None:
             continue
         windows["time_to_first_audio_ms"].add(report.time_to_first_audio * 1000)
         windows["engine_ms"].add(report.engine_first_audio * 1000)
+        windows["start_delay_ms"].add((report.start_delay or 0.0) * 1000)
         windows["overhead_ms"].add(report.overhead * 1000)
+        if report.generation_rtf is not None:
+            windows["generation_rtf"].add(report.generation_rtf)
     return {
         "model": str(model),
         "turns": turns,
@@ -94,6 +108,8 @@ def bench_turns(
         "machine": platform.machine(),
         "wall_seconds": round(time.monotonic() - started, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        "underruns": [report.underruns for report in reports],
+        "holds": [report.holds for report in reports],
         **{name: window.summary().as_dict() for name, window in windows.items()},
     }
 
@@ -111,17 +127,23 @@ def format_report(report: dict[str, Any]) -> str:
         ),
         f"{'':24}{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}",
     ]
-    for name, label in (
-        ("time_to_first_audio_ms", "time to first audio ms"),
-        ("engine_ms", "engine ms"),
-        ("overhead_ms", "daemon overhead ms"),
-    ):
-        s = report[name]
+    for name, label in WINDOWS.items():
+        s = report.get(name)
+        if s is None:
+            continue
+        digits = ".2f" if name == "generation_rtf" else ".1f"
         cells = "".join(
-            f"{'-' if s[k] is None else format(s[k], '.1f'):>9}"
+            f"{'-' if s[k] is None else format(s[k], digits):>9}"
             for k in ("p50", "p95", "p99", "max")
         )
         lines.append(f"{label:24}{cells}")
+    if "underruns" in report:
+        breaks = sum(report["underruns"])
+        lines.append(
+            f"playback: {breaks} underrun(s) in {sum(1 for u in report['underruns'] if u)} of "
+            f"{report['turns']} replies, {sum(report['holds'])} hold(s)"
+            + ("" if breaks else " (every reply played without a break)")
+        )
     if report.get("peak_rss_mb") is not None:
         lines.append(
             f"peak RSS of this process (the daemon and the bench): {report['peak_rss_mb']:,.0f} MB"

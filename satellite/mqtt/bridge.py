@@ -187,6 +187,8 @@ class MqttBridge:
             "engine_ms": _ms(report.engine_first_audio),
             "overhead_ms": _ms(report.overhead),
             "turn_ms": _ms(report.total_seconds),
+            "start_delay_ms": _ms(report.start_delay),
+            "underruns": report.underruns,
         }
         self.event("turn_finished", **turn)
         self.link.publish(self.topics.last_turn, turn, retain=True)

@@ -182,6 +182,17 @@ def device_payload(settings: Settings, topics: Topics, model: str) -> dict[str, 
         "underruns": _health_sensor(
             "Playback underruns", "underruns", None, expire, state_class="total_increasing"
         ),
+        "replies_broken": _health_sensor(
+            "Replies that broke up", "replies_broken", None, expire,
+            state_class="total_increasing",
+        ),
+        "start_delay": _health_sensor(
+            "Reply start delay p50", "reply_start_delay_ms.p50", "ms", expire, **ms
+        ),
+        "generation_rtf": _health_sensor(
+            "Engine real-time factor", "generation_rtf.p50", None, expire,
+            state_class="measurement", icon="mdi:speedometer",
+        ),
         "cpu": _health_sensor("CPU", "cpu_percent", "%", expire, icon="mdi:cpu-64-bit"),
         "memory": _health_sensor(
             "Memory", "memory_mb", "MB", expire, device_class="data_size", icon="mdi:memory"

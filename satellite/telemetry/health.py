@@ -12,6 +12,11 @@ change is passed to the `on_alert` callbacks.
   above `health.jitter_alert_ms`.
 - `audio`: the last reply's audio had to be fixed before playback (invalid samples, heavy
   clipping, long silences: `satellite.safety.audio`); cleared by the next clean reply.
+
+Each local reply's playback is in the report too: its underruns (`last_reply_underruns`,
+and `replies_broken`: how many replies broke up at all), how long replies waited to start so
+they would not break (`reply_start_delay_ms`), and the engine's real-time factor
+(`generation_rtf`: above 1, the model makes audio more slowly than it plays on this machine).
 """
 
 from __future__ import annotations
@@ -68,6 +73,11 @@ class HealthMonitor:
         self.ttfa = Window(settings.window)
         self.turn_latency = Window(settings.window)
         self.engine_step = Window(settings.window)
+        self.start_delay = Window(settings.window)
+        self.generation_rtf = Window(settings.window)
+        self.last_reply_underruns = 0
+        self.replies_broken = 0
+        """Replies whose playback met at least one underrun."""
         self.turns = 0
         self.errors = 0
         self.alerts = dict.fromkeys(ALERTS, False)
@@ -84,6 +94,12 @@ class HealthMonitor:
             self.turn_latency.add(report.total_seconds * 1000)
             if report.frames and report.engine_seconds:
                 self.engine_step.add(report.engine_seconds * 1000 / report.frames)
+            if report.start_delay is not None:
+                self.start_delay.add(report.start_delay * 1000)
+            if report.generation_rtf is not None:
+                self.generation_rtf.add(report.generation_rtf)
+            self.last_reply_underruns = report.underruns
+            self.replies_broken += report.underruns > 0
             self.check()
             bad = bool(report.audio_problems)
             if bad != self.alerts["audio"]:
@@ -145,6 +161,10 @@ class HealthMonitor:
             "ttfa_ms": self.ttfa.summary().as_dict(1),
             "turn_latency_ms": self.turn_latency.summary().as_dict(1),
             "engine_step_ms": self.engine_step.summary().as_dict(2),
+            "reply_start_delay_ms": self.start_delay.summary().as_dict(1),
+            "generation_rtf": self.generation_rtf.summary().as_dict(2),
+            "last_reply_underruns": self.last_reply_underruns,
+            "replies_broken": self.replies_broken,
             "input_jitter_ms": round(self.watched.input_jitter.jitter_ms, 2),
             "playback_jitter_ms": round(self.watched.playback_jitter.jitter_ms, 2),
             "cpu_percent": round(cpu_percent, 1),

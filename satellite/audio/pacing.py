@@ -1,0 +1,203 @@
+"""When a reply that is still being generated may start (or resume) playing without a break.
+
+The engine makes a reply's audio in chunks while it plays. Where it makes audio more slowly
+than the speaker plays it (a real-time factor `rtf` above 1: wall seconds per second of
+audio), playing the first chunk at once runs the speaker dry again and again: a stutter. The
+`Pacer` keeps each chunk's arrival (its time and position in the reply), the generation rate
+and the reply's expected length, and answers one question: from what time on may the audio
+from position `committed` play, so that every chunk still to come arrives before its turn?
+
+With the last arrival at time `a` and position `p`, and `x` seconds of audio expected after
+it, a chunk at position `p + y` is expected at `a + y * rtf` and plays at
+`start + p + y - committed`, so (worst at `y = x` when `rtf > 1`):
+
+    start >= committed + a - p + x * (rtf - 1) * (1 + MARGIN) + CUSHION + lead
+
+and with `rtf <= 1` `start >= committed + a - p + lead`, which is soon past: play at once.
+MARGIN covers a rate that drifts; CUSHION the hop from the engine's thread to the speaker;
+`lead` is how far ahead of the sound the backend takes audio (a sound card's callback takes
+a block at a time). With nothing left to come, any time will do.
+
+- **Rate**: the worse of the rates over the last RATE_WINDOW and the last RECENT_WINDOW
+  arrivals (the short window sees a rate that drops mid-reply soon; it spans one
+  interleaved audio run, so the text runs between audio runs do not bias it); while the
+  player holds (`hold`), never below the rate since the hold began, so that it resumes
+  once; early in a reply, never below the previous reply's rate (the first chunks of an interleaved reply come faster than its average: the
+  text runs between them have not happened yet). With one arrival and no earlier reply the
+  rate is unknown and nothing starts until the second arrival (or the end).
+- **Expected length**: once the reply's text is complete, its characters times the seconds
+  of audio per character of earlier replies (plus ESTIMATE_MARGIN); before that, the
+  longest of the last LENGTHS_KEPT replies; with neither, the bound (`at_most`, the longest
+  reply the engine may make). An estimate that arrivals pass is replaced by the bound (the
+  only length still certain: the player holds once, and long, rather than break up again),
+  except that a text that completes later gives a new estimate. Never below what has
+  arrived, never above the bound.
+
+A `Pacer` lives across replies (it learns the rate, the lengths and the seconds per
+character); `begin` starts each reply. All times are `time.monotonic()` seconds; all
+lengths are seconds of audio.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+MARGIN = 0.04
+"""Relative margin on the predicted shortfall (the rate may drift by this much)."""
+CUSHION_SECONDS = 0.02
+"""Fixed lead on top, when anything is waited for at all."""
+RATE_WINDOW = 25
+"""Arrivals the generation rate is measured over (about 2 s of audio in 80 ms frames)."""
+RECENT_WINDOW = 12
+"""Arrivals of the short window: one interleaved audio run (`GenerationConfig.n_audio`)."""
+ESTIMATE_MARGIN = 0.15
+"""Added to a length estimated from the text (speech rates vary that much)."""
+SECONDS_PER_CHAR = 0.075
+"""Seconds of speech per character of text before any reply has been measured."""
+LENGTHS_KEPT = 5
+"""Replies whose lengths make the estimate before a reply's text is complete."""
+
+
+@dataclass(frozen=True)
+class Arrival:
+    time: float
+    position: float
+    seconds: float
+
+
+class Pacer:
+    """See the module docstring."""
+
+    def __init__(self) -> None:
+        self.last_rtf: float | None = None
+        """The previous reply's real-time factor (None: none measured)."""
+        self.lengths: deque[float] = deque(maxlen=LENGTHS_KEPT)
+        self.seconds_per_char = SECONDS_PER_CHAR
+        self._arrivals: list[Arrival] = []
+        self._at_most = math.inf
+        self._chars = 0
+        self._text_complete = False
+        self._estimate_passed = False
+        self._generated = 0.0
+        self._held_from: int | None = None
+
+    def begin(self, at_most: float | None = None) -> None:
+        """A new reply, at most `at_most` seconds long (None: no bound known)."""
+        self._arrivals = []
+        self._at_most = math.inf if at_most is None else at_most
+        self._chars = 0
+        self._text_complete = False
+        self._estimate_passed = False
+        self._generated = 0.0
+        self._held_from = None
+
+    def arrived(self, time: float, seconds: float) -> None:
+        """`seconds` of audio arrived at `time`."""
+        if seconds <= 0:
+            return
+        if self._generated + seconds > self._estimate() + 1e-9:
+            self._estimate_passed = True
+        self._arrivals.append(Arrival(time, self._generated, seconds))
+        self._generated += seconds
+
+    def hold(self, holding: bool = True) -> None:
+        """The player holds the reply mid-way (False: it resumed)."""
+        self._held_from = max(0, len(self._arrivals) - 1) if holding else None
+
+    def text(self, chars: int, complete: bool = False) -> None:
+        """The reply's text so far has `chars` characters (`complete`: all of it)."""
+        self._chars = chars
+        if complete and not self._text_complete:
+            self._text_complete = True
+            self._estimate_passed = False  # a new estimate, from the whole text
+
+    def finished(self) -> None:
+        """Everything has arrived (nothing more is waited for): learn the reply's rate,
+        length and seconds per character."""
+        rtf = self.rtf(full=True)
+        if rtf is not None:
+            self.last_rtf = rtf
+        if self._generated > 0:
+            self.lengths.append(self._generated)
+            if self._text_complete and self._chars > 0:
+                self.seconds_per_char = self._generated / self._chars
+        self._at_most = self._generated
+
+    @property
+    def generated(self) -> float:
+        return self._generated
+
+    @property
+    def measured(self) -> bool:
+        """This reply's own rate is known (two arrivals or more)."""
+        return len(self._arrivals) >= 2
+
+    def rtf(self, full: bool = False) -> float | None:
+        """Wall seconds per second of audio over the last RATE_WINDOW arrivals (`full`: over
+        the whole reply); None while unknown."""
+        arrivals = self._arrivals
+        if len(arrivals) < 2:
+            return None if full else self.last_rtf
+        if full:
+            return _rate(arrivals[0], arrivals[-1])
+        firsts = [arrivals[max(0, len(arrivals) - 1 - n)] for n in (RATE_WINDOW, RECENT_WINDOW)]
+        if self._held_from is not None and len(arrivals) - self._held_from >= 2:
+            firsts.append(arrivals[self._held_from])
+        measured = max(_rate(first, arrivals[-1]) or 0.0 for first in firsts)
+        if len(arrivals) <= RATE_WINDOW and self.last_rtf is not None:
+            return max(measured, self.last_rtf)
+        return measured
+
+    def expected(self) -> float:
+        """The reply's expected length (see the module docstring); inf: unbounded."""
+        return min(self._at_most, max(self._estimate(), self._generated))
+
+    def _estimate(self) -> float:
+        if self._estimate_passed:
+            return self._at_most
+        if self._text_complete and self._chars > 0:
+            return self._chars * self.seconds_per_char * (1.0 + ESTIMATE_MARGIN)
+        if self.lengths:
+            return max(self.lengths)
+        return self._at_most
+
+    def start_time(self, committed: float, lead: float = 0.0) -> float:
+        """The earliest time the audio from position `committed` on may play without a
+        break, with a backend taking audio `lead` seconds ahead (-inf: any time; inf: not
+        yet known)."""
+        if not self._arrivals:
+            return math.inf
+        last = self._arrivals[-1]
+        base = committed + last.time - last.position
+        to_come = self.expected() - last.position - last.seconds
+        if to_come <= 1e-9:
+            return -math.inf
+        rtf = self.rtf()
+        if rtf is None:
+            return math.inf
+        shortfall = to_come * (rtf - 1.0)
+        if shortfall <= 0:
+            return base + lead
+        return base + shortfall * (1.0 + MARGIN) + CUSHION_SECONDS + lead
+
+
+def _rate(first: Arrival, last: Arrival) -> float | None:
+    """Wall seconds per audio second from `first` to `last` (None: no audio between)."""
+    spent = last.position - first.position
+    return (last.time - first.time) / spent if spent > 0 else None
+
+
+def least_start_delay(arrivals: list[tuple[float, float]]) -> float:
+    """The shortest wait after the first arrival that plays `arrivals` ((time, seconds) in
+    order) without a break: what a player that knew the future would wait."""
+    if not arrivals:
+        return 0.0
+    first = arrivals[0][0]
+    position = 0.0
+    need = 0.0
+    for time, seconds in arrivals:
+        need = max(need, time - first - position)
+        position += seconds
+    return need
