@@ -80,6 +80,7 @@ from satellite.audio.sounds import Sound, chime, load_sound
 from satellite.audio.wake import Detection as WakeDetection
 from satellite.audio.wake import WakeWordDetector
 from satellite.controls import Controls, ControlStore, default_state_file
+from satellite.engine import costmodel
 from satellite.mqtt.devices import Entity, load_allowlist, tool_list
 from satellite.reply import ReplyAudio, ReplyDone, ReplyText, Responder
 from satellite.safety.audio import AudioCheck
@@ -251,6 +252,9 @@ class Daemon:
         time (only lateness, the cause of gaps, counts)."""
         self.pacer = Pacer()
         """When replies start playing (it learns the engine's rate over the turns)."""
+        self.expected_rtf: float | None = None
+        """The real-time factor this machine is expected to reach (`engine.costmodel`)."""
+        self._slow_told = False
         rate = self.backend.input_rate
         self._mic_resampler = (
             None if rate == MIC_FORMAT.rate else StreamResampler(rate, MIC_FORMAT.rate)
@@ -365,6 +369,7 @@ class Daemon:
                 "silence_runs": self.audio_check.total.silence_runs,
             },
             "interrupted_turns": self.interrupted,
+            "expected_rtf": None if self.expected_rtf is None else round(self.expected_rtf, 2),
             "home_assistant_connected": self.server.connected,
             "wyoming_connections": self.server.connections,
         }
@@ -375,11 +380,14 @@ class Daemon:
 
     async def start(self) -> None:
         """Load the model, open the audio, listen for Home Assistant, announce; then capture."""
+        # measured before the model is in memory: the probe's buffer adds nothing to the peak
+        bandwidth = await asyncio.to_thread(costmodel.read_bandwidth)
         loaded = time.monotonic()
         if self.responder is None:
             self.responder = await asyncio.to_thread(Responder.load, self.settings, self.config_dir)
         await self.responder.prepare()
         _LOG.info("model ready in %.1f s", time.monotonic() - loaded)
+        self.expected_rtf = self._expected_speed(bandwidth)
         await self.backend.start()
         await self.server.start()
         if self.settings.wyoming.zeroconf:
@@ -408,6 +416,22 @@ class Daemon:
             self.wake.wake_word,
         )
         self._notify("ready", port=self.server.bound_port)  # sd_notify READY=1 (sdnotify.py)
+
+    def _expected_speed(self, bandwidth: float) -> float | None:
+        """This machine's expected real-time factor with the model, its memory reading
+        `bandwidth` GB/s (`engine.costmodel`); logged, with what to do when it cannot speak in
+        real time."""
+        model = getattr(self.responder, "model", None)
+        if model is None:
+            return None
+        per_frame = costmodel.frame_bytes(model.manifest, model.directory)
+        rtf = costmodel.expected_rtf(per_frame, bandwidth)
+        _LOG.info("memory reads %.1f GB/s here and a frame of speech reads %.0f MB: expected "
+                  "real-time factor %.2f", bandwidth, per_frame / 1e6, rtf)  # fmt: skip
+        advice = costmodel.advice(rtf, model.manifest.variant)
+        if advice is not None:
+            _LOG.warning("%s", advice)
+        return rtf
 
     async def run(self) -> None:
         """`start`, then run until `stop()` (or the end of a file source), then `close`."""
@@ -833,6 +857,10 @@ class Daemon:
         if delay and delay > SLOW_START_SECONDS and played.rtf is not None:
             _LOG.info("the reply waited %s before playing: the model made its audio at %.2fx "
                       "real time on this machine", _ms(delay), played.rtf)  # fmt: skip
+        if played.rtf is not None and played.rtf > 1.0 and not self._slow_told:
+            self._slow_told = True
+            variant = self.responder.model.manifest.variant if self.responder else None
+            _LOG.warning("measured: %s", costmodel.advice(played.rtf, variant, measured=True))
         self.server.send(Played().event())
         self._notify("turn_finished", report=report)
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +35,8 @@ from satellite.audio.wake import Detection
 from satellite.bench.query import spoken_query
 from satellite.daemon import Daemon, TurnReport
 from satellite.demo import playback_summary
+from satellite.engine import costmodel
+from satellite.modeldir.manifest import read_manifest
 from satellite.settings import AudioSettings, HealthSettings
 from satellite.telemetry.health import HealthMonitor
 from satellite.telemetry.stats import InterarrivalJitter
@@ -389,3 +393,77 @@ def test_the_health_report_carries_each_replys_playback() -> None:
     assert report["last_reply_underruns"] == 0 and report["replies_broken"] == 1
     assert report["reply_start_delay_ms"]["p50"] == pytest.approx(1200, abs=1)
     assert report["generation_rtf"]["p50"] == pytest.approx(1.6)
+
+
+# -- a machine too slow for real time -------------------------------------------------------
+
+
+def test_the_cost_model_counts_each_graphs_bytes_and_scales_with_bandwidth() -> None:
+    directory = tiny_model()
+    manifest = read_manifest(directory)
+
+    def size(role: str) -> int:
+        entry = manifest.graphs[role]
+        return sum((directory / name).stat().st_size for name in [entry.file, *entry.data_files])
+
+    codebooks = int(manifest.config["codebooks"])
+    expected = (
+        size("decoder") * 1.5 + size("depthformer") * codebooks + size("audio_detokenizer_cached")
+    )
+    per_frame = costmodel.frame_bytes(manifest, directory)
+    assert per_frame == round(expected)
+    cal = costmodel.CALIBRATION
+    assert costmodel.expected_rtf(cal.frame_bytes, cal.read_gbs) == pytest.approx(cal.measured_rtf)
+    assert costmodel.expected_rtf(per_frame, 5.0) == pytest.approx(
+        2 * costmodel.expected_rtf(per_frame, 10.0)
+    )
+    assert costmodel.read_bandwidth(megabytes=16, passes=2) > 0.1
+    assert costmodel.advice(0.9) is None
+    said = costmodel.advice(1.6, "fp16")
+    assert said is not None and "1.60x real time" in said and "--variant q4" in said
+    assert "--variant" not in (costmodel.advice(1.6, "q4") or "")
+
+
+async def test_a_slow_machine_is_told_at_start_and_after_a_slow_reply(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, slowdown: Slowdown
+) -> None:
+    # the probe reads as a board would where this model runs at 2x real time (a stand-in for
+    # a slow board's memory; the model, its graphs and the rest of the start are real)
+    directory = tiny_model()
+    per_frame = costmodel.frame_bytes(read_manifest(directory), directory)
+    slow = costmodel.expected_rtf(per_frame, 1.0) / 2.0
+    monkeypatch.setattr(costmodel, "read_bandwidth", lambda: slow)
+    daemon = Daemon(daemon_settings(tiny_model(), backend="null", max_reply_seconds=1.0))
+    with caplog.at_level("INFO", logger="satellite"):
+        await daemon.start()
+        try:
+            assert daemon.expected_rtf == pytest.approx(2.0)
+            assert daemon.counters()["expected_rtf"] == round(daemon.expected_rtf, 2)
+            started = caplog.text
+            assert "expected real-time factor" in started
+            assert "each reply waits before it plays" in started
+            slowdown.rtf = 1.5
+            await daemon.answer(_question())
+        finally:
+            await daemon.close()
+    assert "measured: this machine makes speech at 1." in caplog.text  # about 1.5
+
+
+def test_bench_boards_prints_every_board_class(tmp_path: Path) -> None:
+    out = tmp_path / "boards.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "satellite", "bench", "boards", "--model", str(tiny_model()),
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(out.read_text())
+    names = [board["name"] for board in figures["boards"]]
+    assert names[0] == "this machine" and len(names) == 1 + len(costmodel.BOARDS)
+    for board in costmodel.BOARDS:
+        assert board.name in done.stdout and board.memory in done.stdout
+    rtfs = {board["name"]: board["expected_rtf"] for board in figures["boards"]}
+    assert rtfs["Raspberry Pi 4"] > rtfs["Raspberry Pi 5"] > rtfs["Intel N100 mini PC"]
+    assert figures["frame_bytes"] == costmodel.frame_bytes(
+        read_manifest(tiny_model()), tiny_model()
+    )

@@ -68,6 +68,18 @@ def add_bench_commands(commands: Any) -> None:
     system.add_argument("--json", type=Path, metavar="FILE")
     system.set_defaults(handler=cmd_bench_memory)
 
+    boards = sub.add_parser(
+        "boards",
+        help="expected real-time factor of a model on this machine and on each board class",
+        description="The cost model (satellite/engine/costmodel.py): bytes a frame of speech "
+        "reads, memory bandwidth, and the efficiency calibrated where the model was measured. "
+        "Prints this machine's read bandwidth and expected real-time factor, then each board "
+        "class's.",
+    )
+    boards.add_argument("--model", type=Path, metavar="DIR", help="model directory (default: tiny)")
+    boards.add_argument("--json", type=Path, metavar="FILE", help="also save the figures here")
+    boards.set_defaults(handler=cmd_bench_boards)
+
     engine = sub.add_parser(
         "engine",
         help="per-stage timings, time-to-first-audio, real-time factor and peak RSS of the engine",
@@ -208,6 +220,35 @@ def cmd_bench_memory(args: argparse.Namespace) -> int:
         f"memory bandwidth: {result.copy_gb_s:.1f} GB/s (copy, read + write, {result.threads} threads)"
     )
     _save(args.json, {"copy_gb_s": round(result.copy_gb_s, 2), "threads": result.threads})
+    return 0
+
+
+def cmd_bench_boards(args: argparse.Namespace) -> int:
+    from satellite.demo import tiny_model
+    from satellite.engine import costmodel
+    from satellite.modeldir.manifest import read_manifest
+
+    directory = args.model or tiny_model()
+    manifest = read_manifest(directory)
+    per_frame = costmodel.frame_bytes(manifest, directory)
+    here = costmodel.read_bandwidth()
+    cal = costmodel.CALIBRATION
+    rows = [("this machine", f"measured read, {here:.1f} GB/s", here, False)]
+    rows += [(b.name, f"{b.memory}, {b.peak_gbs:g} GB/s peak", b.read_gbs, b.compute_bound)
+             for b in costmodel.BOARDS]  # fmt: skip
+    print(f"{directory}: a frame of speech (80 ms) reads at most {per_frame / 1e6:,.0f} MB; "
+          f"efficiency {cal.efficiency:.2f} (calibrated on {cal.cpu}, {cal.date})")  # fmt: skip
+    print(f"{'':42}{'read GB/s':>10}{'expected RTF':>14}")
+    figures = []
+    for name, memory, read, floor in rows:
+        rtf = costmodel.expected_rtf(per_frame, read)
+        mark = " (a floor: compute-bound cores)" if floor else ""
+        print(f"{name:42}{read:>10.1f}{rtf:>14.2f}{mark}")
+        print(f"  {memory}")
+        figures.append({"name": name, "memory": memory, "read_gb_s": round(read, 2),
+                        "expected_rtf": round(rtf, 3), "compute_bound": floor})  # fmt: skip
+    _save(args.json, {"model": str(directory), "frame_bytes": per_frame,
+                      "efficiency": round(cal.efficiency, 4), "boards": figures})  # fmt: skip
     return 0
 
 
