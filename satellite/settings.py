@@ -59,6 +59,12 @@ class AudioSettings:
     output_device: str | int | None = None
     """Playback device, by name or index; the system default when empty."""
 
+    output_latency_ms: int = field(default=100, metadata=limits(0, 2000))
+    """How far ahead of the sound the speaker's audio goes to the sound system (`sounddevice`
+    backend). The model runs in the same process and can hold it up for tens of milliseconds:
+    a shorter latency than that clicks. 0: the sound system's own choice (PortAudio's
+    "high", 35 ms on PulseAudio)."""
+
     input_rate: int = field(default=16000, metadata=limits(8000, 192000))
     """Capture sample rate in Hz; audio is converted to the model's 16 kHz mono."""
 

@@ -322,6 +322,7 @@ def test_sounddevice_backend_moves_audio_through_the_callbacks() -> None:
         async with backend:
             mic, speaker = fake.streams
             assert mic.kwargs["device"] == 0 and speaker.kwargs["device"] == 1
+            assert speaker.kwargs["latency"] == 0.1, "audio.output_latency_ms, in seconds"
             stereo = np.stack([np.arange(640), np.arange(640) + 2], axis=1).astype(np.int16)
             for block in (stereo[:320], stereo[320:]):
                 mic.callback(block, 320, None, None)

@@ -126,6 +126,19 @@ def load_sounddevice() -> ModuleType:
     return module
 
 
+def rescan_devices(sd: ModuleType) -> None:
+    """Make PortAudio list the devices there are now. It lists them once, when initialised (at
+    the import of sounddevice), so an audio server started since (PulseAudio, PipeWire) or a
+    microphone plugged in since stays invisible until it is initialised again. sounddevice has
+    no public call for this; its `_terminate`/`_initialize` pair is what its author points
+    to. Only while this process has no stream open."""
+    terminate = getattr(sd, "_terminate", None)
+    initialize = getattr(sd, "_initialize", None)
+    if callable(terminate) and callable(initialize):
+        terminate()
+        initialize()
+
+
 def list_devices(sd: ModuleType | None = None) -> list[DeviceInfo]:
     """Every PortAudio device (inputs and outputs)."""
     sd = sd or load_sounddevice()
@@ -537,6 +550,7 @@ class SoundDeviceBackend(AudioBackend):
             samplerate=self.output_rate,
             channels=1,
             dtype="float32",
+            latency=self.settings.output_latency_ms / 1000 or "high",
             callback=self._on_output,
         )
         stream.start()
@@ -572,6 +586,7 @@ class SoundDeviceBackend(AudioBackend):
         raise AudioBackendError(f"cannot open the audio {what} stream: {last}")
 
     async def start(self) -> None:
+        rescan_devices(self.sd)
         self._resolve()
         await self._with_retry("input", self._open_input)
         await self._with_retry("output", self._open_output)

@@ -18,9 +18,11 @@ MARGIN covers a rate that drifts; CUSHION the hop from the engine's thread to th
 `lead` is how far ahead of the sound the backend takes audio (a sound card's callback takes
 a block at a time). With nothing left to come, any time will do.
 
-- **Rate**: the worse of the rates over the last RATE_WINDOW and the last RECENT_WINDOW
-  arrivals (the short window sees a rate that drops mid-reply soon; it spans one
-  interleaved audio run, so the text runs between audio runs do not bias it); while the
+- **Rate**: the worst of the rates over the last RATE_WINDOW arrivals, the last
+  RECENT_WINDOW arrivals (it sees a rate that drops mid-reply soon; it spans one
+  interleaved audio run, so the text runs between audio runs do not bias it) and the whole
+  reply so far (a window that begins at a late chunk, one the engine was slow to make
+  before it caught up, sees the rate too low; the whole reply dilutes that); while the
   player holds (`hold`), never below the rate since the hold began, so that it resumes
   once; early in a reply, never below the previous reply's rate (the first chunks of an interleaved reply come faster than its average: the
   text runs between them have not happened yet). With one arrival and no earlier reply the
@@ -142,7 +144,8 @@ class Pacer:
             return None if full else self.last_rtf
         if full:
             return _rate(arrivals[0], arrivals[-1])
-        firsts = [arrivals[max(0, len(arrivals) - 1 - n)] for n in (RATE_WINDOW, RECENT_WINDOW)]
+        windows = (RATE_WINDOW, RECENT_WINDOW, len(arrivals) - 1)
+        firsts = [arrivals[max(0, len(arrivals) - 1 - n)] for n in windows]
         if self._held_from is not None and len(arrivals) - self._held_from >= 2:
             firsts.append(arrivals[self._held_from])
         measured = max(_rate(first, arrivals[-1]) or 0.0 for first in firsts)
