@@ -68,12 +68,15 @@ class Calibration:
 
 
 CALIBRATION = Calibration(
-    cpu="AMD EPYC (2 vCPU, AVX-512 VNNI)",
+    cpu="AMD EPYC (Zen 4, 2 vCPU, AVX-512, no AMX)",
     date="2026-12-06",
-    read_gbs=12.0,
-    measured_rtf=0.85,
-    frame_bytes=2_900_000_000,
+    read_gbs=34.9,
+    measured_rtf=1.52,
+    frame_bytes=3_010_796_308,
 )
+"""Measured in one sitting: `read_bandwidth()` five times (29.4-36.8 GB/s, median 34.9) and
+`lfm-satellite bench engine --model FULL_Q4 --threads 2` on a full-size q4 model in the
+published layout (windowed detokenizer): RTF 1.52; `frame_bytes` of that directory."""
 
 
 @dataclass(frozen=True)
