@@ -37,7 +37,15 @@ def cache_root() -> Path:
     return Path(base) / "lfm-satellite" / "built"
 
 
-NOT_BUILD_INPUTS = ("bench_build.py", "bench_reference.py", "cache.py", "reference.py")
+NOT_BUILD_INPUTS = (
+    "bench_build.py",
+    "bench_peers.py",
+    "bench_reference.py",
+    "cache.py",
+    "gguf_export.py",
+    "llamacpp.py",
+    "reference.py",
+)
 """Toolchain files that do not shape what a build writes; editing them keeps the cache."""
 
 

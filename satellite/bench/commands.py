@@ -127,6 +127,31 @@ def add_bench_commands(commands: Any) -> None:
     )
     engine.set_defaults(handler=cmd_bench_engine)
 
+    peers = sub.add_parser(
+        "peers",
+        help="the engine against llama.cpp on the same backbone, in interleaved rounds",
+        description="Build llama.cpp's llama-bench for this CPU (from llama-cpp-python's "
+        "source, cached; needs cmake, ninja and a C++ compiler, and the peers extra for the "
+        "GGUF writer), write the model's backbone as a llama.cpp Q4_0 file with the same "
+        "seeded weights, then run `bench engine` and llama-bench in turn for each round and "
+        "compare the decoder's text and audio steps with llama.cpp's decode, and prefill with "
+        "its prompt processing, round by round, with the CPU model.",
+    )
+    peers.add_argument("--size", choices=("tiny", "full"), default="full", help="default: full")
+    peers.add_argument("--seed", type=int, default=0, help="weights seed (default 0)")
+    peers.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    peers.add_argument("--threads", type=int, default=2, help="threads of both (default 2)")
+    peers.add_argument("--repeats", type=int, default=5, help="repeats per timing (default 5)")
+    peers.add_argument(
+        "--model",
+        type=Path,
+        metavar="DIR",
+        help="the engine's q4 model directory (default: built from --size and --seed); its "
+        "backbone should have the shapes of --size",
+    )
+    peers.add_argument("--json", type=Path, metavar="FILE", help="also save the figures here")
+    peers.set_defaults(handler=cmd_bench_peers)
+
     turns = sub.add_parser(
         "turns",
         help="time to first audio of local turns through the daemon, and the daemon's overhead",
@@ -268,6 +293,35 @@ def cmd_bench_engine(args: argparse.Namespace) -> int:
         spinning=args.spinning,
         arena=not args.no_arena,
     )
+    print(format_report(report))
+    _save(args.json, report)
+    return 0
+
+
+def cmd_bench_peers(args: argparse.Namespace) -> int:
+    load_toolchain()
+    try:
+        from models.bench_peers import bench_peers, format_report
+    except ImportError as err:
+        raise UserError(
+            f"bench peers needs the peers extra (cannot import {err.name!r}): "
+            "pip install 'lfm-satellite[peers]'"
+        ) from None
+    from models.llamacpp import LlamaCppError
+
+    if args.rounds < 1:
+        raise UserError(f"--rounds must be at least 1, not {args.rounds}")
+    if args.threads < 1:
+        raise UserError(f"--threads must be at least 1, not {args.threads}")
+    if args.model is not None and not (args.model / "manifest.json").is_file():
+        raise UserError(f"--model {args.model}: not a model directory (no manifest.json)")
+    try:
+        report = bench_peers(
+            args.size, args.seed, args.rounds, args.threads, args.repeats, args.model,
+            progress=print,
+        )  # fmt: skip
+    except LlamaCppError as err:
+        raise UserError(f"bench peers: {err}") from None
     print(format_report(report))
     _save(args.json, report)
     return 0

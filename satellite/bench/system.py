@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import resource
 import threading
 import time
@@ -54,3 +55,29 @@ def current_rss_mb() -> float:
     with open("/proc/self/statm") as f:
         pages = int(f.read().split()[1])
     return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile", "asimddp", "i8mm")
+"""CPU flags that decide which matrix kernels a runtime may use (x86 and Arm)."""
+
+
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name and its relevant features, e.g. "AMD EPYC (2 CPUs; avx2 avx512f)"
+    (Linux; the platform's processor string elsewhere)."""
+    name, flags = "", set[str]()
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip().lower()
+                if key in ("model name", "hardware", "cpu model") and not name:
+                    name = value.strip()
+                elif key in ("flags", "features") and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    name = name or platform.processor() or platform.machine() or "unknown CPU"
+    features = " ".join(f for f in CPU_FEATURES if f in flags) or "none of " + "/".join(
+        CPU_FEATURES[:3]
+    )
+    return f"{name} ({os.cpu_count() or 1} CPUs; {features})"
