@@ -7,9 +7,11 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from models.cache import CACHE_ENV
+from satellite.engine.sampling import Sampler
 from tests.broker import Broker
 
 
@@ -34,3 +36,11 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     b.start()
     yield b
     b.stop()
+
+
+@pytest.fixture
+def greedy_replies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every reply alike: greedy sampling instead of a draw from fresh entropy (the daemon
+    seeds nothing, so otherwise a reply's length, and where it ends, changes run to run and
+    CPU to CPU)."""
+    monkeypatch.setattr(Sampler, "__call__", lambda self, logits, sampling: int(np.argmax(logits)))

@@ -37,7 +37,6 @@ from satellite.bench.query import spoken_query
 from satellite.daemon import Daemon, TurnReport
 from satellite.demo import playback_summary
 from satellite.engine import costmodel
-from satellite.engine.sampling import Sampler
 from satellite.modeldir.manifest import read_manifest
 from satellite.settings import AudioSettings, HealthSettings, Settings
 from satellite.telemetry.health import HealthMonitor
@@ -93,11 +92,10 @@ def slowdown(monkeypatch: pytest.MonkeyPatch) -> Slowdown:
 
 
 @pytest.fixture(autouse=True)
-def same_reply(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every reply alike: greedy sampling (no draw from fresh entropy) and each turn a new
+def same_reply(greedy_replies: None) -> None:
+    """Every reply alike: greedy (conftest's `greedy_replies`) and each turn a new
     conversation (`conversation_timeout_seconds: 0`, set in `_settings`), so that the length
     the pacer expects is the length each reply has."""
-    monkeypatch.setattr(Sampler, "__call__", lambda self, logits, sampling: int(np.argmax(logits)))
 
 
 @pytest.fixture
