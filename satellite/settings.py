@@ -173,6 +173,11 @@ class ModelSettings:
     threads: int = field(default=0, metadata=limits(0, 256))
     """Intra-op threads for ONNX Runtime; 0 lets it use every core."""
 
+    shared_thread_pool: bool = True
+    """All of the model's graphs run on one ONNX Runtime thread pool instead of one pool each
+    (faster: a pool per graph leaves threads competing for the cores while the graphs take
+    turns). Turn off only to compare."""
+
     voice: Literal["us_female", "us_male", "uk_female", "uk_male"] = "us_female"
     """Voice of spoken replies and of Wyoming text-to-speech by default."""
 

@@ -12,6 +12,7 @@ import pytest
 
 from models.cache import CACHE_ENV
 from satellite.engine.sampling import Sampler
+from satellite.engine.sessions import use_shared_pool
 from tests.broker import Broker
 
 
@@ -27,6 +28,14 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ.pop(CACHE_ENV, None)
     else:
         os.environ[CACHE_ENV] = before
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_thread_pool() -> None:
+    """onnxruntime's one global thread pool, as the daemon has it by default, set before any
+    test opens a session: once a process has it, every session must run on it, so tests that
+    open graphs themselves use `plain_session_options()` and pass whatever order they run in."""
+    assert use_shared_pool(0), "onnxruntime refused a global thread pool"
 
 
 @pytest.fixture

@@ -37,6 +37,7 @@ from models.mimi import random_mimi_weights, tiny_mimi
 from models.random_checkpoint import detokenizer_config
 from models.tokenizer import build_tokenizer, write_tokenizer
 from models.weights import random_detokenizer_weights
+from satellite.engine.sessions import plain_session_options
 from satellite.modeldir.manifest import read_manifest
 
 TOLERANCE = 1e-4
@@ -99,7 +100,9 @@ def built(
 
 
 def decoder_session(directory: Path) -> ort.InferenceSession:
-    return ort.InferenceSession(str(directory / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        str(directory / "decoder.onnx"), plain_session_options(), providers=["CPUExecutionProvider"]
+    )
 
 
 def run_decoder(directory: Path, embeds: np.ndarray) -> dict[str, np.ndarray]:
@@ -220,7 +223,9 @@ def test_detokenizer_matches_the_reference_loading_it(
         hidden = det.lfm(inputs_embeds=x, attention_mask=mask, use_cache=False).last_hidden_state
         want = det.lin(hidden).numpy()
     session = ort.InferenceSession(
-        str(built["bf16"] / "audio_detokenizer.onnx"), providers=["CPUExecutionProvider"]
+        str(built["bf16"] / "audio_detokenizer.onnx"),
+        plain_session_options(),
+        providers=["CPUExecutionProvider"],
     )
     (got,) = session.run(None, {"audio_codes": codes})
     error = max_error(got, want)

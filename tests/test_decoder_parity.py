@@ -19,6 +19,7 @@ from reference import TINY_SEED, tiny_reference
 
 from models.cache import cached_model
 from models.decoder import cache_names
+from satellite.engine.sessions import plain_session_options
 from satellite.modeldir.manifest import read_manifest
 
 TOLERANCE = 1e-4
@@ -32,7 +33,7 @@ def model_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def session(model_dir: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
+    options = plain_session_options()
     options.intra_op_num_threads = 1
     return ort.InferenceSession(
         str(model_dir / "decoder.onnx"), options, providers=["CPUExecutionProvider"]

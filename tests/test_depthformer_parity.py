@@ -12,6 +12,7 @@ from reference import tiny_reference
 
 from models.depthformer import INPUTS, OUTPUTS, build_depthformer
 from models.onnx_graph import ExternalData, GraphBuilder, save
+from satellite.engine.sessions import plain_session_options
 
 TOLERANCE = 1e-4
 
@@ -24,7 +25,9 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> ort.InferenceSession:
     model = build_depthformer(GraphBuilder("depthformer", data), config, weights)
     data.close()
     save(model, out / "depthformer.onnx")
-    return ort.InferenceSession(str(out / "depthformer.onnx"), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        str(out / "depthformer.onnx"), plain_session_options(), providers=["CPUExecutionProvider"]
+    )
 
 
 def run_frame(

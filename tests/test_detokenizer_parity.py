@@ -16,6 +16,7 @@ from models.config import tiny
 from models.detokenizer import build_audio_detokenizer
 from models.onnx_graph import ExternalData, GraphBuilder, save
 from models.weights import random_detokenizer_weights
+from satellite.engine.sessions import plain_session_options
 
 TOLERANCE = 1e-4
 
@@ -49,7 +50,7 @@ def session(
     data.close()
     save(model, out / "audio_detokenizer.onnx")
     path = str(out / "audio_detokenizer.onnx")
-    return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(path, plain_session_options(), providers=["CPUExecutionProvider"])
 
 
 def reference_features(det: Any, codes: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ from reference import tiny_reference
 
 from models.encoder import build_audio_encoder
 from models.onnx_graph import ExternalData, GraphBuilder, save
+from satellite.engine.sessions import plain_session_options
 
 TOLERANCE = 1e-4
 
@@ -24,7 +25,9 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> ort.InferenceSession:
     model = build_audio_encoder(GraphBuilder("audio_encoder", data), config, weights)
     data.close()
     save(model, out / "audio_encoder.onnx")
-    return ort.InferenceSession(str(out / "audio_encoder.onnx"), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        str(out / "audio_encoder.onnx"), plain_session_options(), providers=["CPUExecutionProvider"]
+    )
 
 
 def compare(session: ort.InferenceSession, lengths: list[int], seed: int) -> None:

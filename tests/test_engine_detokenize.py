@@ -38,6 +38,7 @@ from satellite.engine.detokenize import (
     from_model,
     open_detokenizer,
 )
+from satellite.engine.sessions import plain_session_options
 from satellite.modeldir.manifest import read_manifest
 
 TOLERANCE = 1e-3
@@ -299,7 +300,9 @@ def test_long_input_in_chunks(model_dir: Path, kind: str) -> None:
     manifest = read_manifest(model_dir)
     role = choose_role(manifest, kind)
     entry = manifest.graphs[role]
-    session = ort.InferenceSession(str(model_dir / entry.file), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(model_dir / entry.file), plain_session_options(), providers=["CPUExecutionProvider"]
+    )
     graph = bind(role, session, manifest.config, {**entry.options, "max_frames": 8}, entry.file)
     decoder = CachedDecoder(graph, 8) if kind == "cached" else WindowedDecoder(graph, 8)
     detok = StreamingDetokenizer(decoder)
@@ -334,7 +337,9 @@ def test_a_graph_that_does_not_fit_is_refused(model_dir: Path) -> None:
     """The stateless graph offered as the cached one: every missing state input is named."""
     manifest = read_manifest(model_dir)
     path = model_dir / manifest.graphs["audio_detokenizer"].file
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(path), plain_session_options(), providers=["CPUExecutionProvider"]
+    )
     with pytest.raises(DetokenizerError) as caught:
         bind("audio_detokenizer_cached", session, manifest.config, {}, str(path))
     text = str(caught.value)
@@ -347,7 +352,9 @@ def test_official_graph_without_options(model_dir: Path) -> None:
     full-size trunk's 17 frames: more than the tiny trunk needs, so still exact."""
     manifest = read_manifest(model_dir)
     path = model_dir / manifest.graphs["audio_detokenizer"].file
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(path), plain_session_options(), providers=["CPUExecutionProvider"]
+    )
     graph = bind("audio_detokenizer", session, manifest.config, {}, str(path))
     decoder = WindowedDecoder(graph, 8)
     assert decoder.context_frames == 17 and decoder.max_frames is None
@@ -371,7 +378,9 @@ def test_from_a_loaded_model(model_dir: Path) -> None:
         def graph(self, role: str) -> Any:
             opened.append(role)
             path = model_dir / self.manifest.graphs[role].file
-            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(
+                str(path), plain_session_options(), providers=["CPUExecutionProvider"]
+            )
             return type("Bound", (), {"session": session})()
 
     detok = from_model(Loaded())

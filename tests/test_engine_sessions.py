@@ -4,7 +4,10 @@ errors for a provider, graph or model directory the engine cannot use."""
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,7 @@ import pytest
 from engine_support import build_shaped, shaped_weights
 from modeldir_graphs import INT64, decoder, write_model_dir
 
+from models.cache import cached_model
 from models.config import tiny
 from satellite.engine.model import Model, ModelLoadError
 from satellite.engine.sessions import (
@@ -220,7 +224,6 @@ def test_without_the_arena_the_same_tokens_come_out() -> None:
     """`SessionConfig(arena=False)`: sessions run without onnxruntime's memory arena, glibc's
     mmap threshold is pinned (so large buffers go back to the system), and a greedy turn on the
     tiny q4 model yields exactly the tokens it yields with the arena."""
-    from models.cache import cached_model
     from satellite.engine import malloc
     from satellite.engine.chat import Chat
     from satellite.engine.generation import AudioFrame, TextToken
@@ -245,3 +248,53 @@ def test_without_the_arena_the_same_tokens_come_out() -> None:
     with_arena = tokens(True)
     assert len(with_arena) > 4
     assert tokens(False) == with_arena
+
+
+SHARED_POOL_CHILD = """
+import json, sys
+from models.cache import cached_model
+from satellite.engine.chat import Chat
+from satellite.engine.generation import AudioFrame, TextToken
+from satellite.engine.model import Model
+from satellite.engine.sessions import SessionConfig
+
+def tokens(config):
+    model = Model.load(cached_model("tiny", "q4"), config)
+    chat = Chat(model, prefix=[[1, 6, 20, 10, 7, 10]], seed=0)
+    turn = chat.generation_config("interleaved", max_new_tokens=24)
+    out = []
+    for event in chat.turn([[6, 21, 10, 7, 10, 6, 22, 10]], turn):
+        if isinstance(event, TextToken):
+            out.append(event.token)
+        elif isinstance(event, AudioFrame):
+            out.append([int(c) for c in event.codes])
+    own = [model.graph(r).session.get_session_options().use_per_session_threads
+           for r in ("decoder", "depthformer")]
+    return out, own
+
+shared = sys.argv[1] == "shared"
+first = tokens(SessionConfig(threads=2, shared_pool=shared))
+later = tokens(SessionConfig(threads=2, shared_pool=False))  # after a shared pool: runs on it
+print(json.dumps({"first": first, "later": later}))
+"""
+
+
+def test_a_shared_thread_pool_gives_the_same_tokens() -> None:
+    """`SessionConfig(shared_pool=True)` (the default): every session of the process, later
+    ones opened without it too, runs on onnxruntime's one global pool, and a greedy turn on the tiny q4
+    model yields exactly the tokens it yields with a pool per session. In child processes:
+    the global pool is the process's for good."""
+    cached_model("tiny", "q4")  # built here, not in both children at once
+    runs = {}
+    for mode in ("shared", "own"):
+        child = subprocess.run(
+            [sys.executable, "-c", SHARED_POOL_CHILD, mode],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert child.returncode == 0, child.stderr[-2000:]
+        runs[mode] = json.loads(child.stdout.strip().splitlines()[-1])
+    shared, own = runs["shared"], runs["own"]
+    assert shared["first"][1] == [False, False] and shared["later"][1] == [False, False]
+    assert own["first"][1] == [True, True] and own["later"][1] == [True, True]
+    assert len(own["first"][0]) > 4
+    assert shared["first"][0] == own["first"][0] == shared["later"][0]

@@ -16,7 +16,7 @@ import pytest
 
 from models.cache import cached_model
 from satellite.engine.model import Model
-from satellite.engine.sessions import SessionConfig
+from satellite.engine.sessions import SessionConfig, plain_session_options
 from satellite.engine.tables import BlockTable, block_table
 from satellite.modeldir.onnxread import read_graph
 
@@ -24,7 +24,9 @@ from satellite.modeldir.onnxread import read_graph
 def run_graph(directory: Path, role: str, ids: np.ndarray) -> np.ndarray:
     model = Model.load(directory)
     path = directory / model.manifest.graphs[role].file
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(path), plain_session_options(), providers=["CPUExecutionProvider"]
+    )
     (name,) = [i.name for i in session.get_inputs()]
     (out,) = session.run(None, {name: ids[None, :]})
     return np.asarray(out[0])

@@ -34,6 +34,7 @@ from models.mimi import (
 from models.onnx_graph import ExternalData, GraphBuilder, save
 from satellite.engine.detokenize import CodeError, DetokenizerError, bind
 from satellite.engine.mimi import MimiDecoder, mimi_detokenizer
+from satellite.engine.sessions import plain_session_options
 from satellite.modeldir.manifest import read_manifest
 
 PARITY = 1e-4
@@ -109,7 +110,9 @@ def _session(out: Path, stem: str, build: Any, config: MimiConfig, weights: Any)
     model = build(GraphBuilder(stem, data), config, weights)
     data.close()
     save(model, out / f"{stem}.onnx")
-    return ort.InferenceSession(str(out / f"{stem}.onnx"), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        str(out / f"{stem}.onnx"), plain_session_options(), providers=["CPUExecutionProvider"]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -265,7 +268,9 @@ def test_lfm2_audio_model_directory(tmp_path: Path, oneshot: Any) -> None:
 
     def open_graph(role: str) -> tuple[Any, str]:
         path = out / read_manifest(out).graphs[role].file
-        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]), str(path)
+        return ort.InferenceSession(
+            str(path), plain_session_options(), providers=["CPUExecutionProvider"]
+        ), str(path)
 
     detok = mimi_detokenizer(manifest, open_graph)
     codes = _codes(2, 4)[0]

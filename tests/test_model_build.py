@@ -13,6 +13,7 @@ import torch
 from reference import TINY_SEED, tiny_reference
 
 from models.build import BuildError, build_model
+from satellite.engine.sessions import plain_session_options
 from satellite.modeldir.manifest import REQUIRED_CONFIG, read_manifest, sha256_file
 
 
@@ -24,7 +25,9 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def session(path: Path) -> ort.InferenceSession:
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        str(path), plain_session_options(), providers=["CPUExecutionProvider"]
+    )
 
 
 def test_manifest_describes_the_directory(model_dir: Path) -> None:

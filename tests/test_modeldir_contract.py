@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from satellite.engine.sessions import plain_session_options
 from satellite.modeldir.contract import ContractError, contract_for, match_role, session_specs
 from satellite.modeldir.manifest import TensorSpec
 from satellite.modeldir.onnxread import read_graph
@@ -49,7 +50,9 @@ def test_binding_feeds_a_real_session(tmp_path: Path) -> None:
     g.save(g.decoder(), path)
     info = read_graph(path)
     binding = match_role("decoder", info.inputs, info.outputs, g.CONFIG).binding
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(path), plain_session_options(), providers=["CPUExecutionProvider"]
+    )
     from_session = match_role("decoder", *session_specs(session), g.CONFIG)
     assert from_session.problems == ()
     assert from_session.binding == binding

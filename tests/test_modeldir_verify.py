@@ -16,6 +16,7 @@ import pytest
 from onnx import helper
 
 from satellite.cli import main
+from satellite.engine.sessions import plain_session_options
 from satellite.modeldir.manifest import read_manifest, sha256_file
 from satellite.modeldir.verify import Report, verify
 
@@ -322,7 +323,7 @@ def test_graphs_of_a_verified_directory_run(model_dir: Path) -> None:
     numpy = {"float32": np.float32, "int64": np.int64, "int32": np.int32}
     for entry in manifest.graphs.values():
         session = ort.InferenceSession(
-            str(model_dir / entry.file), providers=["CPUExecutionProvider"]
+            str(model_dir / entry.file), plain_session_options(), providers=["CPUExecutionProvider"]
         )
         feeds = {}
         for spec in entry.inputs:

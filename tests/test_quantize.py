@@ -40,6 +40,7 @@ from models.config import tiny
 from models.onnx_graph import ExternalData, GraphBuilder, save
 from models.quantize import MIN_TABLE_ROWS, VARIANT_SPECS, quantize_graphs
 from models.weights import Array, random_model_weights
+from satellite.engine.sessions import plain_session_options
 from satellite.modeldir.manifest import read_manifest
 from satellite.modeldir.verify import verify
 
@@ -87,7 +88,7 @@ def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def session(directory: Path, role: str) -> ort.InferenceSession:
-    options = ort.SessionOptions()
+    options = plain_session_options()
     options.intra_op_num_threads = 1
     file = read_manifest(directory).graphs[role].file
     return ort.InferenceSession(str(directory / file), options, providers=["CPUExecutionProvider"])
@@ -216,7 +217,7 @@ def test_text_logits_error(
     got = text_logits(
         session(dirs[variant], "embed_tokens"), session(dirs[variant], "decoder"), ids
     )
-    options = ort.SessionOptions()
+    options = plain_session_options()
     ref = rounded[variant]
     want = text_logits(
         ort.InferenceSession(str(ref / "embed_tokens.onnx"), options),
@@ -252,14 +253,14 @@ def test_layouts_are_exact_with_float_activations(
         suffix="_exact",
     )
     got = text_logits(
-        ort.InferenceSession(str(tmp_path / files["embed_tokens"])),
-        ort.InferenceSession(str(tmp_path / files["decoder"])),
+        ort.InferenceSession(str(tmp_path / files["embed_tokens"]), plain_session_options()),
+        ort.InferenceSession(str(tmp_path / files["decoder"]), plain_session_options()),
         ids,
     )
     ref = rounded[variant]
     want = text_logits(
-        ort.InferenceSession(str(ref / "embed_tokens.onnx")),
-        ort.InferenceSession(str(ref / "decoder.onnx")),
+        ort.InferenceSession(str(ref / "embed_tokens.onnx"), plain_session_options()),
+        ort.InferenceSession(str(ref / "decoder.onnx"), plain_session_options()),
         ids,
     )
     error = float(np.max(np.abs(got - want)))

@@ -24,7 +24,7 @@ from models.build import build_model
 from satellite.cli import main
 from satellite.engine.chat import Chat
 from satellite.engine.model import Model
-from satellite.engine.sessions import SessionConfig
+from satellite.engine.sessions import SessionConfig, plain_session_options
 from satellite.engine.tables import BlockTable
 from satellite.modeldir import repack
 from satellite.modeldir.catalog import catalog_path, find_entry, load_catalog
@@ -53,7 +53,9 @@ def optimized(published: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 def run_decoder(path: Path, embeds: np.ndarray, keep: int | None) -> dict[str, np.ndarray]:
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(path), plain_session_options(), providers=["CPUExecutionProvider"]
+    )
     feeds: dict[str, np.ndarray] = {}
     for i in session.get_inputs():
         if i.name == "inputs_embeds":

@@ -121,6 +121,11 @@ def add_bench_commands(commands: Any) -> None:
         help="onnxruntime: run without the CPU memory arenas (less memory, slower runs)",
     )
     engine.add_argument(
+        "--no-shared-pool",
+        action="store_true",
+        help="onnxruntime: one thread pool per session instead of one for all (slower; to compare)",
+    )
+    engine.add_argument(
         "--reference",
         action="store_true",
         help="also run the reference on the same weights (needs the export and test extras)",
@@ -292,6 +297,7 @@ def cmd_bench_engine(args: argparse.Namespace) -> int:
         prepack=not args.no_prepack,
         spinning=args.spinning,
         arena=not args.no_arena,
+        shared_pool=not args.no_shared_pool,
     )
     print(format_report(report))
     _save(args.json, report)

@@ -101,6 +101,7 @@ def measure_engine(settings: BenchSettings, samples: FloatArray) -> dict[str, An
         prepack=settings.prepack,
         spinning=settings.spinning,
         arena=settings.arena,
+        shared_pool=settings.shared_pool,
     )
     model = _timed_model_class().load(Path(settings.model), config)
     rss: dict[str, float] = {"before sessions": current_rss_mb()}
@@ -495,6 +496,7 @@ def bench_engine(
     prepack: bool = True,
     spinning: bool = False,
     arena: bool = True,
+    shared_pool: bool = True,
 ) -> dict[str, Any]:
     """Measure the engine on the model directory `model` (and the reference, when asked);
     returns the report (see `format_report`)."""
@@ -530,6 +532,7 @@ def bench_engine(
             prepack=prepack,
             spinning=spinning,
             arena=arena,
+            shared_pool=shared_pool,
             repeats=repeats,
             decoder_steps=decoder_steps,
             audio_seconds=audio_seconds,
@@ -606,7 +609,8 @@ def format_report(report: Mapping[str, Any]) -> str:
         f"  threads {report['settings']['threads'] or 'all'}, prepack "
         f"{'on' if report['settings']['prepack'] else 'off'}, spinning "
         f"{'on' if report['settings']['spinning'] else 'off'}, arena "
-        f"{'on' if report['settings'].get('arena', True) else 'off'}, {report['settings']['repeats']} "
+        f"{'on' if report['settings'].get('arena', True) else 'off'}, shared pool "
+        f"{'on' if report['settings'].get('shared_pool', False) else 'off'}, {report['settings']['repeats']} "
         f"repeats, providers {', '.join(engine['providers'])}; detokenizer: "
         f"{engine['detokenizer_backend']} ({engine['detokenizer_role']})",
         "",

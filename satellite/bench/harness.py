@@ -47,6 +47,8 @@ class BenchSettings:
     """onnxruntime: idle worker threads spin (`SessionConfig.spinning`)."""
     arena: bool = True
     """onnxruntime: CPU memory arena on (`SessionConfig.arena`)."""
+    shared_pool: bool = True
+    """onnxruntime: one thread pool for every session (`SessionConfig.shared_pool`)."""
     repeats: int = 5
     decoder_steps: int = 64
     depthformer_frames: int = 16

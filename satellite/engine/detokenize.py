@@ -38,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from satellite.engine.istft import HOP, StreamingIstft
+from satellite.engine.sessions import plain_session_options
 from satellite.errors import UserError
 from satellite.modeldir.contract import Binding, match_role, session_specs
 from satellite.modeldir.manifest import Manifest, read_manifest
@@ -535,7 +536,8 @@ def open_detokenizer(
     def open_graph(role: str) -> tuple[Any, str]:
         path = directory / manifest.graphs[role].file
         try:
-            session = ort.InferenceSession(str(path), session_options, providers=list(providers))
+            options = session_options or plain_session_options()
+            session = ort.InferenceSession(str(path), options, providers=list(providers))
         except Exception as err:  # onnxruntime raises its own untyped errors
             text = str(err).strip()
             raise DetokenizerError(

@@ -396,9 +396,12 @@ class _Checker:
             )
 
     def load(self, entry: GraphEntry, info: GraphInfo) -> None:
+        # deferred, as onnxruntime itself: the CLI and `model verify` without `--load` start without it
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
+        from satellite.engine.sessions import plain_session_options
+
+        options = plain_session_options()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         options.log_severity_level = 3
         try:
