@@ -88,20 +88,22 @@ def test_unknown_provider_is_named() -> None:
         resolve_providers(["tpu"], [CPU])
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_sessions_use_the_configured_threads(model_dir: Path, threads: int) -> None:
-    model = Model.load(model_dir, SessionConfig(threads=threads, optimization="basic"))
+def test_sessions_run_on_the_shared_pool(model_dir: Path) -> None:
+    """In this process, as in the daemon, onnxruntime has one global pool (conftest): every
+    session runs on it. The width of a session's own pool is tested in a child process
+    (`test_a_shared_thread_pool_gives_the_same_tokens`)."""
+    model = Model.load(model_dir, SessionConfig(threads=1, optimization="basic"))
     model.open(["decoder", "depthformer"])
     for role in ("decoder", "depthformer"):
         options = model.graph(role).session.get_session_options()
-        assert options.intra_op_num_threads == threads
+        assert not options.use_per_session_threads
+        assert options.intra_op_num_threads == 0  # set, onnxruntime would warn it is ignored
         assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         assert model.graph(role).session.get_providers() == [CPU]
 
 
 def test_session_options() -> None:
     options = session_options(SessionConfig(threads=3, prepack=False, spinning=False))
-    assert options.intra_op_num_threads == 3
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     assert options.get_session_config_entry("session.disable_prepacking") == "1"
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
@@ -268,9 +270,8 @@ def tokens(config):
             out.append(event.token)
         elif isinstance(event, AudioFrame):
             out.append([int(c) for c in event.codes])
-    own = [model.graph(r).session.get_session_options().use_per_session_threads
-           for r in ("decoder", "depthformer")]
-    return out, own
+    options = [model.graph(r).session.get_session_options() for r in ("decoder", "depthformer")]
+    return out, [o.use_per_session_threads for o in options], [o.intra_op_num_threads for o in options]
 
 shared = sys.argv[1] == "shared"
 first = tokens(SessionConfig(threads=2, shared_pool=shared))
@@ -285,7 +286,7 @@ def test_a_shared_thread_pool_gives_the_same_tokens() -> None:
     model yields exactly the tokens it yields with a pool per session. In child processes:
     the global pool is the process's for good."""
     cached_model("tiny", "q4")  # built here, not in both children at once
-    runs = {}
+    runs, runs_stderr = {}, {}
     for mode in ("shared", "own"):
         child = subprocess.run(
             [sys.executable, "-c", SHARED_POOL_CHILD, mode],
@@ -293,8 +294,12 @@ def test_a_shared_thread_pool_gives_the_same_tokens() -> None:
         )  # fmt: skip
         assert child.returncode == 0, child.stderr[-2000:]
         runs[mode] = json.loads(child.stdout.strip().splitlines()[-1])
+        runs_stderr[mode] = child.stderr
     shared, own = runs["shared"], runs["own"]
     assert shared["first"][1] == [False, False] and shared["later"][1] == [False, False]
+    assert shared["first"][2] == [0, 0]  # the pool's width is the process's, not the session's
     assert own["first"][1] == [True, True] and own["later"][1] == [True, True]
+    assert own["first"][2] == [2, 2]
+    assert "ignored when using a global thread pool" not in runs_stderr["shared"]
     assert len(own["first"][0]) > 4
     assert shared["first"][0] == own["first"][0] == shared["later"][0]

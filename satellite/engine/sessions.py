@@ -196,8 +196,9 @@ def session_options(config: SessionConfig) -> ort.SessionOptions:
     if config.shared_pool:
         use_shared_pool(config.threads)
     options = plain_session_options()
-    options.intra_op_num_threads = config.threads
-    options.inter_op_num_threads = 1
+    if options.use_per_session_threads:  # a shared pool's width is set once, for all
+        options.intra_op_num_threads = config.threads
+        options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = OPTIMIZATION_LEVELS[config.optimization]
     options.log_severity_level = 3  # errors only: onnxruntime's warnings are not the user's
