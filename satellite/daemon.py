@@ -692,7 +692,7 @@ class Daemon:
         queue: asyncio.Queue[Item] = asyncio.Queue()
         if self.done_sound is not None:
             queue.put_nowait(self._sound_at_output(self.done_sound))
-        playback = self._start_player("reply", queue)
+        playback = self._start_player("reply", queue, reply.chunk_seconds)
         self.audio_check.start_reply()
         blocked: str | None = None
         said = ""
@@ -878,14 +878,18 @@ class Daemon:
         self._playback = task = asyncio.create_task(coro)
         return task
 
-    def _start_player(self, kind: str, queue: asyncio.Queue[Item]) -> asyncio.Task[Any]:
-        """Play generated audio from `queue` (see `satellite.audio.player`)."""
+    def _start_player(
+        self, kind: str, queue: asyncio.Queue[Item], chunk: float = 0.0
+    ) -> asyncio.Task[Any]:
+        """Play generated audio from `queue`, which comes in chunks of up to `chunk` seconds
+        (see `satellite.audio.player`)."""
         assert self.responder is not None
         player = ReplyPlayer(
             self.backend,
             self.responder.sample_rate,
             self.pacer,
             at_most=self.settings.safety.max_reply_seconds,
+            chunk=chunk,
             jitter=self.playback_jitter,
         )
         return self._start_playback(kind, player.run(queue))

@@ -44,6 +44,7 @@ import numpy as np
 import numpy.typing as npt
 
 from satellite.engine.commands import FRAMES_PER_SECOND, VOICES
+from satellite.engine.framebatch import BATCH_FRAMES, FRAME_SECONDS
 from satellite.errors import UserError
 
 if TYPE_CHECKING:
@@ -117,12 +118,21 @@ ReplyEvent = ReplyText | ReplyAudio | ReplyDone
 class Reply:
     """One turn in progress: `async for event in reply` until ReplyDone; `cancel()` to stop."""
 
-    def __init__(self, requested: float) -> None:
+    def __init__(self, requested: float, batch: int = 1) -> None:
         self.requested = requested
+        self.batch = batch
+        """Frames per detokenizer call (`satellite.engine.framebatch`); the player's pacer
+        counts on chunks of that length."""
         self._queue: asyncio.Queue[ReplyEvent] = asyncio.Queue()
         self._loop = asyncio.get_running_loop()
         self._cancel = threading.Event()
         self.done: ReplyDone | None = None
+
+    @property
+    def chunk_seconds(self) -> float:
+        """Most audio the reply hands over at once when it decodes frames in batches (0: frame
+        by frame, chunks as they come)."""
+        return self.batch * FRAME_SECONDS if self.batch > 1 else 0.0
 
     @property
     def cancelled(self) -> bool:
@@ -147,16 +157,41 @@ class Reply:
 Step = tuple[Any, "FloatArray | None"]
 """A generation event and, for an audio frame, the detokenizer's samples (None: skipped)."""
 
+SLOW_RTF = 1.0
+"""A reply generated slower than this (wall seconds per audio second, after its first audio)
+makes the next reply decode its frames in batches (`satellite.engine.framebatch`)."""
+FAST_RTF = 0.75
+"""A batched reply generated faster than this makes the next one decode frame by frame again
+(below SLOW_RTF: batching itself lowers the rate, which must not switch it off at once)."""
 
-def _decoded(events: Iterator[Any], detokenizer: StreamingDetokenizer) -> Iterator[Step]:
-    """`events` of a turn with each audio frame's samples from the detokenizer."""
-    from satellite.engine.generation import AudioFrame
 
-    for event in events:
-        if isinstance(event, AudioFrame) and not event.end_of_audio:
-            yield event, detokenizer.push_generated(event.codes)
-        else:
-            yield event, None
+def _decoded(
+    events: Iterator[Any],
+    detokenizer: StreamingDetokenizer,
+    batch: int = 1,
+    limit: int | None = None,
+) -> Iterator[Step]:
+    """`events` of a turn with the audio frames' samples from the detokenizer, up to `batch`
+    frames a call, none past the `limit`-th (`satellite.engine.framebatch.decoded`)."""
+    from satellite.engine.framebatch import decoded
+
+    yield from decoded(events, detokenizer, batch, limit)
+
+
+def next_batch(batch: int, done: ReplyDone, most: int) -> int:
+    """Frames per detokenizer call for the reply after `done`, decoded `batch` at a time:
+    `most` once a reply is slower than real time, 1 again once one is comfortably faster."""
+    if done.reason == "cancelled" or done.engine_first_audio is None:
+        return batch
+    after_first = done.audio_seconds - FRAME_SECONDS
+    if after_first < 1.0:  # too short to tell
+        return batch
+    rtf = (done.engine_seconds - done.engine_first_audio) / after_first
+    if rtf > SLOW_RTF:
+        return most
+    if rtf < FAST_RTF:
+        return 1
+    return batch
 
 
 @dataclass
@@ -213,6 +248,9 @@ class Responder:
         """Of those, turns whose first audio was ready (held) before they were asked for."""
         self.busy_since: float | None = None
         """`time.monotonic()` when the worker took the turn in progress (None: idle)."""
+        self.batch = 1
+        """Frames per detokenizer call for the next reply: BATCH_FRAMES after a reply slower
+        than real time (see `next_batch`), else 1."""
 
     @classmethod
     def load(
@@ -274,7 +312,7 @@ class Responder:
         """Start a turn on `samples` (16 kHz mono float32) and return it at once. With
         `speculated`, the turn goes on from the last `speculate` (whose speech stands for
         `samples`) when that is still in place; otherwise it starts afresh."""
-        reply = Reply(time.monotonic())
+        reply = Reply(time.monotonic(), self.batch)
         audio = np.asarray(samples, np.float32)
         self._executor.submit(
             self._guarded,
@@ -324,7 +362,8 @@ class Responder:
         turns = chat.turns
         config = chat.generation_config("interleaved", max_new_tokens=self.max_new_tokens)
         turn = chat.turn(rest, config)
-        ahead = self._ahead = _Ahead(turn, _decoded(turn, detokenizer), [], rng_state, turns)
+        steps = _decoded(turn, detokenizer, self.batch, self.max_frames)
+        ahead = self._ahead = _Ahead(turn, steps, [], rng_state, turns)
         for step in ahead.steps:
             ahead.held.append(step)
             audio = step[1]
@@ -365,7 +404,7 @@ class Responder:
 
     def transcribe(self, samples: FloatArray) -> Reply:
         """Speech to text (the ASR prompt, greedy); `ReplyDone.text` is the transcript."""
-        reply = Reply(time.monotonic())
+        reply = Reply(time.monotonic(), self.batch)
         audio = np.asarray(samples, np.float32)
         self._executor.submit(
             self._guarded, reply, lambda start: self._transcribe(reply, audio, start)
@@ -462,7 +501,8 @@ class Responder:
         self, reply: Reply, samples: FloatArray, start: float, speculated: bool = False
     ) -> ReplyDone:
         from satellite.engine.chat import ContextReset, Speech, user_turn
-        from satellite.engine.generation import TEXT_END, AudioFrame, TextToken, TurnEnd
+        from satellite.engine.events import AudioFrame, TextToken, TurnEnd
+        from satellite.engine.generation import TEXT_END
 
         chat, detokenizer = self._chat, self._detokenizer
         assert chat is not None and detokenizer is not None
@@ -485,7 +525,7 @@ class Responder:
         else:
             config = chat.generation_config("interleaved", max_new_tokens=self.max_new_tokens)
             turn = chat.turn(parts, config)
-            steps = _decoded(turn, detokenizer)
+            steps = _decoded(turn, detokenizer, reply.batch, self.max_frames)
         reason: str = "max_new_tokens"
         pieces: list[str] = []
         frames = skipped = 0
@@ -534,7 +574,7 @@ class Responder:
                 samples_out += tail.size
                 reply.post(ReplyAudio(tail, time.monotonic()))
         end = time.monotonic()
-        return ReplyDone(
+        done = ReplyDone(
             reason=reason,  # type: ignore[arg-type]
             text="".join(pieces),
             frames=frames,
@@ -546,3 +586,11 @@ class Responder:
             engine_seconds=end - start,
             context_reset=reset,
         )
+        batch = next_batch(self.batch, done, BATCH_FRAMES)
+        if batch != self.batch:
+            _LOG.info(
+                "replies are made %s real time: the detokenizer now takes %d frame%s a call",
+                "slower than" if batch > 1 else "faster than", batch, "s" if batch > 1 else "",
+            )  # fmt: skip
+            self.batch = batch
+        return done

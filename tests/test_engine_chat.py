@@ -15,7 +15,7 @@ from models.config import tiny
 from models.tokenizer import build_tokenizer
 from satellite.engine.chat import Chat, ContextReset, Speech, system_prefix, user_turn
 from satellite.engine.decoder import ContextFullError
-from satellite.engine.generation import AudioFrame, TextToken, TurnEnd
+from satellite.engine.events import AudioFrame, TextToken, TurnEnd
 from satellite.engine.model import Model
 from satellite.engine.sampling import Sampling
 from satellite.engine.sessions import SessionConfig

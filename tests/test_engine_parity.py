@@ -33,7 +33,7 @@ from engine_support import (
 )
 
 from satellite.engine.chat import Chat, Speech
-from satellite.engine.generation import AudioFrame, TextToken, TurnEnd
+from satellite.engine.events import AudioFrame, TextToken, TurnEnd
 from satellite.engine.mel import LogMel
 from satellite.engine.model import Model
 from satellite.engine.sampling import Sampling

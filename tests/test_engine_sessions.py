@@ -199,7 +199,7 @@ def test_quantized_model_with_optional_decoder_inputs(tmp_path: Path) -> None:
     from models.build import build_model
     from satellite.engine.chat import Chat
     from satellite.engine.decoder import Decoder
-    from satellite.engine.generation import AudioFrame, TextToken, TurnEnd
+    from satellite.engine.events import AudioFrame, TextToken, TurnEnd
 
     build_model(tmp_path, size="tiny", variant="q4", seed=1)
     model = Model.load(tmp_path, SessionConfig(threads=1))
@@ -228,7 +228,7 @@ def test_without_the_arena_the_same_tokens_come_out() -> None:
     tiny q4 model yields exactly the tokens it yields with the arena."""
     from satellite.engine import malloc
     from satellite.engine.chat import Chat
-    from satellite.engine.generation import AudioFrame, TextToken
+    from satellite.engine.events import AudioFrame, TextToken
 
     options = session_options(SessionConfig(arena=False))
     assert options.enable_cpu_mem_arena is False
@@ -256,7 +256,7 @@ SHARED_POOL_CHILD = """
 import json, sys
 from models.cache import cached_model
 from satellite.engine.chat import Chat
-from satellite.engine.generation import AudioFrame, TextToken
+from satellite.engine.events import AudioFrame, TextToken
 from satellite.engine.model import Model
 from satellite.engine.sessions import SessionConfig
 

@@ -37,6 +37,7 @@ from satellite.bench.query import spoken_query
 from satellite.daemon import Daemon, TurnReport
 from satellite.demo import playback_summary
 from satellite.engine import costmodel
+from satellite.engine.events import AudioFrame
 from satellite.modeldir.manifest import read_manifest
 from satellite.settings import AudioSettings, HealthSettings, Settings
 from satellite.telemetry.health import HealthMonitor
@@ -44,7 +45,7 @@ from satellite.telemetry.stats import InterarrivalJitter
 from tests.satellite_support import daemon_settings, tiny_model
 
 RATES = (0.5, 1.5, 2.0, 3.0)
-REPLY_SECONDS = 2.0
+REPLY_SECONDS = 4.0
 FRAME = 0.08
 SLACK_SECONDS = 0.015
 """Absolute allowance on top of 10 %: where the least delay is 0, the first audio still has
@@ -53,8 +54,10 @@ time, so its least delay is one block (`lead_seconds`) longer than the arrivals'
 
 
 class Slowdown:
-    """Holds each audio frame the engine makes until the audio before it would have been
-    made at `rtf` (set between turns; changed mid-reply after `switch_after` frames)."""
+    """The engine made slow: holds each audio frame the model generates until the frames
+    before it would have been made at `rtf` (set between turns; changed mid-reply after
+    `switch_after` frames). The frames then go through the reply's own detokenizer batching,
+    so a slow reply's audio arrives in batches as it would from a slow engine."""
 
     def __init__(self) -> None:
         self.rtf = 1.0
@@ -64,24 +67,33 @@ class Slowdown:
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         decoded = reply_module._decoded
 
-        def slowed(events: Iterator[Any], detokenizer: Any) -> Iterator[Any]:
-            due: float | None = None
-            frames = 0
-            for event, audio in decoded(events, detokenizer):
-                if audio is not None and audio.size:
-                    now = time.monotonic()
-                    if due is None:
-                        due = now
-                    elif due > now:
-                        time.sleep(due - now)
-                    frames += 1
-                    rtf = self.rtf
-                    if self.later_rtf is not None and frames > self.switch_after:
-                        rtf = self.later_rtf
-                    due += rtf * audio.size / detokenizer.sample_rate
-                yield event, audio
+        def slowed(
+            events: Iterator[Any], detokenizer: Any, batch: int = 1, limit: int | None = None
+        ) -> Iterator[Any]:
+            return decoded(self._paced(events, detokenizer), detokenizer, batch, limit)
 
         monkeypatch.setattr(reply_module, "_decoded", slowed)
+
+    def _paced(self, events: Iterator[Any], detokenizer: Any) -> Iterator[Any]:
+        due: float | None = None
+        frames = 0
+        for event in events:
+            if (
+                isinstance(event, AudioFrame)
+                and not event.end_of_audio
+                and detokenizer.decodable(event.codes)
+            ):
+                now = time.monotonic()
+                if due is None:
+                    due = now
+                elif due > now:
+                    time.sleep(due - now)
+                frames += 1
+                rtf = self.rtf
+                if self.later_rtf is not None and frames > self.switch_after:
+                    rtf = self.later_rtf
+                due += rtf * FRAME
+            yield event
 
 
 @pytest.fixture
@@ -282,6 +294,31 @@ def test_the_start_is_the_least_that_keeps_up_plus_the_margin(rtf: float) -> Non
     # the start never moves later as frames arrive at the expected pace
     assert all(b <= a + 1e-9 for a, b in itertools.pairwise(starts))
     assert starts[-1] == -np.inf  # every frame of the bound is in: nothing left to wait for
+
+
+@pytest.mark.parametrize("rtf", [1.2, 2.0])
+def test_batched_audio_keeps_up_from_the_least_start_plus_the_margin(rtf: float) -> None:
+    """Frames decoded in batches (`satellite.engine.framebatch`): chunks of 1, 2, then 4
+    frames, each arriving when its last frame is made. The rate is read off the chunks
+    whatever their lengths, and the start the pacer gives plays every chunk in time, within
+    the margin of the least start that does."""
+    pacer = Pacer()
+    pacer.last_rtf = rtf
+    sizes = [1, 2] + [4] * 10 + [3]
+    total = sum(sizes) * FRAME
+    pacer.begin(at_most=total, chunk=4 * FRAME)
+    arrivals: list[tuple[float, float]] = []
+    made = 0
+    starts = []
+    for size in sizes:
+        made += size
+        arrivals.append((100.0 + made * FRAME * rtf, size * FRAME))
+        pacer.arrived(*arrivals[-1])
+        starts.append(pacer.start_time(0.0))
+    assert pacer.rtf() == pytest.approx(rtf)
+    least = 100.0 + FRAME * rtf + least_start_delay(arrivals)
+    first_start = starts[1]  # the rate is the reply's own from the second chunk on
+    assert least - 1e-9 <= first_start <= least + (total * MARGIN + CUSHION_SECONDS) * rtf
 
 
 def test_a_fast_engine_starts_at_once_and_an_unknown_one_waits_for_its_rate() -> None:

@@ -7,13 +7,17 @@ audio), playing the first chunk at once runs the speaker dry again and again: a 
 and the reply's expected length, and answers one question: from what time on may the audio
 from position `committed` play, so that every chunk still to come arrives before its turn?
 
-With the last arrival at time `a` and position `p`, and `x` seconds of audio expected after
-it, a chunk at position `p + y` is expected at `a + y * rtf` and plays at
-`start + p + y - committed`, so (worst at `y = x` when `rtf > 1`):
+With the last arrival at time `a`, the audio up to position `e` in, `x` seconds expected
+after it, and chunks of at most `b` seconds (`b`: the longest chunk of the reply so far, or
+the engine's batch when it decodes several frames a call, `satellite.engine.framebatch`),
+the chunk that ends at `e + y` is expected at `a + y * rtf`, and its start, `e + y - b`
+at the latest, plays at `start + e + y - b - committed`; so (worst at `y = x` when
+`rtf > 1`):
 
-    start >= committed + a - p + x * (rtf - 1) * (1 + MARGIN) + CUSHION + lead
+    start >= committed + a - e + b + x * (rtf - 1) * (1 + MARGIN) + CUSHION + lead
 
-and with `rtf <= 1` `start >= committed + a - p + lead`, which is soon past: play at once.
+and with `rtf <= 1` `start >= committed + a - e + b + lead`, which is soon past: play at
+once.
 MARGIN covers a rate that drifts; CUSHION the hop from the engine's thread to the speaker;
 `lead` is how far ahead of the sound the backend takes audio (a sound card's callback takes
 a block at a time). With nothing left to come, any time will do.
@@ -84,11 +88,14 @@ class Pacer:
         self._estimate_passed = False
         self._generated = 0.0
         self._held_from: int | None = None
+        self._chunk = 0.0
 
-    def begin(self, at_most: float | None = None) -> None:
-        """A new reply, at most `at_most` seconds long (None: no bound known)."""
+    def begin(self, at_most: float | None = None, chunk: float = 0.0) -> None:
+        """A new reply, at most `at_most` seconds long (None: no bound known), whose audio
+        comes in chunks of up to `chunk` seconds (0: as long as the longest that arrives)."""
         self._arrivals = []
         self._at_most = math.inf if at_most is None else at_most
+        self._chunk = chunk
         self._chars = 0
         self._text_complete = False
         self._estimate_passed = False
@@ -101,6 +108,7 @@ class Pacer:
             return
         if self._generated + seconds > self._estimate() + 1e-9:
             self._estimate_passed = True
+        self._chunk = max(self._chunk, seconds)
         self._arrivals.append(Arrival(time, self._generated, seconds))
         self._generated += seconds
 
@@ -173,8 +181,9 @@ class Pacer:
         if not self._arrivals:
             return math.inf
         last = self._arrivals[-1]
-        base = committed + last.time - last.position
-        to_come = self.expected() - last.position - last.seconds
+        end = last.position + last.seconds
+        base = committed + last.time - end + self._chunk
+        to_come = self.expected() - end
         if to_come <= 1e-9:
             return -math.inf
         rtf = self.rtf()
@@ -187,8 +196,10 @@ class Pacer:
 
 
 def _rate(first: Arrival, last: Arrival) -> float | None:
-    """Wall seconds per audio second from `first` to `last` (None: no audio between)."""
-    spent = last.position - first.position
+    """Wall seconds per audio second from `first` to `last` (None: no audio between): the
+    audio made in between is what ends between their ends (the chunks after `first`, `last`
+    included), whatever their lengths."""
+    spent = (last.position + last.seconds) - (first.position + first.seconds)
     return (last.time - first.time) / spent if spent > 0 else None
 
 

@@ -92,12 +92,15 @@ class ReplyPlayer:
         pacer: Pacer,
         *,
         at_most: float | None = None,
+        chunk: float = 0.0,
         jitter: InterarrivalJitter | None = None,
     ) -> None:
         self.backend = backend
         self.rate = rate
         self.pacer = pacer
         self.at_most = at_most
+        self.chunk = chunk
+        """Seconds of audio the engine hands over at a time, at most (0: as they come)."""
         self.jitter = jitter
         self.report = PlaybackReport()
         self._pending: list[FloatArray] = []
@@ -109,7 +112,7 @@ class ReplyPlayer:
 
     async def run(self, queue: asyncio.Queue[Item]) -> PlaybackReport:
         """Play the queue's items until None, then wait until the speaker has played them."""
-        self.pacer.begin(self.at_most)
+        self.pacer.begin(self.at_most, self.chunk)
         if self.jitter is not None:
             self.jitter.restart()
         before = self.backend.stats()

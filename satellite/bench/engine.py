@@ -60,6 +60,7 @@ from satellite.bench.harness import (
 )
 from satellite.bench.query import INPUT_RATE, PromptIds, prompt_ids, spoken_query
 from satellite.bench.system import current_rss_mb, memory_bandwidth, peak_rss_mb
+from satellite.engine.framebatch import BATCH_FRAMES, decoded
 
 
 def _timed_model_class() -> type[Any]:
@@ -334,11 +335,33 @@ def _measure_real_time_factor(
     detok_role: str,
     figures: dict[str, Any],
 ) -> None:
-    """One interleaved turn (system prompt run beforehand) until `audio_seconds` of audio
-    are out of the detokenizer. `rtf`: from the first text token (the prompt done) to then,
-    per second of audio; `rtf_with_prompt`: from the utterance handed over."""
+    """Interleaved turns (system prompt run beforehand) until `audio_seconds` of audio are
+    out of the detokenizer: one decoding frame by frame (`rtf`, the figures beside it), one
+    decoding in batches as the daemon does for replies slower than real time
+    (`rtf_batched`, `satellite.engine.framebatch`). A real-time factor: from the first text
+    token (the prompt done) to then, per second of audio; `rtf_with_prompt`: from the
+    utterance handed over."""
+    one = _real_time_turn(model, detokenizer, settings, prompt, samples, detok_role, 1)
+    batched = _real_time_turn(
+        model, detokenizer, settings, prompt, samples, detok_role, BATCH_FRAMES
+    )
+    figures.update(one)
+    figures["rtf_batched"] = batched["rtf"]
+    figures["rtf_batched_frames"] = BATCH_FRAMES
+    figures["rtf_batched_seconds_in"] = batched["rtf_seconds_in"]
+
+
+def _real_time_turn(
+    model: Any,
+    detokenizer: Any,
+    settings: BenchSettings,
+    prompt: PromptIds,
+    samples: FloatArray,
+    detok_role: str,
+    batch: int,
+) -> dict[str, Any]:
     from satellite.engine.chat import Chat
-    from satellite.engine.generation import AudioFrame, TextToken, TurnEnd
+    from satellite.engine.events import AudioFrame, TextToken, TurnEnd
 
     chat = Chat(model, prefix=[list(prompt.system)], turn_end=prompt.turn_end, seed=settings.seed)
     config = chat.generation_config("interleaved", max_new_tokens=settings.max_new_tokens)
@@ -349,13 +372,12 @@ def _measure_real_time_factor(
     t0 = time.monotonic()
     turn = chat.turn(_user_turn(prompt, samples), config)
     try:
-        for event in turn:
+        for event, audio in decoded(turn, detokenizer, batch):
             if isinstance(event, TextToken):
                 texts += 1
                 first_text = event.time if first_text is None else first_text
-            elif isinstance(event, AudioFrame):
+            elif isinstance(event, AudioFrame) and not event.end_of_audio:
                 frames += 1
-                audio = _push(detokenizer, event.codes)
                 skipped += audio is None
                 produced += 0 if audio is None else audio.size
                 if produced >= target:
@@ -370,19 +392,21 @@ def _measure_real_time_factor(
     if produced == 0 or first_text is None:
         raise BenchError("the interleaved turn produced no audio: no real-time factor")
     audio_s = produced / OUTPUT_RATE
-    figures["rtf"] = round((t_end - first_text) / audio_s, 4)
-    figures["rtf_with_prompt"] = round((t_end - t0) / audio_s, 4)
-    figures["rtf_audio_seconds"] = round(audio_s, 3)
-    figures["rtf_text_tokens"] = texts
-    figures["rtf_audio_frames"] = frames
-    figures["rtf_frames_not_decodable"] = skipped
     spent = {r: t.seconds - run_before[r] for r, t in model.timers.items()}
-    figures["rtf_seconds_in"] = {
-        "decoder": round(spent.get("decoder", 0.0), 4),
-        "depthformer": round(spent.get("depthformer", 0.0), 4),
-        "detokenizer": round(spent.get(detok_role, 0.0), 4),
-        "encoder": round(spent.get("audio_encoder", 0.0), 4),
-        "total": round(t_end - t0, 4),
+    return {
+        "rtf": round((t_end - first_text) / audio_s, 4),
+        "rtf_with_prompt": round((t_end - t0) / audio_s, 4),
+        "rtf_audio_seconds": round(audio_s, 3),
+        "rtf_text_tokens": texts,
+        "rtf_audio_frames": frames,
+        "rtf_frames_not_decodable": skipped,
+        "rtf_seconds_in": {
+            "decoder": round(spent.get("decoder", 0.0), 4),
+            "depthformer": round(spent.get("depthformer", 0.0), 4),
+            "detokenizer": round(spent.get(detok_role, 0.0), 4),
+            "encoder": round(spent.get("audio_encoder", 0.0), 4),
+            "total": round(t_end - t0, 4),
+        },
     }
 
 
@@ -406,7 +430,7 @@ END_OF_AUDIO = 2048
 
 def _first_audio(events: Iterator[Any], detokenizer: Any) -> FirstAudio:
     """Run a turn until the detokenizer gives its first samples; closes the turn there."""
-    from satellite.engine.generation import AudioFrame, TextToken
+    from satellite.engine.events import AudioFrame, TextToken
 
     t0 = time.monotonic()
     first_text = first_frame = None
@@ -468,6 +492,7 @@ COMPARED = (
     ("ttfa_ms", "TTFA, system prompt cached (ms)"),
     ("ttfa_cold_ms", "TTFA, cold (ms)"),
     ("rtf", "real-time factor"),
+    ("rtf_batched", "  detokenizer in batches"),
     ("peak_rss_mb", "peak RSS (MB)"),
 )
 """Figures printed side by side: key, label."""
@@ -643,7 +668,9 @@ def format_report(report: Mapping[str, Any]) -> str:
         f"{engine['text_tokens_before_audio']} text tokens, detokenizer "
         f"{_number(engine['ttfa_detokenizer_ms'])} ms",
         f"  RTF {_number(engine['rtf'])} over {engine['rtf_audio_seconds']} s of audio "
-        f"({_number(engine['rtf_with_prompt'])} with encoder and prefill)",
+        f"({_number(engine['rtf_with_prompt'])} with encoder and prefill); with the "
+        f"detokenizer taking {engine.get('rtf_batched_frames', '-')} frames a call "
+        f"{_number(engine.get('rtf_batched'))}",
         "  RSS at load (MB): "
         + ", ".join(f"{k} {_number(v)}" for k, v in engine["rss_at_load_mb"].items()),
         f"  peak RSS {_number(engine['peak_rss_mb'])} MB (after loading "

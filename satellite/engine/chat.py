@@ -28,7 +28,8 @@ import numpy.typing as npt
 from satellite.engine.decoder import DEFAULT_CHUNK, ContextFullError, Decoder, DecoderState
 from satellite.engine.depthformer import Depthformer
 from satellite.engine.encoder import AudioEncoder
-from satellite.engine.generation import Event, GenerationConfig, Mode, generate
+from satellite.engine.events import Event
+from satellite.engine.generation import GenerationConfig, Mode, generate
 from satellite.engine.model import FloatArray, Model
 from satellite.engine.sampling import (
     INTERLEAVED_AUDIO,

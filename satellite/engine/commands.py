@@ -456,7 +456,8 @@ def transcribe_one(
     `stop` is asked before each token and ends the turn early (reason `cancelled`).
     `samples` may also be the utterance already encoded (`Embeds`)."""
     from satellite.engine.chat import Embeds, Speech, user_turn
-    from satellite.engine.generation import AUDIO_START, AudioFrame, TextToken, TurnEnd
+    from satellite.engine.events import AudioFrame, TextToken, TurnEnd
+    from satellite.engine.generation import AUDIO_START
 
     chat.reset()
     config = chat.generation_config("sequential", max_new_tokens=max_tokens)
@@ -609,7 +610,8 @@ class AudioOut:
 
 def cmd_speak(args: argparse.Namespace) -> int:
     from satellite.engine.chat import Chat, system_prefix, user_turn
-    from satellite.engine.generation import AUDIO_START, AudioFrame, TextToken, TurnEnd
+    from satellite.engine.events import AudioFrame, TextToken, TurnEnd
+    from satellite.engine.generation import AUDIO_START
     from satellite.engine.template import SPECIAL_TOKENS, tts_prompt
     from satellite.engine.tts import SPEAK_TEXT_ALLOWANCE
 
@@ -695,7 +697,7 @@ def cmd_speak(args: argparse.Namespace) -> int:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     from satellite.engine.chat import Chat, Speech, system_prefix, user_turn
-    from satellite.engine.generation import AudioFrame, TextToken, TurnEnd
+    from satellite.engine.events import AudioFrame, TextToken, TurnEnd
     from satellite.engine.template import INTERLEAVED_PROMPT
 
     source: Path = args.input

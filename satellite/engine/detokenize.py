@@ -389,9 +389,13 @@ class StreamingDetokenizer:
         """One frame as the model generated it: its samples, or None for a frame holding a
         code this detokenizer cannot decode (2048 outside codebook 0: random models make
         them, trained ones do not), which the caller skips and counts, never clamps."""
-        if any(not 0 <= c < self.codebook_size for c in codes):
+        if not self.decodable(codes):
             return None
         return self.push(np.asarray(codes, dtype=np.int64))
+
+    def decodable(self, codes: Sequence[int]) -> bool:
+        """Whether `push_generated` takes this frame (every code within the codebook)."""
+        return all(0 <= c < self.codebook_size for c in codes)
 
     def finish(self) -> FloatArray:
         """The last samples of the stream; the next `push` starts a new stream."""

@@ -32,6 +32,7 @@ from typing import Literal
 
 from satellite.engine.decoder import ContextFullError, Decoder
 from satellite.engine.depthformer import Depthformer
+from satellite.engine.events import AudioFrame, Event, StopReason, TextToken, TurnEnd
 from satellite.engine.model import Embeddings
 from satellite.engine.sampling import GREEDY, INTERLEAVED_AUDIO, Sampler, Sampling
 from satellite.engine.textstream import TextStream
@@ -43,46 +44,6 @@ AUDIO_START = 128
 TEXT_END = 130
 
 Mode = Literal["sequential", "interleaved"]
-StopReason = Literal["end_of_turn", "max_new_tokens", "context_full"]
-
-
-@dataclass(frozen=True)
-class TextToken:
-    """One text token of the reply."""
-
-    token: int
-    text: str
-    """Its decoded text as far as it is complete (empty for special tokens, for the first
-    bytes of a character split over tokens, and without a tokenizer)."""
-    time: float
-
-
-@dataclass(frozen=True)
-class AudioFrame:
-    """One audio frame: a code per codebook (80 ms of audio)."""
-
-    codes: tuple[int, ...]
-    time: float
-    end_of_audio: bool = False
-    """The end-of-audio frame (all codes 2048): not audio, it closes an audio run."""
-
-
-@dataclass(frozen=True)
-class TurnEnd:
-    """The last event of every turn."""
-
-    reason: StopReason
-    text_tokens: int
-    audio_frames: int
-    """Frames yielded, end-of-audio frames included."""
-    steps: int
-    """Decoder runs (the prompt's included)."""
-    context_used: int
-    """Positions in the decoder's cache (plus those queued) when the turn ended."""
-    time: float
-
-
-Event = TextToken | AudioFrame | TurnEnd
 
 
 @dataclass(frozen=True)

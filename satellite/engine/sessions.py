@@ -153,6 +153,8 @@ def resolve_providers(
 
 
 _shared_pool_threads: int | None = None
+_widths_refused: set[int] = set()
+"""Widths asked for after the pool had another (each warned of once)."""
 
 
 def use_shared_pool(threads: int) -> bool:
@@ -167,13 +169,15 @@ def use_shared_pool(threads: int) -> bool:
             _LOG.warning("onnxruntime: no shared thread pool (%s); one pool per session", err)
             return False
         _shared_pool_threads = threads
-    if _shared_pool_threads != threads:
+    if _shared_pool_threads == threads:
+        return True
+    if threads not in _widths_refused:
+        _widths_refused.add(threads)
         _LOG.warning(
-            "onnxruntime: the shared thread pool has %d threads already, not %d; the session "
-            "runs on it", _shared_pool_threads, threads,
+            "onnxruntime: the shared thread pool has %d threads already, not %d; sessions "
+            "run on it", _shared_pool_threads, threads,
         )  # fmt: skip
-        return False
-    return True
+    return False
 
 
 def plain_session_options() -> ort.SessionOptions:

@@ -53,7 +53,8 @@ class SpeechStream:
 
     def __iter__(self) -> Iterator[FloatArray]:
         from satellite.engine.chat import user_turn
-        from satellite.engine.generation import AUDIO_START, AudioFrame, TextToken, TurnEnd
+        from satellite.engine.events import AudioFrame, TextToken, TurnEnd
+        from satellite.engine.generation import AUDIO_START
 
         chat, detokenizer = self.chat, self.detokenizer
         chat.reset()

@@ -164,7 +164,8 @@ class ServiceEngine:
 
     def converse(self, conversation: Conversation, text: str, job: Job) -> None:
         from satellite.engine.chat import Chat, system_prefix, user_turn
-        from satellite.engine.generation import TEXT_END, TextToken, TurnEnd
+        from satellite.engine.events import TextToken, TurnEnd
+        from satellite.engine.generation import TEXT_END
         from satellite.engine.template import INTERLEAVED_PROMPT
 
         if conversation.chat is None:
