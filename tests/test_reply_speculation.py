@@ -93,7 +93,7 @@ async def test_a_speculation_that_fails_is_undone(monkeypatch: pytest.MonkeyPatc
     want = await said(plain.reply(question))
     plain.close()
 
-    original = StreamingDetokenizer.push_generated
+    original = StreamingDetokenizer.push
     failures: list[int] = []
 
     def fails_once(self: StreamingDetokenizer, codes: Any) -> Any:
@@ -102,7 +102,7 @@ async def test_a_speculation_that_fails_is_undone(monkeypatch: pytest.MonkeyPatc
             raise RuntimeError("injected")
         return original(self, codes)
 
-    monkeypatch.setattr(StreamingDetokenizer, "push_generated", fails_once)
+    monkeypatch.setattr(StreamingDetokenizer, "push", fails_once)
     r = responder()
     r.speculate(question)
     got = await said(r.reply(question, speculated=True))
