@@ -81,6 +81,7 @@ from satellite.audio.wake import Detection as WakeDetection
 from satellite.audio.wake import WakeWordDetector
 from satellite.controls import Controls, ControlStore, default_state_file
 from satellite.engine import costmodel
+from satellite.engine.framebatch import BATCH_FRAMES
 from satellite.mqtt.devices import Entity, load_allowlist, tool_list
 from satellite.reply import ReplyAudio, ReplyDone, ReplyText, Responder
 from satellite.safety.audio import AudioCheck
@@ -388,6 +389,11 @@ class Daemon:
         await self.responder.prepare()
         _LOG.info("model ready in %.1f s", time.monotonic() - loaded)
         self.expected_rtf = self._expected_speed(bandwidth)
+        if self.expected_rtf is not None and self.expected_rtf > 1.0:
+            # a slow machine's first reply: held for the rate the cost model foresees (not
+            # started on its fast first frames) and decoded in batches, like those after it
+            self.pacer.last_rtf = self.pacer.last_rtf or self.expected_rtf
+            self.responder.batch = BATCH_FRAMES
         await self.backend.start()
         await self.server.start()
         if self.settings.wyoming.zeroconf:

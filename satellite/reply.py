@@ -130,9 +130,10 @@ class Reply:
 
     @property
     def chunk_seconds(self) -> float:
-        """Most audio the reply hands over at once when it decodes frames in batches (0: frame
-        by frame, chunks as they come)."""
-        return self.batch * FRAME_SECONDS if self.batch > 1 else 0.0
+        """Most audio the reply hands over at once: a batch of frames (one frame when it
+        decodes them one by one; the first chunk of a reply is shorter, by the streaming
+        ISTFT's lag)."""
+        return self.batch * FRAME_SECONDS
 
     @property
     def cancelled(self) -> bool:

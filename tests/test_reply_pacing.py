@@ -38,6 +38,7 @@ from satellite.daemon import Daemon, TurnReport
 from satellite.demo import playback_summary
 from satellite.engine import costmodel
 from satellite.engine.events import AudioFrame
+from satellite.engine.framebatch import BATCH_FRAMES
 from satellite.modeldir.manifest import read_manifest
 from satellite.settings import AudioSettings, HealthSettings, Settings
 from satellite.telemetry.health import HealthMonitor
@@ -321,6 +322,34 @@ def test_batched_audio_keeps_up_from_the_least_start_plus_the_margin(rtf: float)
     assert least - 1e-9 <= first_start <= least + (total * MARGIN + CUSHION_SECONDS) * rtf
 
 
+MEASURED_REPLY = [
+    (0.0, 0.06), (0.116, 0.16), (0.359, 0.32), (0.614, 0.32), (1.082, 0.32), (1.35, 0.32),
+    (1.618, 0.32), (2.123, 0.32), (2.437, 0.32), (2.729, 0.32), (3.167, 0.24), (3.167, 0.02),
+]  # fmt: skip
+"""A reply's chunks (time after the first, seconds) as the full-size q4 model made them on an
+AMD EPYC, 2 threads (`bench turns --pause 0.6 --reply-seconds 3`, batched decoding): its first
+chunks come faster than the rest, which have a text run between audio runs."""
+
+
+def test_a_reply_whose_first_chunks_come_fast_still_plays_through() -> None:
+    """The pacer foresees the end from every chunk so far, not only the last: after the first
+    fast chunks of such a reply the least start is still met (with the rate foreseen from the
+    last chunk alone it started 46 ms too early and ran dry)."""
+    pacer = Pacer()
+    for arrival in MEASURED_REPLY:
+        pacer.arrived(*arrival)
+    pacer.finished()
+    pacer.begin(at_most=3.0, chunk=4 * FRAME)
+    least = least_start_delay(MEASURED_REPLY)
+    for time_, seconds in MEASURED_REPLY:
+        pacer.arrived(time_, seconds)
+        start = pacer.start_time(0.0)
+        if start <= time_:  # the player starts on this chunk
+            break
+    assert start >= least, f"started at {start:.3f} s, the least that plays through: {least:.3f}"
+    assert start <= least * 1.35
+
+
 def test_a_fast_engine_starts_at_once_and_an_unknown_one_waits_for_its_rate() -> None:
     pacer = Pacer()
     pacer.begin(at_most=30.0)
@@ -328,13 +357,43 @@ def test_a_fast_engine_starts_at_once_and_an_unknown_one_waits_for_its_rate() ->
     assert pacer.start_time(0.0) == np.inf  # one arrival, no earlier reply: rate unknown
     pacer.arrived(10.04, FRAME)
     assert pacer.rtf() == pytest.approx(0.5)
-    assert pacer.start_time(0.0) == pytest.approx(10.0 - 0.0 + 0.04 - FRAME)  # in the past
-    assert pacer.start_time(0.0, lead=0.02) == pytest.approx(10.04 - FRAME + 0.02)
+    # the audio in ends 2 frames after the first arrival, the next frame comes 0.5 of a
+    # frame after the last: in the past
+    assert pacer.start_time(0.0) == pytest.approx(10.04 - 2 * FRAME + 0.5 * FRAME)
+    assert pacer.start_time(0.0, lead=0.02) == pytest.approx(10.04 - 1.5 * FRAME + 0.02)
     pacer.finished()
     assert pacer.last_rtf == pytest.approx(0.5) and pacer.start_time(0.0) == -np.inf
     pacer.begin(at_most=30.0)
     pacer.arrived(20.0, FRAME)
-    assert pacer.start_time(0.0) == pytest.approx(20.0)  # the last reply's rate: at once
+    assert pacer.start_time(0.0) == pytest.approx(20.0 - 0.5 * FRAME)  # last rate: at once
+
+
+def test_a_reply_near_real_time_starts_late_enough_for_its_slowest_frames() -> None:
+    """An engine that keeps up on average (rate 0.95) but makes some frames slower than
+    others: the next reply starts later by the worst lateness the pacer saw, and so plays
+    through the same unevenness without a break; an even engine's reply starts at once."""
+    pacer = Pacer()
+    times = [0.0]
+    for index in range(1, 13):  # every fourth frame 40 ms slower than the rest
+        times.append(times[-1] + FRAME * 0.95 + (0.04 if index % 4 == 1 else -0.04 / 3))
+    arrivals = [(100.0 + t, FRAME) for t in times]
+    for arrival in arrivals:
+        pacer.arrived(*arrival)
+    pacer.finished()
+    late = pacer.lateness[-1]
+    assert 0.03 < late < 0.08
+    pacer.begin(at_most=30.0, chunk=FRAME)
+    pacer.arrived(*arrivals[0])
+    start = pacer.start_time(0.0)
+    assert start - 100.0 >= least_start_delay(arrivals) - 1e-9  # no break
+    assert start - 100.0 == pytest.approx(late + FRAME * pacer.rtf() - FRAME)
+    even = Pacer()
+    for index in range(13):
+        even.arrived(100.0 + index * FRAME * 0.95, FRAME)
+    even.finished()
+    even.begin(at_most=30.0, chunk=FRAME)
+    even.arrived(200.0, FRAME)
+    assert even.start_time(0.0) < 200.0  # at once
 
 
 def test_the_expected_length_comes_from_the_text_then_the_last_replies_then_the_bound() -> None:
@@ -498,11 +557,15 @@ async def test_a_slow_machine_is_told_at_start_and_after_a_slow_reply(
             started = caplog.text
             assert "expected real-time factor" in started
             assert "each reply waits before it plays" in started
+            # the first reply is held for the foreseen rate and decoded in batches
+            assert daemon.pacer.last_rtf == pytest.approx(2.0)
+            assert daemon.responder is not None and daemon.responder.batch == BATCH_FRAMES
             slowdown.rtf = 1.5
-            await daemon.answer(_question())
+            turn = await daemon.answer(_question())
         finally:
             await daemon.close()
     assert "measured: this machine makes speech at 1." in caplog.text  # about 1.5
+    assert turn.underruns == 0 and turn.holds == 0
 
 
 def test_bench_boards_prints_every_board_class(tmp_path: Path) -> None:

@@ -14,10 +14,18 @@ the chunk that ends at `e + y` is expected at `a + y * rtf`, and its start, `e +
 at the latest, plays at `start + e + y - b - committed`; so (worst at `y = x` when
 `rtf > 1`):
 
-    start >= committed + a - e + b + x * (rtf - 1) * (1 + MARGIN) + CUSHION + lead
+    start >= committed + a - e + b + x * (rtf - 1) * (1 + MARGIN) + CUSHION + lead + late
 
-and with `rtf <= 1` `start >= committed + a - e + b + lead`, which is soon past: play at
-once.
+(and never before `committed + a - e + b * rtf`, for the next chunk), and with `rtf <= 1`
+`start >= committed + a - e + b * rtf + lead + late`, which is soon past: play at once.
+With `rtf > 1` the first bound is taken from every chunk so far, not only the last, and the
+latest wins: the first chunks of an interleaved reply come faster than the rest (no text run
+among them yet), and foreseen from those alone the end came 46 ms after the start allowed
+(measured on the full-size model, `tests/test_reply_pacing.py`). `late` is how far the last
+replies' chunks came behind their steady rate at worst (an engine near real time makes some
+frames slower than others: without it, a reply it keeps up with on average still ran dry
+now and then); it counts for a start or a resume, not while playing, when what the speaker
+holds is that room.
 MARGIN covers a rate that drifts; CUSHION the hop from the engine's thread to the speaker;
 `lead` is how far ahead of the sound the backend takes audio (a sound card's callback takes
 a block at a time). With nothing left to come, any time will do.
@@ -28,9 +36,11 @@ a block at a time). With nothing left to come, any time will do.
   reply so far (a window that begins at a late chunk, one the engine was slow to make
   before it caught up, sees the rate too low; the whole reply dilutes that); while the
   player holds (`hold`), never below the rate since the hold began, so that it resumes
-  once; early in a reply, never below the previous reply's rate (the first chunks of an interleaved reply come faster than its average: the
-  text runs between them have not happened yet). With one arrival and no earlier reply the
-  rate is unknown and nothing starts until the second arrival (or the end).
+  once; early in a reply, never below the previous reply's rate (the first chunks of an
+  interleaved reply come faster than its average: the text runs between them have not
+  happened yet). With one arrival and no earlier reply the rate is unknown and nothing
+  starts until the second arrival (or the end); the daemon gives a slow machine's first
+  reply the rate the cost model foresees (`satellite.engine.costmodel`).
 - **Expected length**: once the reply's text is complete, its characters times the seconds
   of audio per character of earlier replies (plus ESTIMATE_MARGIN); before that, the
   longest of the last LENGTHS_KEPT replies; with neither, the bound (`at_most`, the longest
@@ -89,6 +99,8 @@ class Pacer:
         self._generated = 0.0
         self._held_from: int | None = None
         self._chunk = 0.0
+        self.lateness: deque[float] = deque(maxlen=LENGTHS_KEPT)
+        """How far each of the last replies' chunks came behind its steady rate, at worst."""
 
     def begin(self, at_most: float | None = None, chunk: float = 0.0) -> None:
         """A new reply, at most `at_most` seconds long (None: no bound known), whose audio
@@ -129,6 +141,7 @@ class Pacer:
         rtf = self.rtf(full=True)
         if rtf is not None:
             self.last_rtf = rtf
+            self.lateness.append(_lateness(self._arrivals, rtf))
         if self._generated > 0:
             self.lengths.append(self._generated)
             if self._text_complete and self._chars > 0:
@@ -174,25 +187,34 @@ class Pacer:
             return max(self.lengths)
         return self._at_most
 
-    def start_time(self, committed: float, lead: float = 0.0) -> float:
+    def start_time(self, committed: float, lead: float = 0.0, late: bool = True) -> float:
         """The earliest time the audio from position `committed` on may play without a
         break, with a backend taking audio `lead` seconds ahead (-inf: any time; inf: not
-        yet known)."""
+        yet known). `late`: with room for chunks that come late (for a start; a reply that
+        is playing has that room in what it holds already, and spends it on late chunks)."""
         if not self._arrivals:
             return math.inf
         last = self._arrivals[-1]
         end = last.position + last.seconds
-        base = committed + last.time - end + self._chunk
-        to_come = self.expected() - end
-        if to_come <= 1e-9:
+        expected = self.expected()
+        if expected - end <= 1e-9:
             return -math.inf
         rtf = self.rtf()
         if rtf is None:
             return math.inf
-        shortfall = to_come * (rtf - 1.0)
-        if shortfall <= 0:
-            return base + lead
-        return base + shortfall * (1.0 + MARGIN) + CUSHION_SECONDS + lead
+        base = committed + lead + (max(self.lateness, default=0.0) if late else 0.0)
+        chunk = self._chunk
+        next_chunk = base + last.time - end + chunk * rtf
+        if rtf <= 1.0:
+            return next_chunk
+        # the end's arrival as foreseen from every chunk so far, not only the last: the first
+        # chunks of an interleaved reply come faster than the rest (no text run among them)
+        stretch = (rtf - 1.0) * (1.0 + MARGIN)
+        behind = max(
+            a.time - (a.position + a.seconds) + (expected - a.position - a.seconds) * stretch
+            for a in self._arrivals
+        )
+        return max(next_chunk, base + behind + chunk + CUSHION_SECONDS)
 
 
 def _rate(first: Arrival, last: Arrival) -> float | None:
@@ -201,6 +223,16 @@ def _rate(first: Arrival, last: Arrival) -> float | None:
     included), whatever their lengths."""
     spent = (last.position + last.seconds) - (first.position + first.seconds)
     return (last.time - first.time) / spent if spent > 0 else None
+
+
+def _lateness(arrivals: list[Arrival], rtf: float) -> float:
+    """The most any chunk came after the line from the first chunk at `rtf` (seconds)."""
+    first = arrivals[0]
+    start = first.position + first.seconds
+    return max(
+        0.0,
+        *(a.time - first.time - (a.position + a.seconds - start) * rtf for a in arrivals),
+    )
 
 
 def least_start_delay(arrivals: list[tuple[float, float]]) -> float:

@@ -153,8 +153,7 @@ class ReplyPlayer:
         self.report.arrivals.append((made, seconds))
         self.pacer.arrived(made, seconds)
         self._pending.append(item.samples)
-        playing = self.report.first_played is not None and not self._holding
-        if playing and self._start_time() > self._runs_dry() and self.backend.realtime:
+        if self._playing and self._start_time() > self._runs_dry() and self.backend.realtime:
             self._holding = True  # the rest would not keep up: hold here, once
             self.pacer.hold()
             self.backend.hold_playback()
@@ -163,8 +162,17 @@ class ReplyPlayer:
         """When the speaker will have played all it holds."""
         return time.monotonic() + self.backend.queued / self.backend.output_rate
 
+    @property
+    def _playing(self) -> bool:
+        """Started and not holding."""
+        return self.report.first_played is not None and not self._holding
+
     def _start_time(self) -> float:
-        return self.pacer.start_time(self._committed, self.backend.lead_seconds)
+        """When held audio may go: for a start (or a resume) with room for late chunks; while
+        playing, what the speaker holds is that room."""
+        return self.pacer.start_time(
+            self._committed, self.backend.lead_seconds, late=not self._playing
+        )
 
     def _wait(self) -> float | None:
         """Seconds until held audio may go (None: wait for the next item)."""
