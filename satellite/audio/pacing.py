@@ -21,11 +21,11 @@ at the latest, plays at `start + e + y - b - committed`; so (worst at `y = x` wh
 With `rtf > 1` the first bound is taken from every chunk so far, not only the last, and the
 latest wins: the first chunks of an interleaved reply come faster than the rest (no text run
 among them yet), and foreseen from those alone the end came 46 ms after the start allowed
-(measured on the full-size model, `tests/test_reply_pacing.py`). `late` is how far the last
-replies' chunks came behind their steady rate at worst (an engine near real time makes some
-frames slower than others: without it, a reply it keeps up with on average still ran dry
-now and then); it counts for a start or a resume, not while playing, when what the speaker
-holds is that room.
+(measured on the full-size model, `tests/test_reply_pacing.py`). `late` is how far a reply's
+chunks came behind its steady rate at worst, the median over the last replies (an engine
+near real time makes some frames slower than others: without it, a reply it keeps up with
+on average still ran dry now and then); it counts for a start or a resume, not while
+playing, when what the speaker holds is that room.
 MARGIN covers a rate that drifts; CUSHION the hop from the engine's thread to the speaker;
 `lead` is how far ahead of the sound the backend takes audio (a sound card's callback takes
 a block at a time). With nothing left to come, any time will do.
@@ -57,6 +57,7 @@ lengths are seconds of audio.
 from __future__ import annotations
 
 import math
+import statistics
 from collections import deque
 from dataclasses import dataclass
 
@@ -187,6 +188,13 @@ class Pacer:
             return max(self.lengths)
         return self._at_most
 
+    def _late(self) -> float:
+        """Room for late chunks: the median of the last replies' worst lateness (one reply
+        the machine was busy elsewhere during does not hold up the ones after it)."""
+        if not self.lateness:
+            return 0.0
+        return float(statistics.median(self.lateness))
+
     def start_time(self, committed: float, lead: float = 0.0, late: bool = True) -> float:
         """The earliest time the audio from position `committed` on may play without a
         break, with a backend taking audio `lead` seconds ahead (-inf: any time; inf: not
@@ -202,7 +210,7 @@ class Pacer:
         rtf = self.rtf()
         if rtf is None:
             return math.inf
-        base = committed + lead + (max(self.lateness, default=0.0) if late else 0.0)
+        base = committed + lead + (self._late() if late else 0.0)
         chunk = self._chunk
         next_chunk = base + last.time - end + chunk * rtf
         if rtf <= 1.0:
