@@ -362,41 +362,52 @@ def test_a_fast_engine_starts_at_once_and_an_unknown_one_waits_for_its_rate() ->
     assert pacer.rtf() == pytest.approx(0.5)
     # the audio in ends 2 frames after the first arrival, the next frame comes 0.5 of a
     # frame after the last: in the past
-    assert pacer.start_time(0.0) == pytest.approx(10.04 - 2 * FRAME + 0.5 * FRAME)
-    assert pacer.start_time(0.0, lead=0.02) == pytest.approx(10.04 - 1.5 * FRAME + 0.02)
+    assert pacer.start_time(0.0) == pytest.approx(10.04 - 1.5 * FRAME + CUSHION_SECONDS)
+    assert pacer.start_time(0.0, lead=0.02) == pytest.approx(10.04 - 1.5 * FRAME + 0.04)
     pacer.finished()
     assert pacer.last_rtf == pytest.approx(0.5) and pacer.start_time(0.0) == -np.inf
     pacer.begin(at_most=30.0)
     pacer.arrived(20.0, FRAME)
-    assert pacer.start_time(0.0) == pytest.approx(20.0 - 0.5 * FRAME)  # last rate: at once
+    assert pacer.start_time(0.0) == pytest.approx(20.0 - 0.5 * FRAME + CUSHION_SECONDS)
 
 
 def test_a_reply_near_real_time_starts_late_enough_for_its_slowest_frames() -> None:
     """An engine that keeps up on average (rate 0.95) but makes some frames slower than
-    others: the next reply starts later by the worst lateness the pacer saw, and so plays
-    through the same unevenness without a break; an even engine's reply starts at once."""
+    others: a reply started at once ran dry; the pacer learns how much too early that was,
+    and the next reply like it starts just late enough to play through. An even engine's
+    replies teach no room at all."""
     pacer = Pacer()
     times = [0.0]
     for index in range(1, 13):  # every fourth frame 40 ms slower than the rest
         times.append(times[-1] + FRAME * 0.95 + (0.04 if index % 4 == 1 else -0.04 / 3))
     arrivals = [(100.0 + t, FRAME) for t in times]
-    for arrival in arrivals:
+    pacer.last_rtf = 0.95  # an earlier reply's
+    pacer.begin(at_most=30.0, chunk=FRAME)
+    pacer.arrived(*arrivals[0])
+    ahead = FRAME - FRAME * 0.95 - CUSHION_SECONDS  # its start, before the first frame (<0: after)
+    assert pacer.start_time(0.0) == pytest.approx(100.0 - ahead)
+    for arrival in arrivals[1:]:
         pacer.arrived(*arrival)
-    pacer.finished()
-    late = pacer.lateness[-1]
-    assert 0.03 < late < 0.08
+    pacer.finished(started=100.0)  # at once, on the first frame
+    least = least_start_delay(arrivals)
+    assert least > 0.03 and pacer.lateness[-1] == pytest.approx(least + ahead)
     pacer.begin(at_most=30.0, chunk=FRAME)
     pacer.arrived(*arrivals[0])
     start = pacer.start_time(0.0)
-    assert start - 100.0 >= least_start_delay(arrivals) - 1e-9  # no break
-    assert start - 100.0 == pytest.approx(late + FRAME * pacer.rtf() - FRAME)
+    assert start - 100.0 == pytest.approx(least)  # just in time: no break this time
+    for arrival in arrivals[1:]:
+        pacer.arrived(*arrival)
+    pacer.finished(started=start)
+    assert pacer.lateness[-1] == pytest.approx(least + ahead)  # just right: it stays
     even = Pacer()
+    even.begin(at_most=30.0, chunk=FRAME)
     for index in range(13):
         even.arrived(100.0 + index * FRAME * 0.95, FRAME)
-    even.finished()
+    even.finished(started=100.0)  # planned nothing earlier: it began on the first frame
+    assert list(even.lateness) == [0.0]
     even.begin(at_most=30.0, chunk=FRAME)
     even.arrived(200.0, FRAME)
-    assert even.start_time(0.0) < 200.0  # at once
+    assert even.start_time(0.0) < 200.0 + CUSHION_SECONDS  # all but at once
 
 
 def test_the_expected_length_comes_from_the_text_then_the_last_replies_then_the_bound() -> None:

@@ -16,16 +16,18 @@ at the latest, plays at `start + e + y - b - committed`; so (worst at `y = x` wh
 
     start >= committed + a - e + b + x * (rtf - 1) * (1 + MARGIN) + CUSHION + lead + late
 
-(and never before `committed + a - e + b * rtf`, for the next chunk), and with `rtf <= 1`
-`start >= committed + a - e + b * rtf + lead + late`, which is soon past: play at once.
+(and never before `committed + a - e + b * rtf + CUSHION`, for the next chunk), and with
+`rtf <= 1` `start >= committed + a - e + b * rtf + CUSHION + lead + late`, which is soon
+past: play at once.
 With `rtf > 1` the first bound is taken from every chunk so far, not only the last, and the
 latest wins: the first chunks of an interleaved reply come faster than the rest (no text run
 among them yet), and foreseen from those alone the end came 46 ms after the start allowed
-(measured on the full-size model, `tests/test_reply_pacing.py`). `late` is how far a reply's
-chunks came behind its steady rate at worst, the median over the last replies (an engine
-near real time makes some frames slower than others: without it, a reply it keeps up with
-on average still ran dry now and then); it counts for a start or a resume, not while
-playing, when what the speaker holds is that room.
+(measured on the full-size model, `tests/test_reply_pacing.py`). `late` is learnt: after each
+reply that played, the room that would have let it start just in time (the room it had, plus
+how much too early it started, less how much too late), the most over the last replies
+(an engine near real time makes some chunks later than others, in no pattern a rate
+foresees: without it, a reply it keeps up with on average still ran dry now and then); it
+counts for a start or a resume, not while playing, when what the speaker holds is that room.
 MARGIN covers a rate that drifts; CUSHION the hop from the engine's thread to the speaker;
 `lead` is how far ahead of the sound the backend takes audio (a sound card's callback takes
 a block at a time). With nothing left to come, any time will do.
@@ -57,7 +59,6 @@ lengths are seconds of audio.
 from __future__ import annotations
 
 import math
-import statistics
 from collections import deque
 from dataclasses import dataclass
 
@@ -101,7 +102,12 @@ class Pacer:
         self._held_from: int | None = None
         self._chunk = 0.0
         self.lateness: deque[float] = deque(maxlen=LENGTHS_KEPT)
-        """How far each of the last replies' chunks came behind its steady rate, at worst."""
+        """For each of the last replies that played, the room for late chunks that would have
+        let it start just in time: the room it had, plus how much too early it started (less
+        how much too late; never below 0)."""
+        self._room = 0.0
+        self._planned = math.inf
+        """The start this reply was last given (before any audio went), its time."""
 
     def begin(self, at_most: float | None = None, chunk: float = 0.0) -> None:
         """A new reply, at most `at_most` seconds long (None: no bound known), whose audio
@@ -109,6 +115,8 @@ class Pacer:
         self._arrivals = []
         self._at_most = math.inf if at_most is None else at_most
         self._chunk = chunk
+        self._room = self._late()
+        self._planned = math.inf
         self._chars = 0
         self._text_complete = False
         self._estimate_passed = False
@@ -136,13 +144,20 @@ class Pacer:
             self._text_complete = True
             self._estimate_passed = False  # a new estimate, from the whole text
 
-    def finished(self) -> None:
+    def finished(self, started: float | None = None) -> None:
         """Everything has arrived (nothing more is waited for): learn the reply's rate,
-        length and seconds per character."""
+        length and seconds per character, and, when it started playing at `started`, the
+        room for late chunks it would have needed."""
         rtf = self.rtf(full=True)
         if rtf is not None:
             self.last_rtf = rtf
-            self.lateness.append(_lateness(self._arrivals, rtf))
+        if started is not None and self._arrivals:
+            first = self._arrivals[0].time
+            need = least_start_delay([(a.time, a.seconds) for a in self._arrivals])
+            # the start it planned (it may lie before the first chunk, where the room then
+            # had that much less effect), else when it started
+            begun = (self._planned if math.isfinite(self._planned) else started) - first
+            self.lateness.append(max(0.0, self._room + need - begun))
         if self._generated > 0:
             self.lengths.append(self._generated)
             if self._text_complete and self._chars > 0:
@@ -189,17 +204,22 @@ class Pacer:
         return self._at_most
 
     def _late(self) -> float:
-        """Room for late chunks: the median of the last replies' worst lateness (one reply
-        the machine was busy elsewhere during does not hold up the ones after it)."""
-        if not self.lateness:
-            return 0.0
-        return float(statistics.median(self.lateness))
+        """Room for late chunks: the most the last replies needed (replies vary: with the
+        median, one in ten still ran dry on the full-size model near real time)."""
+        return max(self.lateness, default=0.0)
 
     def start_time(self, committed: float, lead: float = 0.0, late: bool = True) -> float:
         """The earliest time the audio from position `committed` on may play without a
         break, with a backend taking audio `lead` seconds ahead (-inf: any time; inf: not
         yet known). `late`: with room for chunks that come late (for a start; a reply that
         is playing has that room in what it holds already, and spends it on late chunks)."""
+        start = self._start_time(committed, lead, late)
+        if committed == 0.0 and math.isfinite(start):
+            self._planned = start
+        return start
+
+    def _start_time(self, committed: float, lead: float, late: bool) -> float:
+        """`start_time`, worked out (see the module docstring)."""
         if not self._arrivals:
             return math.inf
         last = self._arrivals[-1]
@@ -212,7 +232,7 @@ class Pacer:
             return math.inf
         base = committed + lead + (self._late() if late else 0.0)
         chunk = self._chunk
-        next_chunk = base + last.time - end + chunk * rtf
+        next_chunk = base + last.time - end + chunk * rtf + CUSHION_SECONDS
         if rtf <= 1.0:
             return next_chunk
         # the end's arrival as foreseen from every chunk so far, not only the last: the first
@@ -231,16 +251,6 @@ def _rate(first: Arrival, last: Arrival) -> float | None:
     included), whatever their lengths."""
     spent = (last.position + last.seconds) - (first.position + first.seconds)
     return (last.time - first.time) / spent if spent > 0 else None
-
-
-def _lateness(arrivals: list[Arrival], rtf: float) -> float:
-    """The most any chunk came after the line from the first chunk at `rtf` (seconds)."""
-    first = arrivals[0]
-    start = first.position + first.seconds
-    return max(
-        0.0,
-        *(a.time - first.time - (a.position + a.seconds - start) * rtf for a in arrivals),
-    )
 
 
 def least_start_delay(arrivals: list[tuple[float, float]]) -> float:

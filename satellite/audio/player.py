@@ -127,7 +127,7 @@ class ReplyPlayer:
                 break
             await self._take(item)
             await self._release()
-        self.pacer.finished()
+        self.pacer.finished(self.report.first_played if self.backend.realtime else None)
         await self._release()
         await self.backend.drain()
         after = self.backend.stats()
