@@ -23,7 +23,7 @@ With `rtf > 1` the first bound is taken from every chunk so far, not only the la
 latest wins: the first chunks of an interleaved reply come faster than the rest (no text run
 among them yet), and foreseen from those alone the end came 46 ms after the start allowed
 (measured on the full-size model, `tests/test_reply_pacing.py`). `late` is learnt: after each
-reply that played, the room that would have let it start just in time (the room it had, plus
+reply that played without a hold, the room that would have let it start just in time (the room it had, plus
 how much too early it started, less how much too late), the most over the last replies
 (an engine near real time makes some chunks later than others, in no pattern a rate
 foresees: without it, a reply it keeps up with on average still ran dry now and then); it
@@ -106,8 +106,7 @@ class Pacer:
         let it start just in time: the room it had, plus how much too early it started (less
         how much too late; never below 0)."""
         self._room = 0.0
-        self._planned = math.inf
-        """The start this reply was last given (before any audio went), its time."""
+        self._held = False
 
     def begin(self, at_most: float | None = None, chunk: float = 0.0) -> None:
         """A new reply, at most `at_most` seconds long (None: no bound known), whose audio
@@ -116,7 +115,7 @@ class Pacer:
         self._at_most = math.inf if at_most is None else at_most
         self._chunk = chunk
         self._room = self._late()
-        self._planned = math.inf
+        self._held = False
         self._chars = 0
         self._text_complete = False
         self._estimate_passed = False
@@ -136,6 +135,7 @@ class Pacer:
     def hold(self, holding: bool = True) -> None:
         """The player holds the reply mid-way (False: it resumed)."""
         self._held_from = max(0, len(self._arrivals) - 1) if holding else None
+        self._held = self._held or holding
 
     def text(self, chars: int, complete: bool = False) -> None:
         """The reply's text so far has `chars` characters (`complete`: all of it)."""
@@ -151,13 +151,11 @@ class Pacer:
         rtf = self.rtf(full=True)
         if rtf is not None:
             self.last_rtf = rtf
-        if started is not None and self._arrivals:
+        if started is not None and self._arrivals and not self._held:
+            # (a reply that held met a rate it had not foreseen: the hold was its room)
             first = self._arrivals[0].time
             need = least_start_delay([(a.time, a.seconds) for a in self._arrivals])
-            # the start it planned (it may lie before the first chunk, where the room then
-            # had that much less effect), else when it started
-            begun = (self._planned if math.isfinite(self._planned) else started) - first
-            self.lateness.append(max(0.0, self._room + need - begun))
+            self.lateness.append(max(0.0, self._room + need - (started - first)))
         if self._generated > 0:
             self.lengths.append(self._generated)
             if self._text_complete and self._chars > 0:
@@ -213,13 +211,6 @@ class Pacer:
         break, with a backend taking audio `lead` seconds ahead (-inf: any time; inf: not
         yet known). `late`: with room for chunks that come late (for a start; a reply that
         is playing has that room in what it holds already, and spends it on late chunks)."""
-        start = self._start_time(committed, lead, late)
-        if committed == 0.0 and math.isfinite(start):
-            self._planned = start
-        return start
-
-    def _start_time(self, committed: float, lead: float, late: bool) -> float:
-        """`start_time`, worked out (see the module docstring)."""
         if not self._arrivals:
             return math.inf
         last = self._arrivals[-1]
