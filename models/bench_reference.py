@@ -50,6 +50,7 @@ from satellite.bench.harness import (
     child_main,
     median,
     p95,
+    rtf_figures,
     timed_runs,
     to_ms,
 )
@@ -368,17 +369,9 @@ def _real_time_factor(settings: BenchSettings, start: Any, detokenizer: Any) -> 
     finally:
         turn.close()
     t_end = time.monotonic()
-    if produced == 0 or first_text is None:
+    if first_text is None:
         raise BenchError("the reference's interleaved turn produced no audio")
-    audio_s = produced / OUTPUT_RATE
-    return {
-        "rtf": round((t_end - first_text) / audio_s, 4),
-        "rtf_with_prompt": round((t_end - t0) / audio_s, 4),
-        "rtf_audio_seconds": round(audio_s, 3),
-        "rtf_text_tokens": texts,
-        "rtf_audio_frames": frames,
-        "rtf_frames_not_decodable": skipped,
-    }
+    return rtf_figures(t0, first_text, t_end, produced, texts, frames, skipped)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ import numpy as np
 import numpy.typing as npt
 
 from satellite.engine.commands import FRAMES_PER_SECOND, VOICES
-from satellite.engine.framebatch import BATCH_FRAMES, FRAME_SECONDS
+from satellite.engine.framebatch import BATCH_FRAMES, FRAME_SECONDS, Step, decoded
 from satellite.errors import UserError
 
 if TYPE_CHECKING:
@@ -155,28 +155,12 @@ class Reply:
             yield event
 
 
-Step = tuple[Any, "FloatArray | None"]
-"""A generation event and, for an audio frame, the detokenizer's samples (None: skipped)."""
-
 SLOW_RTF = 1.0
 """A reply generated slower than this (wall seconds per audio second, after its first audio)
 makes the next reply decode its frames in batches (`satellite.engine.framebatch`)."""
 FAST_RTF = 0.75
 """A batched reply generated faster than this makes the next one decode frame by frame again
 (below SLOW_RTF: batching itself lowers the rate, which must not switch it off at once)."""
-
-
-def _decoded(
-    events: Iterator[Any],
-    detokenizer: StreamingDetokenizer,
-    batch: int = 1,
-    limit: int | None = None,
-) -> Iterator[Step]:
-    """`events` of a turn with the audio frames' samples from the detokenizer, up to `batch`
-    frames a call, none past the `limit`-th (`satellite.engine.framebatch.decoded`)."""
-    from satellite.engine.framebatch import decoded
-
-    yield from decoded(events, detokenizer, batch, limit)
 
 
 def next_batch(batch: int, done: ReplyDone, most: int) -> int:
@@ -363,7 +347,7 @@ class Responder:
         turns = chat.turns
         config = chat.generation_config("interleaved", max_new_tokens=self.max_new_tokens)
         turn = chat.turn(rest, config)
-        steps = _decoded(turn, detokenizer, self.batch, self.max_frames)
+        steps = decoded(turn, detokenizer, self.batch, self.max_frames)
         ahead = self._ahead = _Ahead(turn, steps, [], rng_state, turns)
         for step in ahead.steps:
             ahead.held.append(step)
@@ -526,7 +510,7 @@ class Responder:
         else:
             config = chat.generation_config("interleaved", max_new_tokens=self.max_new_tokens)
             turn = chat.turn(parts, config)
-            steps = _decoded(turn, detokenizer, reply.batch, self.max_frames)
+            steps = decoded(turn, detokenizer, reply.batch, self.max_frames)
         reason: str = "max_new_tokens"
         pieces: list[str] = []
         frames = skipped = 0

@@ -69,14 +69,14 @@ class Slowdown:
         self.switch_after = 0
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        decoded = reply_module._decoded
+        decoded = reply_module.decoded
 
         def slowed(
             events: Iterator[Any], detokenizer: Any, batch: int = 1, limit: int | None = None
         ) -> Iterator[Any]:
             return decoded(self._paced(events, detokenizer), detokenizer, batch, limit)
 
-        monkeypatch.setattr(reply_module, "_decoded", slowed)
+        monkeypatch.setattr(reply_module, "decoded", slowed)
 
     def _paced(self, events: Iterator[Any], detokenizer: Any) -> Iterator[Any]:
         due: float | None = None

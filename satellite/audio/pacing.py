@@ -105,7 +105,6 @@ class Pacer:
         """For each of the last replies that played, the room for late chunks that would have
         let it start just in time: the room it had, plus how much too early it started (less
         how much too late; never below 0)."""
-        self._room = 0.0
         self._held = False
 
     def begin(self, at_most: float | None = None, chunk: float = 0.0) -> None:
@@ -114,7 +113,6 @@ class Pacer:
         self._arrivals = []
         self._at_most = math.inf if at_most is None else at_most
         self._chunk = chunk
-        self._room = self._late()
         self._held = False
         self._chars = 0
         self._text_complete = False
@@ -155,7 +153,8 @@ class Pacer:
             # (a reply that held met a rate it had not foreseen: the hold was its room)
             first = self._arrivals[0].time
             need = least_start_delay([(a.time, a.seconds) for a in self._arrivals])
-            self.lateness.append(max(0.0, self._room + need - (started - first)))
+            room = self._late()  # what this reply had: only `finished` changes it
+            self.lateness.append(max(0.0, room + need - (started - first)))
         if self._generated > 0:
             self.lengths.append(self._generated)
             if self._text_complete and self._chars > 0:

@@ -37,7 +37,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ from satellite.bench.harness import (
     child_main,
     median,
     p95,
+    rtf_figures,
     run_child,
     timed_runs,
     to_ms,
@@ -389,17 +390,11 @@ def _real_time_turn(
             turn.close()
     t_end = time.monotonic()
     detokenizer.reset()
-    if produced == 0 or first_text is None:
+    if first_text is None:
         raise BenchError("the interleaved turn produced no audio: no real-time factor")
-    audio_s = produced / OUTPUT_RATE
     spent = {r: t.seconds - run_before[r] for r, t in model.timers.items()}
     return {
-        "rtf": round((t_end - first_text) / audio_s, 4),
-        "rtf_with_prompt": round((t_end - t0) / audio_s, 4),
-        "rtf_audio_seconds": round(audio_s, 3),
-        "rtf_text_tokens": texts,
-        "rtf_audio_frames": frames,
-        "rtf_frames_not_decodable": skipped,
+        **rtf_figures(t0, first_text, t_end, produced, texts, frames, skipped),
         "rtf_seconds_in": {
             "decoder": round(spent.get("decoder", 0.0), 4),
             "depthformer": round(spent.get("depthformer", 0.0), 4),
@@ -415,19 +410,6 @@ def _backend_name(decoder: Any) -> str:
     return {"CachedDecoder": "cached", "WindowedDecoder": "windowed"}.get(name, name)
 
 
-def _push(detokenizer: Any, codes: Sequence[int]) -> FloatArray | None:
-    """The detokenizer's samples for one frame; None (not pushed) for a frame with the
-    end-of-audio code outside codebook 0, which the detokenizer (like the reference's) refuses:
-    a random model samples it now and then, a trained one should not."""
-    if any(code >= END_OF_AUDIO for code in codes[1:]):
-        return None
-    audio: FloatArray = detokenizer.push(np.asarray(codes))
-    return audio
-
-
-END_OF_AUDIO = 2048
-
-
 def _first_audio(events: Iterator[Any], detokenizer: Any) -> FirstAudio:
     """Run a turn until the detokenizer gives its first samples; closes the turn there."""
     from satellite.engine.events import AudioFrame, TextToken
@@ -436,13 +418,12 @@ def _first_audio(events: Iterator[Any], detokenizer: Any) -> FirstAudio:
     first_text = first_frame = None
     texts = skipped = 0
     try:
-        for event in events:
+        for event, audio in decoded(events, detokenizer):
             if isinstance(event, TextToken):
                 texts += 1
                 first_text = event.time if first_text is None else first_text
             elif isinstance(event, AudioFrame):
                 first_frame = event.time if first_frame is None else first_frame
-                audio = _push(detokenizer, event.codes)
                 skipped += audio is None
                 if audio is not None and audio.size:
                     now = time.monotonic()

@@ -138,7 +138,32 @@ class FirstAudio:
     text_tokens: int
     """Text tokens yielded before the first audio frame."""
     frames_not_decodable: int = 0
-    """Frames before the first audio that the detokenizer refuses (see `engine._push`)."""
+    """Frames before the first audio that the detokenizer refuses (`decodable`)."""
+
+
+def rtf_figures(
+    t0: float,
+    first_text: float,
+    t_end: float,
+    produced: int,
+    texts: int,
+    frames: int,
+    skipped: int,
+) -> dict[str, Any]:
+    """The figures of one real-time-factor turn (ours and the reference's alike): from the
+    utterance handed over at `t0`, the first text token and the end, with `produced` samples
+    at OUTPUT_RATE; raises BenchError when it made no audio."""
+    if produced == 0:
+        raise BenchError("the interleaved turn produced no audio: no real-time factor")
+    audio_s = produced / OUTPUT_RATE
+    return {
+        "rtf": round((t_end - first_text) / audio_s, 4),
+        "rtf_with_prompt": round((t_end - t0) / audio_s, 4),
+        "rtf_audio_seconds": round(audio_s, 3),
+        "rtf_text_tokens": texts,
+        "rtf_audio_frames": frames,
+        "rtf_frames_not_decodable": skipped,
+    }  # fmt: skip
 
 
 def _project_root() -> Path:
