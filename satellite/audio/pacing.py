@@ -22,12 +22,13 @@ past: play at once.
 With `rtf > 1` the first bound is taken from every chunk so far, not only the last, and the
 latest wins: the first chunks of an interleaved reply come faster than the rest (no text run
 among them yet), and foreseen from those alone the end came 46 ms after the start allowed
-(measured on the full-size model, `tests/test_reply_pacing.py`). `late` is learnt: after each
-reply that played without a hold, the room that would have let it start just in time (the room it had, plus
-how much too early it started, less how much too late), the most over the last replies
-(an engine near real time makes some chunks later than others, in no pattern a rate
-foresees: without it, a reply it keeps up with on average still ran dry now and then); it
-counts for a start or a resume, not while playing, when what the speaker holds is that room.
+(measured on the full-size model, `tests/test_reply_pacing.py`). `late` is learnt: after
+each reply that played without a hold, the room that would have let it start just in time
+(the room it had, plus how much too early it started, less how much too late), the most
+over the last replies (an engine near real time makes some chunks later than others, in no
+pattern a rate foresees: without it, a reply it keeps up with on average still ran dry now
+and then). Both count for a start or a resume, not while playing, when what the speaker
+holds is that room and the chunks so far came in time.
 MARGIN covers a rate that drifts; CUSHION the hop from the engine's thread to the speaker;
 `lead` is how far ahead of the sound the backend takes audio (a sound card's callback takes
 a block at a time). With nothing left to come, any time will do.
@@ -205,11 +206,14 @@ class Pacer:
         median, one in ten still ran dry on the full-size model near real time)."""
         return max(self.lateness, default=0.0)
 
-    def start_time(self, committed: float, lead: float = 0.0, late: bool = True) -> float:
+    def start_time(self, committed: float, lead: float = 0.0, starting: bool = True) -> float:
         """The earliest time the audio from position `committed` on may play without a
         break, with a backend taking audio `lead` seconds ahead (-inf: any time; inf: not
-        yet known). `late`: with room for chunks that come late (for a start; a reply that
-        is playing has that room in what it holds already, and spends it on late chunks)."""
+        yet known). `starting`: for a start or a resume, with room for late chunks and the
+        end foreseen from every chunk so far; for a reply that is playing (may it go on?),
+        from the last chunk alone and without that room: what it holds is the room, and the
+        chunks so far came in time (foreseen from the first chunk over the whole reply, a
+        rate read 0.1 % higher moved the end by more than the margin: a needless hold)."""
         if not self._arrivals:
             return math.inf
         last = self._arrivals[-1]
@@ -220,7 +224,7 @@ class Pacer:
         rtf = self.rtf()
         if rtf is None:
             return math.inf
-        base = committed + lead + (self._late() if late else 0.0)
+        base = committed + lead + (self._late() if starting else 0.0)
         chunk = self._chunk
         next_chunk = base + last.time - end + chunk * rtf + CUSHION_SECONDS
         if rtf <= 1.0:
@@ -230,7 +234,7 @@ class Pacer:
         stretch = (rtf - 1.0) * (1.0 + MARGIN)
         behind = max(
             a.time - (a.position + a.seconds) + (expected - a.position - a.seconds) * stretch
-            for a in self._arrivals
+            for a in (self._arrivals if starting else self._arrivals[-1:])
         )
         return max(next_chunk, base + behind + chunk + CUSHION_SECONDS)
 

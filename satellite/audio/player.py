@@ -171,7 +171,7 @@ class ReplyPlayer:
         """When held audio may go: for a start (or a resume) with room for late chunks; while
         playing, what the speaker holds is that room."""
         return self.pacer.start_time(
-            self._committed, self.backend.lead_seconds, late=not self._playing
+            self._committed, self.backend.lead_seconds, starting=not self._playing
         )
 
     def _wait(self) -> float | None:
