@@ -7,6 +7,9 @@ LiquidAI/LFM2.5-Audio-1.5B-ONNX export, its defects included (`model build --lay
 - `model fix` writes the corrected depthformer beside the original: the engine is then
   token-exact with the reference (`generate_sequential` and `generate_interleaved`, every text
   id and all 8 codes of every frame compared for equality).
+- `model optimize`'s depthformer rewrite on top (`satellite.modeldir.depthfold`: the q/k
+  rearrangement folded into the projections, one head per codebook) is token-exact too, the
+  same comparison.
 - Which rotation is right is proven, not assumed: the published graph rearranges q and k into
   halves itself, so the fix keeps `rotary_interleaved` 0; the same fix with
   `rotary_interleaved=1` gives other codes.
@@ -42,6 +45,7 @@ from satellite.engine.chat import Chat, Speech
 from satellite.engine.mel import LogMel
 from satellite.engine.model import Model, ModelLoadError
 from satellite.engine.sessions import SessionConfig
+from satellite.modeldir.depthfold import fold_model
 from satellite.modeldir.manifest import read_manifest
 from satellite.modeldir.onnxread import read_graph
 from satellite.modeldir.repair import fix_model
@@ -67,6 +71,22 @@ def fixed(published: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(published, out)
     fix_model(out)
     return out
+
+
+@pytest.fixture(scope="module")
+def folded(fixed: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("folded") / "model"
+    shutil.copytree(fixed, out)
+    _, done = fold_model(out)
+    assert len(done) == 2, "both rewrites apply to the float graph"
+    return out
+
+
+@pytest.fixture(params=["fixed", "folded"])
+def corrected(request: pytest.FixtureRequest) -> Path:
+    """The fixed directory, and the same with the depthformer rewritten for speed."""
+    path: Path = request.getfixturevalue(request.param)
+    return path
 
 
 def tts_reply(model: Model) -> list[int | tuple[int, ...]]:
@@ -130,17 +150,17 @@ def test_unfixed_speech_differs_from_the_reference(published: Path) -> None:
     assert got != want
 
 
-def test_fixed_is_token_exact_sequential(fixed: Path) -> None:
-    got, want = tts_reply(Model.load(fixed, SessionConfig(threads=1))), reference_tts()
+def test_fixed_is_token_exact_sequential(corrected: Path) -> None:
+    got, want = tts_reply(Model.load(corrected, SessionConfig(threads=1))), reference_tts()
     assert got == want, f"engine {got}\nreference {want}"
     assert sum(isinstance(x, tuple) and x[0] != 2048 for x in got) > 3, "several audio frames"
 
 
-def test_fixed_is_token_exact_interleaved(fixed: Path) -> None:
+def test_fixed_is_token_exact_interleaved(corrected: Path) -> None:
     _, _, reference = shaped_reference()
     speech = waveform(1.0, seed=2)
     chat = Chat(
-        Model.load(fixed, SessionConfig(threads=1)), prefix=[CHAT_SYSTEM], turn_end=TURN_END
+        Model.load(corrected, SessionConfig(threads=1)), prefix=[CHAT_SYSTEM], turn_end=TURN_END
     )
     config = chat.generation_config("interleaved", max_new_tokens=150, audio=AUDIO)
     got, _ = reply_of(chat.turn([USER, Speech(speech), CLOSE_AND_ASSISTANT], config))

@@ -184,7 +184,8 @@ def test_fetch_ends_fixed_repacked_and_loadable(
     assert "fixed onnx/vocoder_depthformer_q4.onnx" in printed
     assert "repacked onnx/decoder_q4.onnx: float32 lm-head" in printed
     fetched = read_manifest(tmp_path / "model")
-    assert fetched.graphs["depthformer"].file.endswith(".rope_fixed.onnx")
+    assert "folded onnx/vocoder_depthformer_q4.rope_fixed.onnx" in printed
+    assert fetched.graphs["depthformer"].file.endswith(".rope_fixed.folded.onnx")
     assert fetched.graphs["decoder"].file.endswith(".repacked.onnx")
     assert fetched.source["revision"] == shipped.revision
     Model.load(tmp_path / "model").open()

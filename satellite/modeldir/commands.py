@@ -107,8 +107,10 @@ def add_model_commands(commands: Any) -> None:
         help="fix a published model and repack it for speed and memory",
         description="`model fix`, then repack a published q4 decoder the way the project's own "
         "q4 builds are: the float32 lm-head (512 MB, read on every step) quantized to 4-bit "
-        "blocks, skipped on audio steps, and stored once with the text embeddings. Writes new "
-        "files beside the downloaded ones. `model fetch` does this by itself.",
+        "blocks, skipped on audio steps, and stored once with the text embeddings; and the "
+        "depthformer rewritten to read less a run (its q/k rearrangement folded into the "
+        "weights, one head per codebook). Writes new files beside the downloaded ones. "
+        "`model fetch` does this by itself.",
     )
     optimize.add_argument("directory", metavar="DIR", type=Path)
     optimize.set_defaults(handler=cmd_optimize)
@@ -304,6 +306,7 @@ def cmd_fix(args: argparse.Namespace) -> int:
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
+    from satellite.modeldir.depthfold import fold_model
     from satellite.modeldir.repack import repack_model
     from satellite.modeldir.repair import fix_model
 
@@ -311,10 +314,11 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     for repair in repairs:
         print(f"fixed {repair.original}: {'; '.join(repair.problems)} -> {repair.fixed}")
     manifest, done = repack_model(args.directory, manifest, progress=print_progress("lm-head"))
-    for line in done:
+    manifest, folded = fold_model(args.directory, manifest)
+    for line in [*done, *folded]:
         print(line)
-    if not repairs and not done:
-        print(f"{args.directory}: nothing to fix or repack")
+    if not repairs and not done and not folded:
+        print(f"{args.directory}: nothing to fix, repack or fold")
     report = verify(args.directory, checksums=False)
     _print_report(report)
     if not report.ok:

@@ -28,6 +28,7 @@ from typing import Any, TextIO
 
 from satellite.errors import UserError
 from satellite.modeldir.catalog import CatalogEntry, KnownFile
+from satellite.modeldir.depthfold import fold_model
 from satellite.modeldir.layout import newer_layout
 from satellite.modeldir.make import make_manifest
 from satellite.modeldir.manifest import MANIFEST_NAME, FileEntry, Manifest, human_size, sha256_file
@@ -362,6 +363,9 @@ def fetch(
             manifest, done = repack_model(target, manifest)
             for line in done:
                 print(f"repacked {line}", file=out)
+            manifest, folded = fold_model(target, manifest)
+            for line in folded:
+                print(f"folded {line}", file=out)
     except OSError as err:
         if err.errno != errno.ENOSPC:
             raise

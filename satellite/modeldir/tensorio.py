@@ -115,3 +115,14 @@ def column_step(rows: int, element: int = 4, budget: int | None = None) -> int:
 def _check(got: int, want: int, path: Path, tensor: TensorProto) -> None:
     if got != want:
         raise TensorReadError(f"{path}: too short for {tensor.name} (external data)")
+
+
+def read_array(tensor: TensorProto, base_dir: Path) -> npt.NDArray[Any]:
+    """The whole initializer as an array of its own element type and shape (for the small
+    ones a rewrite moves: a few MB at most)."""
+    data = b"".join(iter_bytes(tensor, base_dir))
+    dims = [int(d) for d in tensor.dims]
+    want = int(np.prod(dims, dtype=np.int64)) * element_size(tensor)
+    if len(data) != want:
+        raise TensorReadError(f"{tensor.name}: {len(data)} bytes stored, {want} expected")
+    return np.frombuffer(data, dtype=_dtype(tensor)).reshape(dims).copy()
