@@ -62,7 +62,6 @@ from wyoming.wake import Detection
 
 from satellite.audio.backends import AudioBackend, Int16Array, open_backend
 from satellite.audio.convert import (
-    AudioFormatError,
     StreamResampler,
     float_to_pcm16,
     pcm_to_float,
@@ -89,6 +88,7 @@ from satellite.safety.text import TextFilter
 from satellite.settings import Settings, WakeSettings
 from satellite.telemetry.stats import InterarrivalJitter
 from satellite.wyoming.announce import Announcer
+from satellite.wyoming.incoming import IncomingAudio, StreamFormatError
 from satellite.wyoming.info import MIC_FORMAT, SatelliteDescription, satellite_info
 from satellite.wyoming.satellite_server import SatelliteServer
 from satellite.wyoming.services import ServicesServer, start_services
@@ -231,8 +231,14 @@ class Daemon:
         self._reply_cancel: Callable[[], None] | None = None
         self._playback: asyncio.Task[None] | None = None
         self._playback_kind = ""
-        self._ha_audio: asyncio.Queue[tuple[bytes, int, int] | None] | None = None
+        self._ha_audio: IncomingAudio | None = None
+        """The stream Home Assistant is sending to play, until its audio-stop."""
         self._ring: asyncio.Task[None] | None = None
+        self.most_queued_seconds = 0.0
+        """The most audio a stream from Home Assistant held at once (bounded by
+        `satellite.wyoming.incoming.AHEAD_SECONDS` plus a chunk)."""
+        self._chime: asyncio.Task[None] | None = None
+        """One ring of a finished timer's chime, while it plays."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wake_word = ""
         self._turn_audio = 0
@@ -459,10 +465,12 @@ class Daemon:
         self._stop.set()
         if self._reply_cancel is not None:
             self._reply_cancel()
-        for task in [self._capture, self._turn, self._playback, self._ring, *self._tasks]:
+        for task in [self._capture, self._turn, self._playback, self._ring, self._chime,
+                     *self._tasks]:  # fmt: skip
             if task is not None and not task.done():
                 task.cancel()
-        pending = [t for t in [self._capture, self._turn, self._playback, self._ring] if t]
+        pending = [t for t in [self._capture, self._turn, self._playback, self._ring,
+                               self._chime] if t]  # fmt: skip
         await asyncio.gather(*pending, *self._tasks, return_exceptions=True)
         if self.mqtt is not None:
             await self.mqtt.stop()
@@ -571,8 +579,7 @@ class Daemon:
     def _on_wake(self, detection: WakeDetection) -> None:
         if self._ring is not None and not self._ring.done():
             _LOG.info("wake word: silencing the timer")
-            self._ring.cancel()
-            self.backend.stop_playback()
+            self._ring.cancel()  # its chime stops with it; other sound plays on
             return
         if self.mode == "ha" and (not self.server.connected or self.paused):
             why = "has paused the satellite" if self.paused else "is not connected"
@@ -879,7 +886,11 @@ class Daemon:
         return resample(sound.samples, sound.rate, rate)
 
     def _start_playback(self, kind: str, coro: Any) -> asyncio.Task[Any]:
+        """Play `coro` in place of what plays now. A timer's chime ring playing now is cut
+        (the ring goes on after): overlapping sounds follow one rule, a chime never plays
+        over other sound and never cuts it (`_ring_timer`)."""
         self._stop_playback()
+        self._cut_chime()
         self._playback_kind = kind
         self._playback = task = asyncio.create_task(coro)
         return task
@@ -907,6 +918,12 @@ class Daemon:
         self._playback = None
         self._playback_kind = ""
 
+    def _cut_chime(self) -> None:
+        if self._chime is not None and not self._chime.done():
+            self._chime.cancel()
+            self.backend.stop_playback()
+        self._chime = None
+
     def _play_sound(self, sound: Sound) -> None:
         async def play() -> None:
             await self.backend.play(sound.samples, sound.rate)
@@ -925,8 +942,16 @@ class Daemon:
         if self.state == "streaming":
             _LOG.warning("Home Assistant went away while audio was streaming to it")
             self.state = "idle"
-        self._ha_audio = None
+        if self._ha_audio is not None:
+            self._ha_audio.end("disconnected")
+            self._ha_audio = None
         self._notify("ha_disconnected", reason=reason)
+
+    async def room(self) -> None:
+        """Return once the stream Home Assistant is sending can take more (the server does
+        not read the connection meanwhile: backpressure, `satellite.wyoming.incoming`)."""
+        if self._ha_audio is not None:
+            await self._ha_audio.room()
 
     def on_event(self, event: Event) -> None:
         kind = event.type
@@ -944,7 +969,7 @@ class Daemon:
             self._ha_audio_chunk(AudioChunk.from_event(event))
         elif AudioStop.is_type(kind):
             if self._ha_audio is not None:
-                self._ha_audio.put_nowait(None)
+                self._ha_audio.end("complete")
                 self._ha_audio = None
         elif VoiceStopped.is_type(kind) or Transcript.is_type(kind) or Error.is_type(kind):
             if Transcript.is_type(kind):
@@ -969,31 +994,53 @@ class Daemon:
 
     def _ha_audio_start(self, start: AudioStart) -> None:
         if self._ha_audio is not None:
-            self._ha_audio.put_nowait(None)
-        queue: asyncio.Queue[tuple[bytes, int, int] | None] = asyncio.Queue()
-        self._ha_audio = queue
-        converter = _Converter(start.rate, start.width, start.channels)
+            self._ha_audio.end("replaced")
+            self._ha_audio = None
         kind = "tts" if self.mode == "ha" else "announcement"
+        try:
+            incoming = IncomingAudio(start.rate, start.width, start.channels)
+        except StreamFormatError as err:
+            _LOG.warning("Home Assistant's %s not played: %s", kind, err)
+            self.server.send(Error(text=f"{err}; not played", code="audio-format").event())
+            return
+        self._ha_audio = incoming
+        self._start_playback(kind, self._play_incoming(kind, incoming))
 
-        async def play() -> None:
-            try:
-                while (block := await queue.get()) is not None:
-                    audio = converter.convert(block)
-                    if audio is not None:
-                        await self.backend.play(audio, start.rate)
-                await self.backend.drain()
-            finally:
-                if self._ha_audio is queue:
-                    self._ha_audio = None
+    async def _play_incoming(self, kind: str, incoming: IncomingAudio) -> None:
+        try:
+            async for samples in incoming.samples():
+                await self.backend.play(samples, incoming.rate)
+                # the speaker's queue, too, holds at most `ahead_seconds`: what is queued
+                # beyond it plays out first (a speaker's buffer can be far larger)
+                excess = self.backend.queued / self.backend.output_rate - incoming.ahead_seconds
+                if excess > 0:
+                    await asyncio.sleep(excess)
+            await self.backend.drain()
+        finally:
+            incoming.end("stopped")  # cut (barge-in, another sound): the rest is dropped
+            self.most_queued_seconds = max(self.most_queued_seconds, incoming.most_queued_seconds)
+            if self._ha_audio is incoming:
+                self._ha_audio = None
+        played = f"{incoming.received_seconds:.1f} s"
+        if incoming.ending == "stalled":
+            _LOG.warning("Home Assistant's %s stopped arriving (no audio for %g s); ended "
+                         "after %s", kind, incoming.stall_seconds, played)  # fmt: skip
+        elif incoming.ending == "disconnected":
+            _LOG.warning("Home Assistant disconnected during its %s; played the %s that had "
+                         "arrived", kind, played)  # fmt: skip
+        else:
             self.server.send(Played().event())
-            self._notify("played", what=kind)
-
-        self._start_playback(kind, play())
+        self._notify("played", what=kind, seconds=round(incoming.received_seconds, 2),
+                     ending=incoming.ending)  # fmt: skip
 
     def _ha_audio_chunk(self, chunk: AudioChunk) -> None:
-        if self._ha_audio is None:
+        incoming = self._ha_audio
+        if incoming is None:
             return  # stopped (barge-in) or no audio-start: dropped
-        self._ha_audio.put_nowait((chunk.audio, chunk.width, chunk.channels))
+        if not incoming.put(chunk.audio, chunk.width, chunk.channels):
+            text = f"audio longer than {incoming.most_seconds:g} s: the rest is not played"
+            _LOG.warning("Home Assistant's audio stream: %s", text)
+            self.server.send(Error(text=text, code="audio-too-long").event())
 
     def _on_timer(self, event: Event) -> None:
         kind = event.type
@@ -1010,8 +1057,7 @@ class Daemon:
             cancelled = TimerCancelled.from_event(event)
             self.timers.pop(cancelled.id, None)
             if self._ring is not None and getattr(self._ring, "timer_id", None) == cancelled.id:
-                self._ring.cancel()
-                self.backend.stop_playback()
+                self._ring.cancel()  # its chime stops with it; other sound plays on
         elif TimerFinished.is_type(kind):
             finished = TimerFinished.from_event(event)
             timer = self.timers.pop(finished.id, None)
@@ -1024,43 +1070,36 @@ class Daemon:
             self._ring.timer_id = finished.id  # type: ignore[attr-defined]
 
     async def _ring_timer(self) -> None:
-        """The chime, once per its own length, until cancelled, `timer_ring_seconds` or
-        MAX_RINGS (paced by the clock, so a backend that plays faster than real time does
-        not ring any more often)."""
+        """The chime, once per its own length, until cancelled, or until it has rung for
+        `timer_ring_seconds` or MAX_RINGS times (paced by the clock, so a backend that plays
+        faster than real time does not ring any more often). A ring waits for whatever else
+        plays to end; something that starts playing cuts the ring playing then
+        (`_start_playback`), and the ring after it comes once that has played."""
         ring_seconds = self.settings.audio.timer_ring_seconds
         sound = self.timer_sound
-        start = time.monotonic()
+        period = max(sound.seconds, 0.1)
+        rung = 0.0
         try:
-            for count in range(MAX_RINGS):
-                if time.monotonic() - start >= ring_seconds:
+            for _ in range(MAX_RINGS):
+                if rung >= ring_seconds:
                     _LOG.info("the timer rang for %.0f s; stopping", ring_seconds)
                     break
-                if not self.playing:
-                    await self.backend.play(sound.samples, sound.rate)
-                    await self.backend.drain()
-                next_ring = start + (count + 1) * max(sound.seconds, 0.1)
-                await asyncio.sleep(max(0.0, next_ring - time.monotonic()))
+                if self._playback is not None and not self._playback.done():
+                    _LOG.info("the timer's chime waits for the %s to end", self._playback_kind)
+                    await asyncio.wait([self._playback])
+                    continue
+                started = time.monotonic()
+                self._chime = asyncio.create_task(self._play_chime(sound))
+                await asyncio.wait([self._chime])
+                rung += period
+                await asyncio.sleep(max(0.0, started + period - time.monotonic()))
         finally:
+            self._cut_chime()
             self._notify("timer_silenced")
 
-
-class _Converter:
-    """Home Assistant's PCM (any width and channel count) -> float32 mono; a chunk that cannot
-    be read is logged once and skipped."""
-
-    def __init__(self, rate: int, width: int, channels: int) -> None:
-        self.rate, self.width, self.channels = rate, width, channels
-        self.warned = False
-
-    def convert(self, block: tuple[bytes, int, int]) -> np.ndarray | None:
-        data, width, channels = block
-        try:
-            return pcm_to_float(data, width or self.width, channels or self.channels)
-        except AudioFormatError as err:
-            if not self.warned:
-                _LOG.warning("audio from Home Assistant skipped: %s", err)
-                self.warned = True
-            return None
+    async def _play_chime(self, sound: Sound) -> None:
+        await self.backend.play(sound.samples, sound.rate)
+        await self.backend.drain()
 
 
 def _result(task: asyncio.Task[Any]) -> Any:

@@ -4,6 +4,9 @@ only read a tiny model share one build instead of each writing its own."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +14,7 @@ import numpy as np
 import pytest
 
 from models.cache import CACHE_ENV
+from satellite.audio.backends import load_sounddevice
 from satellite.engine.sampling import Sampler
 from satellite.engine.sessions import use_shared_pool
 from tests.broker import Broker
@@ -53,3 +57,34 @@ def greedy_replies(monkeypatch: pytest.MonkeyPatch) -> None:
     seeds nothing, so otherwise a reply's length, and where it ends, changes run to run and
     CPU to CPU)."""
     monkeypatch.setattr(Sampler, "__call__", lambda self, logits, sampling: int(np.argmax(logits)))
+
+
+@pytest.fixture
+def pulseaudio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A private PulseAudio server with a null sink (its monitor is the microphone).
+    PortAudio is initialised before the server starts, as where the daemon starts before the
+    user's audio server: the backend must find the server's device all the same."""
+    load_sounddevice()
+    binary = shutil.which("pulseaudio")
+    assert binary, "pulseaudio is not installed: script/setup installs it"
+    home = tmp_path / "pulse"
+    home.mkdir()
+    socket = home / "native"
+    server = subprocess.Popen(
+        [binary, "-n", "--daemonize=no", "--exit-idle-time=-1", "--use-pid-file=no",
+         "--disable-shm=yes", "-L", f"module-native-protocol-unix socket={socket} "
+         "auth-anonymous=1", "-L", "module-null-sink sink_name=satsink",
+         "-L", "module-always-sink"],
+        env={**os.environ, "HOME": str(home), "XDG_RUNTIME_DIR": str(home)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    monkeypatch.setenv("PULSE_SERVER", f"unix:{socket}")
+    try:
+        deadline = time.monotonic() + 10
+        while not socket.exists():
+            assert server.poll() is None and time.monotonic() < deadline, "pulseaudio did not start"
+            time.sleep(0.05)
+        yield f"unix:{socket}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

@@ -15,8 +15,6 @@ import asyncio
 import dataclasses
 import itertools
 import json
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -28,7 +26,7 @@ import numpy as np
 import pytest
 
 import satellite.reply as reply_module
-from satellite.audio.backends import NullBackend, load_sounddevice
+from satellite.audio.backends import NullBackend
 from satellite.audio.jitter import JitterBuffer
 from satellite.audio.pacing import CUSHION_SECONDS, MARGIN, Pacer, least_start_delay
 from satellite.audio.player import Generated, PlaybackReport, ReplyPlayer, TextProgress
@@ -182,37 +180,6 @@ async def test_no_underrun_at_any_rate_on_a_real_time_speaker(
         assert daemon.backend.stats().underruns == 0
     finally:
         await daemon.close()
-
-
-@pytest.fixture
-def pulseaudio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A private PulseAudio server with a null sink (its monitor is the microphone).
-    PortAudio is initialised before the server starts, as where the daemon starts before the
-    user's audio server: the backend must find the server's device all the same."""
-    load_sounddevice()
-    binary = shutil.which("pulseaudio")
-    assert binary, "pulseaudio is not installed: script/setup installs it"
-    home = tmp_path / "pulse"
-    home.mkdir()
-    socket = home / "native"
-    server = subprocess.Popen(
-        [binary, "-n", "--daemonize=no", "--exit-idle-time=-1", "--use-pid-file=no",
-         "--disable-shm=yes", "-L", f"module-native-protocol-unix socket={socket} "
-         "auth-anonymous=1", "-L", "module-null-sink sink_name=satsink",
-         "-L", "module-always-sink"],
-        env={**os.environ, "HOME": str(home), "XDG_RUNTIME_DIR": str(home)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    monkeypatch.setenv("PULSE_SERVER", f"unix:{socket}")
-    try:
-        deadline = time.monotonic() + 10
-        while not socket.exists():
-            assert server.poll() is None and time.monotonic() < deadline, "pulseaudio did not start"
-            time.sleep(0.05)
-        yield f"unix:{socket}"
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 async def test_no_underrun_at_any_rate_on_a_pulseaudio_server(

@@ -18,7 +18,13 @@ Here:
   Assistant pings every ~2 s, so silence means it is gone), other connections after
   `idle_timeout`; the satellite goes on working and takes the next connection;
 - writes go through a bounded outbox per connection, so a slow peer never blocks the audio
-  path: when the outbox is full the event is dropped and counted.
+  path: when the outbox is full the event is dropped and counted;
+- after each event from the active connection the server waits for the daemon's `room()`
+  before reading the next: audio Home Assistant streams to be played is read no faster than
+  it plays, with 10 s ahead (`satellite.wyoming.incoming`), so a fast sender is held back by
+  TCP. Home Assistant's events behind that audio (its pings among them) wait too, and it drops
+  a satellite it has heard nothing from for 5 s, so while the server waits it sends a `ping`
+  every `KEEPALIVE_SECONDS` (Home Assistant answers pings, and any event counts).
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ _LOG = logging.getLogger("satellite.wyoming")
 
 SILENCE_TIMEOUT = 5.0
 IDLE_TIMEOUT = 60.0
+KEEPALIVE_SECONDS = 2.0
+"""While the daemon has no room, a `ping` to the active connection this often."""
 OUTBOX_EVENTS = 512
 """Events a connection may have waiting to be written (10 s of 20 ms audio chunks)."""
 
@@ -69,6 +77,10 @@ class SatelliteEvents(Protocol):
     def on_disconnected(self, reason: str) -> None:
         """The active connection is gone (closed, silent too long, or replaced)."""
 
+    async def room(self) -> None:
+        """Return once the daemon can take the next event (audio it plays is taken no
+        faster than it plays)."""
+
 
 class _Connection:
     def __init__(
@@ -82,10 +94,13 @@ class _Connection:
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.closed = asyncio.Event()
+        self.last_queued = time.monotonic()
+        """When an event was last queued for this peer."""
 
     def queue(self, event: Event) -> bool:
         try:
             self.outbox.put_nowait(event)
+            self.last_queued = time.monotonic()
         except asyncio.QueueFull:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 100 == 0:
@@ -222,7 +237,25 @@ class SatelliteServer:
             if self._active is conn:
                 self.last_event = time.monotonic()
             self._dispatch(conn, event)
+            if self._active is conn:
+                await self._wait_for_room(conn)
         return "closed"
+
+    async def _wait_for_room(self, conn: _Connection) -> None:
+        """Until the daemon has room; meanwhile the connection hears from the satellite at
+        least every KEEPALIVE_SECONDS (a `ping`), however many short waits it takes."""
+        waiting = asyncio.ensure_future(self.events.room())
+        try:
+            for _ in range(1_000_000):  # bounded: the daemon's stream ends within its limits
+                quiet = time.monotonic() - conn.last_queued
+                if quiet >= KEEPALIVE_SECONDS:
+                    conn.queue(Ping().event())
+                    quiet = 0.0
+                done, _ = await asyncio.wait([waiting], timeout=KEEPALIVE_SECONDS - quiet)
+                if done or conn.closed.is_set() or self._active is not conn:
+                    return
+        finally:
+            waiting.cancel()
 
     def _dispatch(self, conn: _Connection, event: Event) -> None:
         if Describe.is_type(event.type):

@@ -1,0 +1,245 @@
+"""Faults of a real home around the audio Home Assistant streams to the satellite (issue 16,
+points 1, 3 and 4), driven by the real `wyoming` client library playing Home Assistant, with the
+daemon on the tiny model: a connection dropped mid-announcement, a stream that stops arriving,
+a timer's chime meeting an announcement (on a real PulseAudio server, where the cut happened),
+and a sender faster than the speaker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.error import Error
+from wyoming.timer import TimerFinished
+
+from satellite.daemon import Daemon
+from satellite.wyoming import incoming
+from tests.satellite_support import HomeAssistant, daemon_settings, script_wav, tiny_model
+
+TTS_RATE = 22050
+CHUNK_BYTES = 2048
+"""Home Assistant sends announcements as 2048-byte chunks at 22,050 Hz."""
+OUTPUT_RATE = 24_000
+
+
+@pytest.fixture(scope="module")
+def model() -> Path:
+    return tiny_model()
+
+
+def _tone(seconds: float) -> bytes:
+    t = np.arange(int(seconds * TTS_RATE)) / TTS_RATE
+    return (0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype("<i2").tobytes()
+
+
+async def _stream(ha: HomeAssistant, pcm: bytes, stop: bool = True) -> None:
+    """What Home Assistant's `async_announce` sends: audio-start, 2048-byte chunks as fast as
+    the socket takes them, audio-stop (left out to play a sender that stops)."""
+    await ha.send(AudioStart(rate=TTS_RATE, width=2, channels=1, timestamp=0).event())
+    for offset in range(0, len(pcm), CHUNK_BYTES):
+        chunk = pcm[offset : offset + CHUNK_BYTES]
+        await ha.send(AudioChunk(rate=TTS_RATE, width=2, channels=1, audio=chunk).event())
+    if stop:
+        await ha.send(AudioStop().event())
+
+
+class Seen:
+    """What the daemon reported, with the data."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.items: list[tuple[str, dict[str, Any]]] = []
+        daemon.observe(lambda kind, data: self.items.append((kind, dict(data))))
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [data for k, data in self.items if k == kind]
+
+
+async def _until(condition: Any, timeout: float) -> float:
+    """Seconds until `condition()` holds; AssertionError after `timeout`."""
+    start = time.monotonic()
+    while not condition():
+        assert time.monotonic() - start < timeout, f"not within {timeout} s"
+        await asyncio.sleep(0.02)
+    return time.monotonic() - start
+
+
+@pytest.fixture
+async def gated(model: Path) -> AsyncIterator[Daemon]:
+    """A daemon that does not listen while it plays (`audio.barge_in: false`), on silence."""
+    daemon = Daemon(daemon_settings(model, backend="null", barge_in=False))
+    await daemon.start()
+    yield daemon
+    await daemon.close()
+
+
+async def test_home_assistant_dropping_mid_announcement_ends_the_playback(gated: Daemon) -> None:
+    seen = Seen(gated)
+    ha = HomeAssistant(gated.server.bound_port)
+    await ha.connect()
+    await ha.wait_for("info", 5)
+    await _stream(ha, _tone(1.0), stop=False)
+    await _until(lambda: gated.playing, 2)
+    await ha.close(pause=False)  # gone, no audio-stop
+    # what had arrived plays out (1 s), then the satellite is free again
+    await _until(lambda: not gated.playing, 3.0)
+    assert seen.of("played")[-1]["ending"] == "disconnected"
+    assert seen.of("played")[-1]["seconds"] == pytest.approx(1.0, abs=0.05)
+    # the wake word is heard again (it is gated only while something plays) ...
+    assert not (gated.playing and not gated.settings.audio.barge_in)
+    # ... and a finished timer's chime rings rather than being skipped
+    before = gated.backend.stats().played
+    gated.on_event(TimerFinished(id="t").event())
+    await asyncio.sleep(gated.timer_sound.seconds + 0.3)  # the null speaker counts as it plays
+    assert gated.backend.stats().played - before > 0.9 * gated.timer_sound.seconds * OUTPUT_RATE
+
+
+async def test_a_stream_that_stops_arriving_ends_within_the_stall_time(
+    gated: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(incoming, "STALL_SECONDS", 1.0)
+    seen = Seen(gated)
+    ha = HomeAssistant(gated.server.bound_port)
+    await ha.connect()
+    try:
+        await ha.wait_for("info", 5)
+        sent = time.monotonic()
+        await _stream(ha, _tone(0.5), stop=False)  # connected and pinging, but no more audio
+        await _until(lambda: gated.playing, 2)
+        await _until(lambda: not gated.playing, 4.0)
+        took = time.monotonic() - sent
+        # the 0.5 s played at once; the stall time counts from the last audio received
+        assert 0.9 <= took <= 2.0, f"ended {took:.2f} s after 0.5 s of audio and a 1 s stall"
+        assert seen.of("played")[-1]["ending"] == "stalled"
+        assert not ha.of("played"), "no `played` for a stream that never ended"
+        assert gated.server.connected and not ha.closed
+    finally:
+        await ha.close()
+
+
+async def test_the_file_backend_exits_after_a_dropped_announcement(
+    model: Path, tmp_path: Path
+) -> None:
+    """The daemon stops at the end of its input file once nothing plays: a stream left
+    without audio-stop used to keep it playing forever."""
+    source = tmp_path / "in.wav"
+    script_wav(source, [("silence", 2.0)])
+    settings = daemon_settings(model, backend="file", input_file=source, barge_in=False)
+    daemon = Daemon(settings)
+    await daemon.start()
+    try:
+        ha = HomeAssistant(daemon.server.bound_port)
+        await ha.connect()
+        await ha.wait_for("info", 5)
+        await _stream(ha, _tone(0.5), stop=False)
+        await ha.close(pause=False)
+        await asyncio.wait_for(daemon.wait_stopped(), 6.0)
+    finally:
+        await daemon.close()
+
+
+async def test_a_timer_chime_waits_for_an_announcement_on_pulseaudio(
+    pulseaudio: str, model: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The chime is ringing when a 4 s announcement comes: the announcement plays whole (the
+    ring playing then is cut), and the chime rings again after it. Before, the chime's drain
+    of the shared output timed out and dropped the announcement after about 2.8 s."""
+    settings = daemon_settings(model, backend="sounddevice", input_device="pulse",
+                               output_device="pulse")  # fmt: skip
+    daemon = Daemon(settings)
+    seen = Seen(daemon)
+    await daemon.start()
+    ha = HomeAssistant(daemon.server.bound_port)
+    try:
+        await ha.connect()
+        await ha.wait_for("info", 5)
+        caplog.set_level(logging.INFO, logger="satellite")
+        daemon.on_event(TimerFinished(id="pasta").event())
+        await asyncio.sleep(0.3)  # the first ring is playing
+        start = time.monotonic()
+        await _stream(ha, _tone(4.0))
+        played = (await ha.wait_for("played", 10))[0].time - start
+        assert played >= 3.9, f"`played` {played:.2f} s after a 4 s announcement began"
+        assert seen.of("played")[-1]["ending"] == "complete"
+        assert "did not drain" not in caplog.text
+        assert "the timer's chime waits for the announcement to end" in caplog.text
+        after = daemon.backend.stats().played
+        await asyncio.sleep(1.5 * daemon.timer_sound.seconds)
+        assert daemon.backend.stats().played - after > 0.3 * OUTPUT_RATE, "rings again"
+    finally:
+        await ha.close()
+        await daemon.close()
+
+
+async def test_a_fast_sender_is_read_no_faster_than_it_plays(
+    gated: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """8 s of audio sent at once with 1 s allowed ahead: the satellite never holds more than
+    1 s (plus one chunk), stops reading meanwhile, and keeps Home Assistant's 5 s rule with its
+    own pings while it does; all 8 s play."""
+    monkeypatch.setattr(incoming, "AHEAD_SECONDS", 1.0)
+    seen = Seen(gated)
+    ha = HomeAssistant(gated.server.bound_port)
+    await ha.connect()
+    try:
+        await ha.wait_for("info", 5)
+        start = time.monotonic()
+        await _stream(ha, _tone(8.0))
+        await ha.wait_for("played", 12)
+        assert time.monotonic() - start >= 7.8
+        stream = [d for d in seen.of("played") if d["ending"] == "complete"]
+        assert stream and stream[-1]["seconds"] == pytest.approx(8.0, abs=0.05)
+        most = gated.most_queued_seconds
+        assert most <= 1.0 + CHUNK_BYTES / 2 / TTS_RATE + 1e-6, most
+        assert most >= 0.9, "the stream did fill up to its limit"
+        times = [start] + [r.time for r in ha.received if r.time >= start]
+        gaps = np.diff(times)
+        assert gaps.max() < 5.0, f"Home Assistant heard nothing for {gaps.max():.1f} s"
+        assert ha.of("ping"), "the satellite's keepalive pings"
+        assert gated.server.connected and not ha.closed
+    finally:
+        await ha.close()
+
+
+async def test_a_stream_past_the_limit_is_cut_and_the_sender_told(
+    gated: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(incoming, "MOST_SECONDS", 1.0)
+    seen = Seen(gated)
+    ha = HomeAssistant(gated.server.bound_port)
+    await ha.connect()
+    try:
+        await ha.wait_for("info", 5)
+        await _stream(ha, _tone(3.0))
+        error = Error.from_event((await ha.wait_for("error", 5))[0].event)
+        assert error.code == "audio-too-long" and "1 s" in error.text
+        await ha.wait_for("played", 5)
+        assert seen.of("played")[-1]["seconds"] == pytest.approx(1.0, abs=0.05)
+        assert len(ha.of("error")) == 1, "told once"
+        # the connection stayed in step: the next announcement plays whole
+        await _stream(ha, _tone(0.5))
+        await ha.wait_for("played", 5, count=2)
+    finally:
+        await ha.close()
+
+
+async def test_an_unplayable_audio_start_is_answered(gated: Daemon) -> None:
+    ha = HomeAssistant(gated.server.bound_port)
+    await ha.connect()
+    try:
+        await ha.wait_for("info", 5)
+        await ha.send(AudioStart(rate=0, width=2, channels=1).event())
+        error = Error.from_event((await ha.wait_for("error", 5))[0].event)
+        assert error.code == "audio-format" and "rate 0" in error.text
+        assert not gated.playing
+        await _stream(ha, _tone(0.3))
+        await ha.wait_for("played", 5)
+        assert gated.server.connected
+    finally:
+        await ha.close()
