@@ -243,3 +243,39 @@ async def test_an_unplayable_audio_start_is_answered(gated: Daemon) -> None:
         assert gated.server.connected
     finally:
         await ha.close()
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+async def test_a_flood_of_audio_does_not_grow_memory(
+    gated: Daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """64 MiB of announcement audio as fast as the socket takes it (the fault: 200 MiB in
+    2.5 s grew the daemon by 681 MB). The first 2 s play; the rest is read and dropped; the
+    process (daemon and sender alike) grows by a few MB, not by what was sent."""
+    monkeypatch.setattr(incoming, "MOST_SECONDS", 2.0)
+    ha = HomeAssistant(gated.server.bound_port)
+    await ha.connect()
+    try:
+        await ha.wait_for("info", 5)
+        block = _tone(1.0)
+        before = _rss_mb()
+        await ha.send(AudioStart(rate=TTS_RATE, width=2, channels=1).event())
+        sent = 0
+        while sent < 64 << 20:
+            for offset in range(0, len(block), CHUNK_BYTES):
+                chunk = block[offset : offset + CHUNK_BYTES]
+                await ha.send(AudioChunk(rate=TTS_RATE, width=2, channels=1, audio=chunk).event())
+            sent += len(block)
+        await ha.send(AudioStop().event())
+        await ha.wait_for("played", 30)
+        grown = _rss_mb() - before
+        assert grown < 32, f"grew by {grown:.0f} MB for {sent >> 20} MiB sent"
+        assert len(ha.of("error")) == 1 and gated.server.connected
+    finally:
+        await ha.close()
