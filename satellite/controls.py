@@ -24,6 +24,8 @@ _LOG = logging.getLogger("satellite.controls")
 VOICES = ("us_female", "us_male", "uk_female", "uk_male")
 MODES = ("local", "ha")
 STATE_NAME = "state.json"
+MAX_STATE_BYTES = 64 * 1024
+"""A state file larger than this is damaged (a real one is a few hundred bytes)."""
 
 
 class ControlError(UserError):
@@ -95,13 +97,19 @@ class ControlStore:
         """`start` with the saved values over it; a damaged file or value is logged and
         skipped (the config's value stands), never fatal."""
         try:
-            saved = json.loads(self.path.read_text(encoding="utf-8"))
+            with self.path.open("rb") as f:
+                data = f.read(MAX_STATE_BYTES + 1)
+            if len(data) > MAX_STATE_BYTES:
+                raise ValueError(f"larger than {MAX_STATE_BYTES // 1024} kB")
+            saved = json.loads(data.decode("utf-8"))
         except FileNotFoundError:
             return start
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, RecursionError) as err:  # RecursionError: deep nesting
+            why = "nested too deeply" if isinstance(err, RecursionError) else str(err)
             _LOG.warning(
-                "%s: cannot read the saved controls (%s); using the config", self.path, err
-            )
+                "%s: cannot read the saved controls (%s); using the config, and the file is "
+                "replaced at the next change", self.path, why,
+            )  # fmt: skip
             return start
         if not isinstance(saved, dict):
             _LOG.warning("%s: not a JSON object; using the config", self.path)

@@ -21,6 +21,7 @@ import pytest
 
 from satellite.audio.backends import FileBackend
 from satellite.audio.wake import WakeWordDetector
+from satellite.controls import Controls
 from satellite.daemon import Daemon
 from satellite.mqtt.client import retry_delay
 from satellite.mqtt.discovery import Topics, device_payload
@@ -460,3 +461,31 @@ async def test_last_will_and_clean_offline(
         late.close()
     if how == "SIGTERM":
         assert proc.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (b"[" * 30_000 + b"]" * 30_000, "nested too deeply"),
+        (b'{"volume": 0.3}' + b" " * (70 * 1024), "larger than 64 kB"),
+        (b"\xff\xfe binary", "codec"),
+        (b'{"volume": "loud", "muted": [1], "nope": 1, "voice": {"a": 1}}', "keeping"),
+    ],
+)
+async def test_a_damaged_state_file_never_stops_the_start(
+    model: Path, tmp_path: Path, content: bytes, why: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 16, point 9: the state file is meant to be never fatal (a nested JSON file raised
+    RecursionError out of the loader and the daemon exited with a traceback)."""
+    state = tmp_path / "state.json"
+    state.write_bytes(content)
+    settings = daemon_settings(model, backend="null", state_file=str(state))
+    daemon = Daemon(settings)
+    await daemon.start()
+    try:
+        assert daemon.controls == Controls.from_settings(settings), "the config's values stand"
+        assert why in caplog.text and str(state) in caplog.text
+        daemon.set_control("volume", 0.4)
+        assert json.loads(state.read_text())["volume"] == 0.4, "replaced by a good file"
+    finally:
+        await daemon.close()
