@@ -1044,6 +1044,7 @@ class Daemon:
 
     def _on_timer(self, event: Event) -> None:
         kind = event.type
+        _check_timer(kind, event.data)
         if TimerStarted.is_type(kind):
             started = TimerStarted.from_event(event)
             self.timers[started.id] = Timer(started.id, started.name, started.total_seconds)
@@ -1100,6 +1101,20 @@ class Daemon:
     async def _play_chime(self, sound: Sound) -> None:
         await self.backend.play(sound.samples, sound.rate)
         await self.backend.drain()
+
+
+def _check_timer(kind: str, data: dict[str, Any]) -> None:
+    """A timer event's `id` is text and its `total_seconds` (where it has one) a whole number
+    of seconds; ValueError naming the field if not (the server answers with an `error`)."""
+    timer_id = data.get("id")
+    if not isinstance(timer_id, str) or not 0 < len(timer_id) <= 200:
+        raise ValueError(f"{kind}: id must be text (1 to 200 characters), "
+                         f"not {str(timer_id)[:40]!r}")  # fmt: skip
+    if kind in ("timer-started", "timer-updated"):
+        value = data.get("total_seconds")
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10**9:
+            raise ValueError(f"{kind}: total_seconds must be a whole number of seconds, "
+                             f"not {str(value)[:40]!r}")  # fmt: skip
 
 
 def _result(task: asyncio.Task[Any]) -> Any:

@@ -7,6 +7,7 @@ and a sender faster than the speaker."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -17,7 +18,8 @@ import numpy as np
 import pytest
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.error import Error
-from wyoming.timer import TimerFinished
+from wyoming.event import Event
+from wyoming.timer import TimerFinished, TimerStarted
 
 from satellite.daemon import Daemon
 from satellite.wyoming import incoming
@@ -279,3 +281,65 @@ async def test_a_flood_of_audio_does_not_grow_memory(
         assert len(ha.of("error")) == 1 and gated.server.connected
     finally:
         await ha.close()
+
+
+# -- malformed events on the satellite port (issue 16, point 6) -----------------------------
+
+
+async def test_malformed_events_are_answered_and_home_assistant_stays(
+    gated: Daemon, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each malformed event gets one `error` and a log line; Home Assistant's connection
+    survives every one the stream stays in step after (before, each raised out of the server
+    or the daemon, logged a traceback and dropped Home Assistant without an answer)."""
+    ha = HomeAssistant(gated.server.bound_port)
+    await ha.connect()
+    try:
+        await ha.wait_for("info", 5)
+        cases = [
+            (Event("audio-start", {"rate": 22050, "channels": 1}), "bad-event", "width"),
+            (Event("audio-start", {"rate": "fast", "width": 2, "channels": 1}), "audio-format",
+             "rate 'fast'"),
+            (TimerStarted(id="t", total_seconds="ten").event(), "bad-event",  # type: ignore[arg-type]
+             "total_seconds"),
+            (Event("timer-finished", {"id": ["not", "text"]}), "bad-event", "id must be text"),
+            (Event("transcript", {}), "bad-event", "text"),
+        ]  # fmt: skip
+        for count, (event, code, text) in enumerate(cases, 1):
+            await ha.send(event)
+            error = Error.from_event((await ha.wait_for("error", 5, count=count))[-1].event)
+            assert error.code == code and text in error.text, (event.type, error)
+        # framing that stays in step: nested and long-integer data
+        assert ha.client is not None
+        for count, data in enumerate((b"[" * 30_000 + b"]" * 30_000, b"[" + b"9" * 5000 + b"]"),
+                                     len(cases) + 1):  # fmt: skip
+            header = json.dumps({"type": "timer-started", "data_length": len(data)}).encode()
+            ha.client._writer.write(header + b"\n" + data)  # type: ignore[union-attr]
+            error = Error.from_event((await ha.wait_for("error", 5, count=count))[-1].event)
+            assert error.code == "protocol", error
+        pongs = len(ha.of("pong"))
+        await ha.wait_for("pong", 6, count=pongs + 1)  # still served, still the active one
+        assert gated.server.connected and not ha.closed
+        assert "Traceback" not in caplog.text and "Logging error" not in caplog.text
+        assert not [r for r in caplog.records if r.exc_info], "no tracebacks"
+    finally:
+        await ha.close()
+
+
+async def test_a_frame_that_breaks_the_stream_is_answered_then_closed(gated: Daemon) -> None:
+    ha = HomeAssistant(gated.server.bound_port)
+    await ha.connect()
+    await ha.wait_for("info", 5)
+    assert ha.client is not None
+    ha.client._writer.write(b'{"type": "audio-chunk", "payload_length": -1}\n')  # type: ignore[union-attr]
+    error = Error.from_event((await ha.wait_for("error", 5))[0].event)
+    assert error.code == "protocol" and "closing the connection" in error.text
+    await ha.wait_closed(5)
+    await ha.close(pause=False)
+    again = HomeAssistant(gated.server.bound_port)
+    await again.connect()
+    try:
+        await again.wait_for("info", 5)
+        assert gated.server.connected
+    finally:
+        await again.close()

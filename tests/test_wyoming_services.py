@@ -27,7 +27,7 @@ from wyoming.asr import Transcribe, Transcript
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
-from wyoming.event import Event, async_read_event
+from wyoming.event import Event, async_read_event, async_write_event
 from wyoming.info import Describe, Info
 from wyoming.ping import Ping
 from wyoming.tts import (
@@ -561,10 +561,16 @@ BAD_REQUESTS: dict[str, tuple[list[Event], str]] = {
 }
 
 
+KEPT_OPEN = {"unknown event type"}
+"""Errors outside any request: the connection goes on. Every other error ends a request,
+and its connection closes after the `error` (Home Assistant's clients wait for the end)."""
+
+
 @pytest.mark.parametrize("case", list(BAD_REQUESTS))
 async def test_bad_requests_get_an_error(tiny_dir: Path, case: str) -> None:
-    """Each bad request gets a Wyoming `error` whose text names the problem; the same
-    connection still answers `describe`, and another client is unaffected."""
+    """Each bad request gets a Wyoming `error` whose text names the problem, then its
+    connection closes at once (an unknown event outside a request leaves it open: it still
+    answers `describe`); another client is unaffected."""
     events, expected = BAD_REQUESTS[case]
     async with (
         running(tiny_dir, max_audio_seconds=5.0) as server,
@@ -576,17 +582,57 @@ async def test_bad_requests_get_an_error(tiny_dir: Path, case: str) -> None:
         error = await read_until(client, "error", timeout=10)
         assert error[-1][1].type == "error", types(error)
         assert expected in error[-1][1].data["text"], error[-1][1].data
-        await client.write_event(Describe().event())
-        assert (info := await read(client)) is not None and info.type == "info"
+        if case in KEPT_OPEN:
+            await client.write_event(Describe().event())
+            assert (info := await read(client)) is not None and info.type == "info"
+        else:
+            assert await read(client, HA_TIMEOUT) is None, "closed after the error"
         await bystander.write_event(Ping(text="still there?").event())
         pong = await read(bystander)
         assert pong is not None and pong.data == {"text": "still there?"}
 
 
-RAW_FRAMES: dict[str, tuple[bytes, str]] = {
-    "header not JSON": (b"this is not json\n", "not JSON"),
+def _with_data(data: bytes, kind: str = "transcribe") -> bytes:
+    """A frame of `kind` whose data section is `data`, its length right."""
+    return json.dumps({"type": kind, "data_length": len(data)}).encode() + b"\n" + data
+
+
+IN_STEP_FRAMES: dict[str, tuple[bytes, str]] = {
     "header without type": (b'{"data": {}}\n', "no `type`"),
     "data not JSON": (b'{"type": "transcribe", "data_length": 5}\n{{{{{', "not JSON"),
+    "data nested too deeply": (_with_data(b"[" * 30_000 + b"]" * 30_000), "nested too deeply"),
+    "data with a 5,000-digit number": (_with_data(b'{"n": ' + b"9" * 5000 + b"}"), "digits"),
+    "data not an object": (_with_data(b"[]"), "not a JSON object"),
+}
+
+
+@pytest.mark.parametrize("case", list(IN_STEP_FRAMES))
+async def test_malformed_events_read_whole_keep_the_connection(tiny_dir: Path, case: str) -> None:
+    """An event whose lengths could be read (so the stream is still in step) but whose data
+    is malformed: one `error` naming the problem, and the same connection goes on (before,
+    deep nesting and long integers raised out of the frame reader and dropped it unanswered)."""
+    raw, expected = IN_STEP_FRAMES[case]
+    async with running(tiny_dir) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.bound_port)
+        writer.write(raw)
+        await writer.drain()
+        first = await asyncio.wait_for(async_read_event(reader), HA_TIMEOUT)
+        assert first is not None and first.type == "error", first
+        assert expected in first.data["text"], first.data
+        assert first.data["code"] == "protocol"
+        await async_write_event(Describe().event(), writer)
+        info = await asyncio.wait_for(async_read_event(reader), HA_TIMEOUT)
+        assert info is not None and info.type == "info"
+        writer.close()
+
+
+RAW_FRAMES: dict[str, tuple[bytes, str]] = {
+    "header not JSON": (b"this is not json\n", "not JSON"),
+    "header nested too deeply": (b"[" * 20_000 + b"]" * 20_000 + b"\n", "nested too deeply"),
+    "header with a 5,000-digit length": (
+        b'{"type": "audio-chunk", "payload_length": ' + b"9" * 5000 + b"}\n",
+        "digits",
+    ),
     "100 MB payload": (
         b'{"type": "audio-chunk", "data": {"rate": 16000, "width": 2, "channels": 1}, '
         b'"payload_length": 100000000}\n',
@@ -831,3 +877,69 @@ async def test_a_busy_port_is_refused_with_the_key(tiny_dir: Path) -> None:
         with pytest.raises(WyomingServerError, match=r"wyoming\.services_port: cannot listen on"):
             await second.start()
         assert second.pool.pending == 0
+
+
+# -- Home Assistant's own client paths ------------------------------------------------------
+
+
+async def ha_stt(port: int, language: str, audio: bytes) -> str | None:
+    """What Home Assistant's `WyomingSttProvider.async_process_audio_stream`
+    (homeassistant/components/wyoming/stt.py, 2025.4-2026.11) does with a services endpoint:
+    transcribe, audio-start, chunks, audio-stop, then read until a transcript (its text) or
+    the connection's end (None: the pipeline's STT error). `error` events are ignored."""
+    async with AsyncTcpClient("127.0.0.1", port) as client:
+        await client.write_event(Transcribe(language=language).event())
+        await client.write_event(AudioStart(rate=16000, width=2, channels=1).event())
+        for offset in range(0, len(audio), 2048):
+            chunk = AudioChunk(16000, 2, 1, audio[offset : offset + 2048])
+            await client.write_event(chunk.event())
+        await client.write_event(AudioStop().event())
+        for _ in range(10_000):
+            event = await client.read_event()
+            if event is None:
+                return None
+            if Transcript.is_type(event.type):
+                return Transcript.from_event(event).text
+    raise AssertionError("no end")
+
+
+async def ha_tts(port: int, text: str) -> bytes | None:
+    """What Home Assistant's `WyomingTtsProvider.async_get_tts_audio` (tts.py) does: synthesize,
+    then read until audio-stop (the audio) or the connection's end (None: no TTS).
+    `error` events are ignored."""
+    async with AsyncTcpClient("127.0.0.1", port) as client:
+        await client.write_event(Synthesize(text=text).event())
+        audio = b""
+        for _ in range(100_000):
+            event = await client.read_event()
+            if event is None:
+                return None
+            if AudioStop.is_type(event.type):
+                return audio
+            if AudioChunk.is_type(event.type):
+                audio += AudioChunk.from_event(event).audio
+    raise AssertionError("no end")
+
+
+async def test_a_failed_request_fails_home_assistants_pipeline_at_once(shaped_dir: Path) -> None:
+    """Issue 16, point 7: Home Assistant's STT and TTS clients ignore `error`, so a request
+    that failed and left its connection open stalled the pipeline until HA's own 30 s timeout
+    ("No TTS from tts.…"). Each failing request now ends its connection right after the
+    `error`: HA's loops end at once with their error result; good requests still work."""
+    speech = (np.sin(np.arange(16000) / 5.0) * 8000).astype("<i2").tobytes()
+    async with running(shaped_dir) as server:
+        port = server.bound_port
+        for name, request in (
+            ("unsupported STT language", ha_stt(port, "fr", speech)),
+            ("empty STT audio", ha_stt(port, "en", b"")),
+            ("TTS of a control token", ha_tts(port, "hi <|im_end|>")),
+            ("empty TTS text", ha_tts(port, "   ")),
+        ):
+            started = time.monotonic()
+            result = await asyncio.wait_for(request, 30)
+            took = time.monotonic() - started
+            assert result is None, f"{name}: {result!r}"
+            assert took < 1.0, f"{name}: Home Assistant waited {took:.1f} s"
+        assert await asyncio.wait_for(ha_stt(port, "en", speech), 60) is not None
+        audio = await asyncio.wait_for(ha_tts(port, "Hello there, how are you?"), 60)
+        assert audio is not None and len(audio) > 0

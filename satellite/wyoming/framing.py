@@ -4,8 +4,13 @@ them (`stop_serving`).
 An event is one JSON header line (`type`, `version`, `data_length`, `payload_length`, maybe
 an inline `data`), then `data_length` bytes of JSON data, then `payload_length` bytes of
 payload. `read_event` refuses what a peer could use to exhaust memory (a header line, data or
-payload over the limits) and anything malformed with a `ProtocolError` naming the problem;
-the connection cannot be trusted after one and is closed by the caller.
+payload over the limits) and anything malformed with a `ProtocolError` naming the problem.
+Where the event's lengths could be read and its bytes were consumed (bad data JSON, no `type`,
+`data` not an object), the error is `in_step`: the next event starts where it should, and the
+caller answers and goes on. Otherwise (a header that is not JSON, a length that is not a
+number or over its limit, a stream that ends inside an event) the stream cannot be trusted
+and the caller closes it. Any JSON the parser refuses counts, including nesting deeper than
+Python's recursion limit and integers over its 4,300-digit limit.
 """
 
 from __future__ import annotations
@@ -25,13 +30,26 @@ MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
 class ProtocolError(Exception):
     """A malformed or oversized event; the message says what was wrong."""
 
+    def __init__(self, message: str, *, in_step: bool = False) -> None:
+        super().__init__(message)
+        self.in_step = in_step
+        """The whole event was consumed: the connection can go on."""
+
+
+def _json(raw: bytes) -> Any:
+    """Parsed JSON; ValueError for anything the parser refuses (nesting too deep included)."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
 
 def _length(header: dict[str, Any], key: str, limit: int) -> int:
     value = header.get(key)
     if value is None:
         return 0
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ProtocolError(f"{key} must be a non-negative integer, not {value!r}")
+        raise ProtocolError(f"{key} must be a non-negative integer, not {str(value)[:40]!r}")
     if value > limit:
         raise ProtocolError(f"{key} {value} is over the limit of {limit} bytes")
     return value
@@ -53,28 +71,36 @@ async def read_event(
     except asyncio.LimitOverrunError:
         raise ProtocolError(f"an event header is longer than {MAX_HEADER_BYTES} bytes") from None
     try:
-        header = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ProtocolError(f"an event header is not JSON ({err})") from None
-    if not isinstance(header, dict) or not isinstance(header.get("type"), str):
-        raise ProtocolError("an event header has no `type`")
-    data = header.get("data") or {}
-    if not isinstance(data, dict):
-        raise ProtocolError(f"{header['type']}: `data` must be an object")
+        header = _json(line)
+    except ValueError as err:
+        raise ProtocolError(f"an event header is not JSON ({str(err)[:80]})") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("an event header is not a JSON object")
     data_length = _length(header, "data_length", max_data)
     payload_length = _length(header, "payload_length", max_payload)
     try:
-        if data_length:
-            extra = json.loads(await reader.readexactly(data_length))
-            if not isinstance(extra, dict):
-                raise ProtocolError(f"{header['type']}: its data is not a JSON object")
-            data.update(extra)
+        raw_data = await reader.readexactly(data_length) if data_length else b""
         payload = await reader.readexactly(payload_length) if payload_length else None
     except asyncio.IncompleteReadError:
-        raise ProtocolError(f"{header['type']}: the stream ended inside the event") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ProtocolError(f"{header['type']}: its data is not JSON ({err})") from None
-    return Event(type=header["type"], data=data, payload=payload)
+        raise ProtocolError(
+            f"{str(header.get('type'))[:40]}: the stream ended inside the event"
+        ) from None
+    kind = header.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError("an event header has no `type`", in_step=True)
+    data = header.get("data") or {}
+    if not isinstance(data, dict):
+        raise ProtocolError(f"{kind[:40]}: `data` must be an object", in_step=True)
+    if raw_data:
+        try:
+            extra = _json(raw_data)
+        except ValueError as err:
+            raise ProtocolError(f"{kind[:40]}: its data is not JSON ({str(err)[:80]})",
+                                in_step=True) from None  # fmt: skip
+        if not isinstance(extra, dict):
+            raise ProtocolError(f"{kind[:40]}: its data is not a JSON object", in_step=True)
+        data.update(extra)
+    return Event(type=kind, data=data, payload=payload)
 
 
 async def write_event(event: Event, writer: asyncio.StreamWriter) -> None:

@@ -19,6 +19,10 @@ Here:
   `idle_timeout`; the satellite goes on working and takes the next connection;
 - writes go through a bounded outbox per connection, so a slow peer never blocks the audio
   path: when the outbox is full the event is dropped and counted;
+- a malformed event gets one `error` (code `protocol` or `bad-event`) and one log line (the
+  first `LOGGED_MALFORMED` a connection, then a count); the connection goes on where the
+  event could be read whole (`framing.ProtocolError.in_step`, or a bad value in a well-formed
+  event) and is closed where the stream cannot be trusted;
 - after each event from the active connection the server waits for the daemon's `room()`
   before reading the next: audio Home Assistant streams to be played is read no faster than
   it plays, with 10 s ahead (`satellite.wyoming.incoming`), so a fast sender is held back by
@@ -37,6 +41,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from wyoming.error import Error
 from wyoming.event import Event
 from wyoming.info import Describe, Info
 from wyoming.ping import Ping, Pong
@@ -57,6 +62,8 @@ SILENCE_TIMEOUT = 5.0
 IDLE_TIMEOUT = 60.0
 KEEPALIVE_SECONDS = 2.0
 """While the daemon has no room, a `ping` to the active connection this often."""
+LOGGED_MALFORMED = 10
+"""Malformed events logged one by one per connection; the rest are counted."""
 OUTBOX_EVENTS = 512
 """Events a connection may have waiting to be written (10 s of 20 ms audio chunks)."""
 
@@ -96,6 +103,17 @@ class _Connection:
         self.closed = asyncio.Event()
         self.last_queued = time.monotonic()
         """When an event was last queued for this peer."""
+        self.malformed = 0
+
+    def refuse(self, text: str, code: str) -> None:
+        """Answer a malformed event with one `error`, and log it (counted past a few)."""
+        self.malformed += 1
+        if self.malformed <= LOGGED_MALFORMED:
+            _LOG.warning("connection %d (%s): %s", self.number, self.peer, text)
+            if self.malformed == LOGGED_MALFORMED:
+                _LOG.warning("connection %d (%s): further malformed events are counted, not "
+                             "logged", self.number, self.peer)  # fmt: skip
+        self.queue(Error(text=text[:500], code=code).event())
 
     def queue(self, event: Event) -> bool:
         try:
@@ -218,6 +236,9 @@ class SatelliteServer:
                 self.events.on_disconnected(reason)
             else:
                 _LOG.debug("connection %d closed (%s)", conn.number, reason)
+            if conn.malformed > LOGGED_MALFORMED:
+                _LOG.info("connection %d (%s): %d malformed events in all", conn.number,
+                          conn.peer, conn.malformed)  # fmt: skip
 
     async def _read_loop(self, conn: _Connection) -> str:
         while not conn.closed.is_set():
@@ -228,7 +249,10 @@ class SatelliteServer:
             except TimeoutError:
                 return f"nothing received for {timeout:g} s"
             except ProtocolError as err:
-                _LOG.warning("connection %d (%s): %s; closing it", conn.number, conn.peer, err)
+                if err.in_step:
+                    conn.refuse(f"malformed event: {err}", "protocol")
+                    continue
+                conn.refuse(f"malformed event: {err}; closing the connection", "protocol")
                 return f"protocol error: {err}"
             except (ConnectionError, OSError) as err:
                 return f"connection error: {err}"
@@ -258,6 +282,16 @@ class SatelliteServer:
             waiting.cancel()
 
     def _dispatch(self, conn: _Connection, event: Event) -> None:
+        try:
+            self._handle(conn, event)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            what = f"{type(err).__name__}: {err}" if isinstance(err, KeyError) else str(err)
+            conn.refuse(f"malformed {event.type[:40]} event: {what[:200]}", "bad-event")
+        except Exception as err:  # a fault of the satellite's, not the peer's: keep serving
+            _LOG.exception("connection %d: %s event failed", conn.number, event.type[:40])
+            conn.queue(Error(text=f"{event.type[:40]} failed: {err}"[:500], code="failed").event())
+
+    def _handle(self, conn: _Connection, event: Event) -> None:
         if Describe.is_type(event.type):
             conn.queue(self.info().event())
         elif Ping.is_type(event.type):

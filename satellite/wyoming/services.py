@@ -27,9 +27,14 @@ queue; a full queue is answered with `error` at once). A request has `request_ti
 own runs) or does not take what is written for that long is disconnected. A client that goes
 away mid-request has its job cancelled before the model's next step.
 
-Bad input is answered with a Wyoming `error` whose text names the problem; a malformed or
-oversized event (framing) also closes that connection. Nothing a client sends stops the
-server or touches other connections.
+Bad input is answered with a Wyoming `error` whose text names the problem. A request that
+ends in an `error` (refused, failed, timed out, the queue full) also closes its connection
+once the `error` is written: Home Assistant's STT and TTS clients ignore `error` events and
+wait for a transcript, audio or the connection's end (`../shared/FINDINGS.md` §2), so a
+connection left open stalled its pipeline for 30 s. A malformed event that could be read
+whole (bad JSON data, a missing or wrongly typed field) outside a request gets its `error`
+and the connection goes on; one that leaves the stream untrustworthy (framing) closes it.
+Nothing a client sends stops the server or touches other connections.
 """
 
 from __future__ import annotations
@@ -211,6 +216,11 @@ class _Client:
     def busy(self) -> bool:
         return self.task is not None and not self.task.done()
 
+    @property
+    def in_request(self) -> bool:
+        """A request has begun (its audio or text is coming in) or is running."""
+        return self.busy or self.asr is not None or self.tts is not None
+
     async def send(self, event: Event, timeout: float) -> None:
         """Write `event`; raises _Gone when the client does not take it within `timeout`."""
         async with self._write:
@@ -362,6 +372,9 @@ class ServicesServer:
                         "services: connection %d (%s): %s", client.number, client.peer, err
                     )
                     await self._error(client, f"protocol error: {err}", "protocol")
+                    if err.in_step and not client.in_request:
+                        reading = asyncio.ensure_future(read_event(client.reader))
+                        continue
                     return f"protocol error: {err}"
                 except (ConnectionError, OSError) as err:
                     return f"connection error: {err}"
@@ -373,10 +386,14 @@ class ServicesServer:
                     await self._dispatch(client, event)
                 except BadRequest as err:
                     await self._error(client, str(err), err.code)
+                    if err.code != "unknown-event" or client.in_request:
+                        return f"request refused: {err}"
                 except (KeyError, TypeError, ValueError, AttributeError) as err:
                     await self._error(
-                        client, f"malformed {event.type} event: {type(err).__name__}: {err}"
+                        client, f"malformed {event.type[:40]} event: {type(err).__name__}: {err}"
                     )
+                    if client.in_request:
+                        return "malformed event during a request"
             return "closed"  # pragma: no cover - the loop above only ends by returning
         finally:
             reading.cancel()
@@ -408,13 +425,14 @@ class ServicesServer:
             client.writer.close()
         except BadRequest as err:
             await self._error(client, str(err), err.code)
-            if err.close:
-                client.writer.close()
+            client.writer.close()
         except PoolFull as err:
             await self._error(client, str(err), "busy")
+            client.writer.close()
         except Exception as err:
             _LOG.exception("services: connection %d: request failed", client.number)
             await self._error(client, f"the request failed: {err}", "failed")
+            client.writer.close()
 
     # -- events -------------------------------------------------------------------------------
 
