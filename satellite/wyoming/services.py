@@ -46,7 +46,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -409,8 +409,9 @@ class ServicesServer:
     async def _send(self, client: _Client, event: Event) -> None:
         await client.send(event, self.config.client_timeout)
 
-    def _start(self, client: _Client, request: Awaitable[None], what: str) -> None:
+    def _start(self, client: _Client, request: Coroutine[Any, Any, None], what: str) -> None:
         if client.busy:
+            request.close()  # never started: closed, not left for the collector to warn about
             raise BadRequest(
                 f"{what}: a request is already in progress on this connection; send one request "
                 "at a time (or open another connection)",
