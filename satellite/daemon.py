@@ -280,10 +280,12 @@ class Daemon:
         new = old.set(name, value)
         if new == old:
             return new
-        if (new.wake_word, new.sensitivity) != (old.wake_word, old.sensitivity):
+        if new.wake_word != old.wake_word:
             detector = WakeWordDetector(self._wake_settings(new))
             self.wake.close()
             self.wake = detector
+        elif new.sensitivity != old.sensitivity:
+            self.wake.set_sensitivity(new.sensitivity)
         changed_course = new.mode != old.mode or (new.muted and not old.muted)
         if changed_course and (self.state != "idle" or self.playing):
             self._interrupt()

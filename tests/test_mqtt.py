@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from satellite.audio.backends import FileBackend
 from satellite.audio.wake import WakeWordDetector
@@ -120,10 +122,9 @@ async def test_discovery_states_and_commands_round_trip(running: Daemon, broker:
         await ha.wait(lambda: len(_events(ha)) >= 6, 5, "six error events")
         errors = _events(ha)
         assert [e["event_type"] for e in errors] == ["error"] * 6
-        assert (
-            "expected a number" in errors[0]["message"] and "out of range" in errors[1]["message"]
-        )
-        assert "siri" in errors[3]["message"] and "PRESS" in errors[5]["message"]
+        by_value = {e["value"]: e["message"] for e in errors}  # a topic's second command waits
+        assert "expected a number" in by_value["loud"] and "out of range" in by_value["250"]
+        assert "siri" in by_value["siri"] and "PRESS" in by_value["now"]
         await ha.wait(lambda: ha.on(f"{BASE}/volume/state")[-1:] == [b"40"], 5, "volume kept")
         assert running.controls.volume == 0.4 and running.health() is None
 
@@ -489,3 +490,70 @@ async def test_a_damaged_state_file_never_stops_the_start(
         assert json.loads(state.read_text())["volume"] == 0.4, "replaced by a good file"
     finally:
         await daemon.close()
+
+
+FLOOD = 5000
+FLOOD_PAYLOADS: dict[str, list[bytes]] = {
+    "mute": [b"ON", b"OFF", b"maybe", b""],
+    "volume": [b"10", b"55", b"abc", b"-5", b"nan", b"1" * 600_000],
+    "sensitivity": [b"0.2", b"0.8", b"2", b"x" * 600_000],
+    "wake_word": [b"okay_nabu", b"hey_jarvis", b"nope", b"\xff\xfe"],
+    "voice": [b"uk_male", b"us_female", b"robot"],
+    "mode": [b"local", b"ha", b"both"],
+    "restart": [b"PRESS", b"press", b"y" * 600_000],
+}
+FINAL: dict[str, tuple[bytes, bytes]] = {
+    "mute": (b"OFF", b"OFF"),
+    "volume": (b"37", b"37"),
+    "sensitivity": (b"0.61", b"0.61"),
+    "wake_word": (b"hey_jarvis", b"hey_jarvis"),
+    "voice": (b"uk_male", b"uk_male"),
+    "mode": (b"local", b"local"),
+}
+"""The command sent last on each topic, and the state it must leave."""
+
+
+async def test_a_command_flood_keeps_states_and_events_flowing(
+    running: Daemon, broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 16, point 11: 5,000 commands as fast as a client can send them over every
+    command topic, valid, refused and 600 kB ones mixed, then one good command per topic. The
+    capture loop keeps its pace, no outgoing message is dropped, what is echoed back is cut,
+    and every state ends at the last command's value."""
+    caplog.set_level(logging.INFO, logger="satellite")
+    ha = Watcher(broker.port, [f"{BASE}/#"])
+    flood = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2)
+    flood.connect("127.0.0.1", broker.port)
+    flood.loop_start()
+    try:
+        await ha.wait(lambda: bool(ha.on(f"{BASE}/mode/state")), 10, "states")
+        chunks, started = running.chunks, time.monotonic()
+        topics = list(FLOOD_PAYLOADS)
+        sent = []
+        for number in range(FLOOD):
+            control = topics[number % len(topics)]
+            options = FLOOD_PAYLOADS[control]
+            payload = options[(number // len(topics)) % len(options)]
+            sent.append(flood.publish(f"{BASE}/{control}/set", payload, qos=1))
+        for control, (command, _) in FINAL.items():
+            sent.append(flood.publish(f"{BASE}/{control}/set", command, qos=1))
+        await asyncio.to_thread(lambda: [info.wait_for_publish(60) for info in sent])
+
+        def settled() -> bool:
+            return all(ha.on(f"{BASE}/{c}/state")[-1:] == [state] for c, (_, state) in
+                       FINAL.items())  # fmt: skip
+
+        await ha.wait(settled, 30, "every state at the last command's value")
+        elapsed = time.monotonic() - started
+        captured = (running.chunks - chunks) * running.backend.chunk_seconds
+        assert captured >= 0.8 * elapsed - 0.5, f"capture ran {captured:.1f} s in {elapsed:.1f} s"
+        link = running.mqtt.link if running.mqtt is not None else None
+        assert link is not None and link.dropped == 0, "no outgoing message dropped"
+        biggest = max(len(p) for t, p, _, _ in ha.messages if t == f"{BASE}/event")
+        assert biggest < 2048, f"an event of {biggest} bytes"
+        assert len(caplog.text) < 2_000_000, f"{len(caplog.text)} characters of log"
+        assert running.controls.volume == pytest.approx(0.37)
+    finally:
+        flood.loop_stop()
+        flood.disconnect()
+        ha.close()

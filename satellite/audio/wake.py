@@ -20,7 +20,7 @@ detections within `refractory_seconds` of the previous one are dropped.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pymicro_wakeword
@@ -148,6 +148,11 @@ class WakeWordDetector:
         self._armed = True
         self._last: float | None = None
         self._odd = b""
+
+    def set_sensitivity(self, sensitivity: float) -> None:
+        """A new sensitivity for the same model, at once (no reload)."""
+        self.cutoff = cutoff_for(sensitivity, float(self._model.probability_cutoff))
+        self.settings = replace(self.settings, sensitivity=sensitivity)
 
     @property
     def wake_word(self) -> str:

@@ -5,8 +5,14 @@
 - on every (re)connect, and whenever Home Assistant announces itself (`online` on
   `<prefix>/status`), the discovery payload and every state are published (retained);
 - commands on `<base>/<control>/set` change the daemon's live controls (`Daemon.set_control`);
-  a malformed one is refused with an `error` event naming the topic and the value, and the
-  control's state is republished so Home Assistant shows the value that stands;
+  a malformed one is refused with an `error` event naming the topic and the value (its first
+  40 characters; a payload over `COMMAND_BYTES` is refused unread), and the control's state is
+  republished so Home Assistant shows the value that stands;
+- each topic applies at most one command per `COMMAND_INTERVAL` (the restart button and Home
+  Assistant's birth message one per `RARE_INTERVAL`): commands arriving meanwhile wait, and a
+  later one replaces a waiting one (counted as superseded, in the health report). A person
+  sends a command a second at most; a flood costs the satellite twenty a second per topic,
+  its capture loop keeps its pace and its states and events keep flowing;
 - the daemon's observer events become event-entity messages on `<base>/event` (JSON with
   `event_type`), and each finished turn is also kept (retained) on `<base>/last_turn`;
 - every `health.interval_seconds` the health report goes to `<base>/health` (retained); an
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from satellite.controls import ControlError
@@ -31,6 +38,15 @@ if TYPE_CHECKING:
     from satellite.daemon import Daemon, TurnReport
 
 _LOG = logging.getLogger("satellite.mqtt")
+
+COMMAND_BYTES = 256
+"""Longest command payload read; a longer one is refused without parsing it."""
+ECHO_CHARACTERS = 40
+"""How much of a refused payload the `error` event and the log repeat."""
+COMMAND_INTERVAL = 0.05
+"""Seconds between two commands applied on one control's topic."""
+RARE_INTERVAL = 1.0
+"""Seconds between two restarts, or two republishings for Home Assistant's birth message."""
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -56,6 +72,12 @@ class MqttBridge:
                 confirm_seconds=settings.device_control.confirm_seconds,
             )
         self._task: asyncio.Task[None] | None = None
+        self._waiting: dict[str, tuple[Callable[[str, bytes], None], str, bytes]] = {}
+        """Per topic: the command waiting for its topic's interval to pass."""
+        self._cooling: dict[str, asyncio.TimerHandle] = {}
+        self.superseded = 0
+        """Commands replaced by a later one on the same topic before they were applied."""
+        self._burst: dict[str, int] = {}
 
     @property
     def model_name(self) -> str:
@@ -70,14 +92,17 @@ class MqttBridge:
         daemon.observe(self.health.observe)
         daemon.observe(self._on_daemon)
         link.on_connect.append(self.publish_all)
-        link.subscribe(topics.ha_status, self._on_ha_status)
+        link.subscribe(topics.ha_status, self._paced(self._on_ha_status, RARE_INTERVAL))
         for control in CONTROL_TOPICS:
-            link.subscribe(topics.command(control), self._on_command)
-        link.subscribe(topics.restart, self._on_restart)
+            link.subscribe(topics.command(control), self._paced(self._on_command, COMMAND_INTERVAL))
+        link.subscribe(topics.restart, self._paced(self._on_restart, RARE_INTERVAL))
         await link.start()
         self._task = asyncio.create_task(self._health_loop())
 
     async def stop(self) -> None:
+        for handle in self._cooling.values():
+            handle.cancel()
+        self._cooling.clear()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -109,6 +134,7 @@ class MqttBridge:
         report = self.health.report(check)
         report["model"] = self.model_name
         report["mqtt_dropped"] = self.link.dropped
+        report["mqtt_commands_superseded"] = self.superseded
         report["queues"] = {
             "mqtt_outbox": self.link.queued,
             "playback_seconds": report.pop("playback_queued_s", 0.0),
@@ -126,6 +152,44 @@ class MqttBridge:
 
     # -- from Home Assistant ----------------------------------------------------------------
 
+    def _paced(
+        self, handler: Callable[[str, bytes], None], interval: float
+    ) -> Callable[[str, bytes], None]:
+        """`handler`, applied at most once per `interval` on a topic, the latest waiting."""
+
+        def receive(topic: str, payload: bytes) -> None:
+            if topic in self._cooling:
+                if topic in self._waiting:
+                    self.superseded += 1
+                    self._burst[topic] = self._burst.get(topic, 0) + 1
+                self._waiting[topic] = (handler, topic, payload)
+                return
+            self._apply(handler, topic, payload, interval)
+
+        return receive
+
+    def _apply(
+        self, handler: Callable[[str, bytes], None], topic: str, payload: bytes, interval: float
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        self._cooling[topic] = loop.call_later(interval, self._cooled, topic, interval)
+        try:
+            handler(topic, payload)
+        except Exception:  # a fault of the satellite's: the next command still runs
+            _LOG.exception("mqtt: %s: the command failed", topic)
+
+    def _cooled(self, topic: str, interval: float) -> None:
+        del self._cooling[topic]
+        waiting = self._waiting.pop(topic, None)
+        if waiting is not None:
+            handler, _, payload = waiting
+            self._apply(handler, topic, payload, interval)
+            return
+        burst = self._burst.pop(topic, 0)
+        if burst:
+            _LOG.warning("mqtt: %s: %d commands came faster than one per %g s and were "
+                         "replaced by later ones", topic, burst, interval)  # fmt: skip
+
     def _on_ha_status(self, topic: str, payload: bytes) -> None:
         if payload.strip().lower() == b"online":
             _LOG.info("mqtt: Home Assistant is online; republishing discovery and states")
@@ -133,19 +197,25 @@ class MqttBridge:
 
     def _on_command(self, topic: str, payload: bytes) -> None:
         control = topic.removeprefix(self.topics.base + "/").removesuffix("/set")
-        text = payload.decode("utf-8", errors="replace").strip()
+        text = payload[:COMMAND_BYTES].decode("utf-8", errors="replace").strip()
+        echo = text[:ECHO_CHARACTERS] + ("..." if len(text) > ECHO_CHARACTERS else "")
         try:
+            if len(payload) > COMMAND_BYTES:
+                raise ControlError(f"{control}: a payload of {len(payload)} bytes; commands are "
+                                   f"at most {COMMAND_BYTES}")  # fmt: skip
             self.daemon.set_control(*_parse_command(control, text))
         except ControlError as err:
-            _LOG.warning("mqtt: %s: refused %r: %s", topic, text[:100], err)
-            self.event("error", where="mqtt", topic=topic, value=text[:100], message=str(err))
+            message = str(err).replace(text, echo)[:200]
+            _LOG.warning("mqtt: %s: refused %r: %s", topic, echo, message)
+            self.event("error", where="mqtt", topic=topic, value=echo, message=message)
         self.publish_state(control)
 
     def _on_restart(self, topic: str, payload: bytes) -> None:
-        text = payload.decode("utf-8", errors="replace").strip()
+        text = payload[:COMMAND_BYTES].decode("utf-8", errors="replace").strip()
         if text != "PRESS":
-            message = f"restart: expected PRESS, got {text[:100]!r}"
-            self.event("error", where="mqtt", topic=topic, value=text[:100], message=message)
+            echo = text[:ECHO_CHARACTERS]
+            message = f"restart: expected PRESS, got {echo!r}"
+            self.event("error", where="mqtt", topic=topic, value=echo, message=message)
             return
         self.daemon.restart_pipeline()
 

@@ -9,8 +9,11 @@ password (or a password file), a last will, reconnects, and an outbox that never
   [0.5, 1] (so many satellites do not reconnect in lockstep), n counting failures since the
   last good connection.
 - `publish` only appends to a bounded outbox (a deque) and wakes the sender; it never waits
-  for the network. While the broker is away messages wait there; when it is full the oldest
-  is dropped and counted (`dropped`).
+  for the network. While the broker is away messages wait there. A retained message replaces
+  one for the same topic still waiting (only the last state matters), so a burst of state
+  changes costs one message a topic. When the outbox is full the oldest is dropped and
+  counted (`dropped`), and the log says whether the broker was away or taking messages slower
+  than they came.
 - A refused connection (bad credentials, TLS problems, no broker) is logged once per distinct
   reason as a line naming the setting to check, and retried.
 - Messages on subscribed topics are handed to their handler on the asyncio loop.
@@ -147,12 +150,23 @@ class MqttLink:
 
     def publish(self, topic: str, payload: Payload, *, retain: bool = False, qos: int = 0) -> None:
         """Queue a message; never blocks (see the module docstring)."""
+        message = Message(topic, encode(payload), retain, qos)
+        if retain:
+            for index, waiting in enumerate(self._outbox):
+                if waiting.retain and waiting.topic == topic:
+                    self._outbox[index] = message  # only the last state matters
+                    if self._wake is not None:
+                        self._wake.set()
+                    return
         if len(self._outbox) >= self.settings.outbox_size:
             self._outbox.popleft()
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 100 == 0:
-                _LOG.warning("mqtt: outbox full while the broker is away; %d dropped", self.dropped)
-        self._outbox.append(Message(topic, encode(payload), retain, qos))
+                why = ("the broker takes messages slower than they come" if self.connected
+                       else "the broker is away")  # fmt: skip
+                _LOG.warning("mqtt: outbox full (%d messages) because %s; %d dropped",
+                             self.settings.outbox_size, why, self.dropped)  # fmt: skip
+        self._outbox.append(message)
         if self._wake is not None:
             self._wake.set()
 
