@@ -23,6 +23,8 @@ _LOG = logging.getLogger("satellite.controls")
 
 VOICES = ("us_female", "us_male", "uk_female", "uk_male")
 MODES = ("local", "ha")
+MUTE_SOURCES = ("", "home_assistant", "mqtt")
+"""Who muted the satellite ("" when it is not muted)."""
 STATE_NAME = "state.json"
 MAX_STATE_BYTES = 64 * 1024
 """A state file larger than this is damaged (a real one is a few hundred bytes)."""
@@ -41,6 +43,9 @@ class Controls:
     sensitivity: float = 0.5
     voice: str = "us_female"
     mode: str = "local"
+    muted_by: str = ""
+    """Who muted it: "home_assistant" (its Wyoming Mute switch sends `pause-satellite`, and
+    its `run-satellite` unmutes), "mqtt" (only an MQTT command unmutes), "" when unmuted."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Controls:
@@ -70,7 +75,8 @@ def check(name: str, value: Any) -> Any:
         if not 0.0 <= float(value) <= 1.0:
             raise ControlError(f"{name}: {value} is out of range; expected 0 to 1")
         return float(value)
-    choices = {"wake_word": WAKE_WORDS, "voice": VOICES, "mode": MODES}.get(name)
+    choices = {"wake_word": WAKE_WORDS, "voice": VOICES, "mode": MODES,
+               "muted_by": MUTE_SOURCES}.get(name)  # fmt: skip
     if choices is None:
         raise ControlError(f"{name}: no such control")
     if value not in choices:

@@ -217,8 +217,6 @@ class Daemon:
         self.done_sound = load_sound(audio.done_sound, "audio.done_sound", config_dir)
         self.timer_sound = load_sound(audio.timer_sound, "audio.timer_sound", config_dir) or chime()
         self.state: State = "idle"
-        self.paused = False
-        """Home Assistant paused the satellite (`ha` mode does not start pipelines)."""
         self.timers: dict[str, Timer] = {}
         self.turns: list[TurnReport] = []
         """Local turns that finished (interrupted ones are counted in `interrupted`)."""
@@ -274,10 +272,13 @@ class Daemon:
             self.settings.wake, model=controls.wake_word, sensitivity=controls.sensitivity
         )
 
-    def set_control(self, name: str, value: Any) -> Controls:
-        """Change one live control (ControlError for a bad value), apply it now, save it."""
+    def set_control(self, name: str, value: Any, source: str = "mqtt") -> Controls:
+        """Change one live control (ControlError for a bad value), apply it now, save it.
+        `source` says who muted or unmuted (see `Controls.muted_by`)."""
         old = self.controls
         new = old.set(name, value)
+        if name == "muted" and new.muted != old.muted:
+            new = new.set("muted_by", source if new.muted else "")
         if new == old:
             return new
         if new.wake_word != old.wake_word:
@@ -583,12 +584,10 @@ class Daemon:
             _LOG.info("wake word: silencing the timer")
             self._ring.cancel()  # its chime stops with it; other sound plays on
             return
-        if self.mode == "ha" and (not self.server.connected or self.paused):
-            why = "has paused the satellite" if self.paused else "is not connected"
+        if self.mode == "ha" and not self.server.connected:
             _LOG.warning(
-                "wake word heard, but Home Assistant %s; nothing to stream to "
-                "(satellite.mode: local answers with the local model)",
-                why,
+                "wake word heard, but Home Assistant is not connected; nothing to stream to "
+                "(satellite.mode: local answers with the local model)"
             )
             return
         if self.state != "idle" or self.playing:
@@ -937,8 +936,15 @@ class Daemon:
     # -- Home Assistant ---------------------------------------------------------------------
 
     def on_connected(self) -> None:
-        self.paused = False
+        self._unmute_from_home_assistant()
         self._notify("ha_connected")
+
+    def _unmute_from_home_assistant(self) -> None:
+        """`run-satellite`: Home Assistant's Mute switch is off (it connects only then). A
+        mute of its own ends; one set over MQTT stays until MQTT ends it."""
+        if self.controls.muted and self.controls.muted_by == "home_assistant":
+            _LOG.info("Home Assistant unmuted the satellite")
+            self.set_control("muted", False, source="home_assistant")
 
     def on_disconnected(self, reason: str) -> None:
         if self.state == "streaming":
@@ -958,13 +964,13 @@ class Daemon:
     def on_event(self, event: Event) -> None:
         kind = event.type
         if RunSatellite.is_type(kind):
-            self.paused = False
+            self._unmute_from_home_assistant()
         elif PauseSatellite.is_type(kind):
-            self.paused = True
-            _LOG.info("Home Assistant paused the satellite")
-            if self.state == "streaming":
-                self.server.send(AudioStop().event())
-                self.state = "idle"
+            if not self.controls.muted:
+                _LOG.info("Home Assistant paused the satellite (its Mute switch, or Home "
+                          "Assistant stopping): muted, in every mode, until it runs the "
+                          "satellite again or MQTT unmutes it")  # fmt: skip
+                self.set_control("muted", True, source="home_assistant")
         elif AudioStart.is_type(kind):
             self._ha_audio_start(AudioStart.from_event(event))
         elif AudioChunk.is_type(kind):

@@ -19,11 +19,20 @@ import pytest
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.error import Error
 from wyoming.event import Event
+from wyoming.satellite import PauseSatellite
 from wyoming.timer import TimerFinished, TimerStarted
 
 from satellite.daemon import Daemon
+from satellite.settings import MqttSettings
 from satellite.wyoming import incoming
-from tests.satellite_support import HomeAssistant, daemon_settings, script_wav, tiny_model
+from tests.broker import Broker, Watcher
+from tests.satellite_support import (
+    HomeAssistant,
+    daemon_settings,
+    script_wav,
+    tiny_model,
+    wake_and_ask,
+)
 
 TTS_RATE = 22050
 CHUNK_BYTES = 2048
@@ -342,4 +351,60 @@ async def test_a_frame_that_breaks_the_stream_is_answered_then_closed(gated: Dae
         await again.wait_for("info", 5)
         assert gated.server.connected
     finally:
+        await again.close()
+
+
+# -- one mute, from Home Assistant and MQTT alike (issue 16, point 8) -----------------------
+
+
+async def test_home_assistants_mute_is_honoured_in_local_mode_and_shown_on_mqtt(
+    model: Path, tmp_path: Path, broker: Broker
+) -> None:
+    """Home Assistant's Wyoming Mute switch sends `pause-satellite`: in local mode the
+    satellite went on listening and answering. Now it is the same mute as MQTT's: the wake
+    word is not heard, MQTT shows it, it is kept across a restart, and Home Assistant's
+    `run-satellite` ends it; a mute set over MQTT is not ended by Home Assistant's reconnect."""
+    source = tmp_path / "mic.wav"
+    script_wav(source, [("silence", 2.5), *wake_and_ask(after=1.0)])
+    state = tmp_path / "state.json"
+    mqtt = MqttSettings(enabled=True, host="127.0.0.1", port=broker.port)
+    settings = daemon_settings(model, input_file=source, state_file=str(state), mqtt=mqtt)
+    watcher = Watcher(broker.port, ["lfm_satellite/test_satellite/mute/state"])
+    daemon = Daemon(settings)
+    seen = Seen(daemon)
+    await daemon.start()
+    ha = HomeAssistant(daemon.server.bound_port)
+    try:
+        await ha.connect()
+        await ha.wait_for("info", 5)
+        await ha.send(PauseSatellite().event())
+        await asyncio.wait_for(daemon.wait_stopped(), 30)  # the file ends; nothing was heard
+        assert not seen.of("wake") and not seen.of("turn_finished")
+        assert daemon.controls.muted and daemon.controls.muted_by == "home_assistant"
+        topic = "lfm_satellite/test_satellite/mute/state"
+        await watcher.wait(lambda: watcher.on(topic)[-1:] == [b"ON"], 5, "mute ON on MQTT")
+    finally:
+        await ha.close(pause=False)
+        await daemon.close()
+        watcher.close()
+    saved = json.loads(state.read_text())
+    assert saved["muted"] is True and saved["muted_by"] == "home_assistant"
+
+    again = Daemon(daemon_settings(model, backend="null", state_file=str(state)))
+    assert again.controls.muted, "kept across a restart"
+    await again.start()
+    ha = HomeAssistant(again.server.bound_port)
+    try:
+        await ha.connect()  # run-satellite: Home Assistant's switch is off
+        await ha.wait_for("info", 5)
+        await _until(lambda: not again.controls.muted, 2)
+        again.set_control("muted", True)  # from MQTT
+        await ha.close(pause=False)
+        ha = HomeAssistant(again.server.bound_port)
+        await ha.connect()  # a reconnect does not end MQTT's mute
+        await ha.wait_for("info", 5)
+        await asyncio.sleep(0.2)
+        assert again.controls.muted and again.controls.muted_by == "mqtt"
+    finally:
+        await ha.close(pause=False)
         await again.close()

@@ -5,6 +5,7 @@ reconnects), with the daemon on the tiny model and the null (silence) or file au
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -264,6 +265,7 @@ async def test_ha_mode_streams_to_the_pipeline_and_plays_its_reply(
 async def test_ha_mode_paused_or_disconnected_starts_no_pipeline(
     model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="satellite")
     source = tmp_path / "mic.wav"
     script_wav(source, wake_and_ask(after=1.0))
     daemon = Daemon(daemon_settings(model, mode="ha", input_file=source))
@@ -281,7 +283,7 @@ async def test_ha_mode_paused_or_disconnected_starts_no_pipeline(
         await daemon.close()
     assert "run-pipeline" not in ha.types() and "audio-chunk" not in ha.types()
     assert "wake" not in heard
-    assert "Home Assistant has paused the satellite" in caplog.text
+    assert "Home Assistant paused the satellite" in caplog.text
 
 
 async def test_wake_word_silences_a_ringing_timer(model: Path, tmp_path: Path) -> None:
