@@ -40,6 +40,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -390,6 +391,7 @@ class Daemon:
 
     async def start(self) -> None:
         """Load the model, open the audio, listen for Home Assistant, announce; then capture."""
+        raise_open_files_limit()
         # measured before the model is in memory: the probe's buffer adds nothing to the peak
         bandwidth = await asyncio.to_thread(costmodel.read_bandwidth)
         loaded = time.monotonic()
@@ -1109,6 +1111,25 @@ class Daemon:
     async def _play_chime(self, sound: Sound) -> None:
         await self.backend.play(sound.samples, sound.rate)
         await self.backend.drain()
+
+
+OPEN_FILES = 4096
+"""The open-file limit the daemon asks for (the systemd unit sets it too: LimitNOFILE)."""
+
+
+def raise_open_files_limit(want: int = OPEN_FILES) -> int:
+    """Raise the soft limit on open files to `want` (at most the hard limit): the common
+    default of 1024 is less than the connection caps and the model's files need. Returns the
+    soft limit in effect; where it may not be raised (systemd's @resources filter) it stays."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+        except (OSError, ValueError) as err:
+            _LOG.debug("open-file limit stays at %d: %s", soft, err)
+    return soft
 
 
 def _check_timer(kind: str, data: dict[str, Any]) -> None:

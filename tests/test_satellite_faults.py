@@ -7,8 +7,10 @@ and a sender faster than the speaker."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
+import resource
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,14 +19,16 @@ from typing import Any
 import numpy as np
 import pytest
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
 from wyoming.event import Event
+from wyoming.info import Describe
 from wyoming.satellite import PauseSatellite
 from wyoming.timer import TimerFinished, TimerStarted
 
-from satellite.daemon import Daemon
+from satellite.daemon import Daemon, raise_open_files_limit
 from satellite.settings import MqttSettings
-from satellite.wyoming import incoming
+from satellite.wyoming import incoming, satellite_server, services
 from tests.broker import Broker, Watcher
 from tests.satellite_support import (
     HomeAssistant,
@@ -408,3 +412,69 @@ async def test_home_assistants_mute_is_honoured_in_local_mode_and_shown_on_mqtt(
     finally:
         await ha.close(pause=False)
         await again.close()
+
+
+# -- idle connections (issue 16, point 5) ----------------------------------------------------
+
+
+async def test_idle_sockets_never_lock_home_assistant_out(
+    model: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """200 idle sockets on each port (the fault: about 1,010 stopped both ports, and 64 locked
+    the services port for 30 s): the active Home Assistant keeps its connection, a new one is
+    taken at once, a services request is answered at once, each port holds at most its cap,
+    and nothing is logged as an error."""
+    settings = daemon_settings(model, backend="null")
+    settings = dataclasses.replace(
+        settings,
+        wyoming=dataclasses.replace(
+            settings.wyoming, services_enabled=True, services_host="127.0.0.1", services_port=0
+        ),
+    )
+    daemon = Daemon(settings)
+    await daemon.start()
+    assert daemon.services is not None
+    ha = HomeAssistant(daemon.server.bound_port)
+    idle: list[asyncio.StreamWriter] = []
+    try:
+        await ha.connect()
+        await ha.wait_for("info", 5)
+        for port in (daemon.server.bound_port, daemon.services.bound_port):
+            for _ in range(200):
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                idle.append(writer)
+        await asyncio.sleep(0.2)
+        assert daemon.server.connections <= satellite_server.MAX_CONNECTIONS
+        assert daemon.services.connections <= services.MAX_CONNECTIONS
+        assert daemon.server.connected and not ha.closed, "the active one is never evicted"
+        pongs = len(ha.of("pong"))
+        await ha.wait_for("pong", 6, count=pongs + 1)
+        # a services request gets through at once
+        started = time.monotonic()
+        async with AsyncTcpClient("127.0.0.1", daemon.services.bound_port) as client:
+            await client.write_event(Describe().event())
+            info = await asyncio.wait_for(client.read_event(), 2)
+        assert info is not None and info.type == "info" and time.monotonic() - started < 1.0
+        # Home Assistant reconnecting while the sockets stay open is taken at once
+        await ha.close(pause=False)
+        ha = HomeAssistant(daemon.server.bound_port)
+        started = time.monotonic()
+        await ha.connect()
+        await ha.wait_for("info", 2)
+        assert time.monotonic() - started < 1.0 and daemon.server.connected
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    finally:
+        for writer in idle:
+            writer.close()
+        await ha.close()
+        await daemon.close()
+
+
+def test_the_open_file_limit_is_raised() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
+        limit = raise_open_files_limit()
+        assert limit == min(4096, hard) == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

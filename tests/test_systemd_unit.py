@@ -128,6 +128,10 @@ def test_unit_has_the_design_settings() -> None:
     assert "PrivateDevices" not in s
     assert "MemoryDenyWriteExecute" not in s
     assert one["WantedBy"] == "multi-user.target"
+    # issue 16: the connection caps and the model's files fit, with room (the default 1024
+    # ran out under a flood of idle sockets), and the daemon cannot raise it itself here
+    assert int(one["LimitNOFILE"]) >= 4096
+    assert "@resources" in " ".join(s["SystemCallFilter"])
 
 
 def test_sysusers_creates_the_user_in_a_root_prefix(tmp_path: Path) -> None:

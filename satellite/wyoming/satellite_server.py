@@ -16,7 +16,12 @@ Here:
   connection is closed;
 - the active connection counts as gone after `silence_timeout` (5 s) without an event (Home
   Assistant pings every ~2 s, so silence means it is gone), other connections after
-  `idle_timeout`; the satellite goes on working and takes the next connection;
+  `idle_timeout` (10 s: Home Assistant's config flow asks `describe` and leaves, and its
+  satellite connection sends `run-satellite` at once); the satellite goes on working and takes
+  the next connection;
+- at most `MAX_CONNECTIONS` are open: one more closes the oldest connection that is not the
+  active one (`error` code `busy`), so idle sockets can neither lock Home Assistant out nor
+  take its place, nor run the process out of file descriptors;
 - writes go through a bounded outbox per connection, so a slow peer never blocks the audio
   path: when the outbox is full the event is dropped and counted;
 - a malformed event gets one `error` (code `protocol` or `bad-event`) and one log line (the
@@ -59,7 +64,8 @@ from satellite.wyoming.framing import (
 _LOG = logging.getLogger("satellite.wyoming")
 
 SILENCE_TIMEOUT = 5.0
-IDLE_TIMEOUT = 60.0
+IDLE_TIMEOUT = 10.0
+MAX_CONNECTIONS = 16
 KEEPALIVE_SECONDS = 2.0
 """While the daemon has no room, a `ping` to the active connection this often."""
 LOGGED_MALFORMED = 10
@@ -165,10 +171,17 @@ class SatelliteServer:
         self._active: _Connection | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._numbers = itertools.count(1)
-        self.connections = 0
-        """Connections open now."""
+        self._open: dict[int, _Connection] = {}
+        """Connections open now, oldest first."""
+        self.evicted = 0
+        """Connections closed to make room for a new one."""
         self.last_event: float | None = None
         """`time.monotonic()` of the last event from the active connection."""
+
+    @property
+    def connections(self) -> int:
+        """Connections open now."""
+        return len(self._open)
 
     @property
     def connected(self) -> bool:
@@ -210,7 +223,9 @@ class SatelliteServer:
         assert task is not None
         self._tasks.add(task)
         conn = _Connection(next(self._numbers), reader, writer)
-        self.connections += 1
+        self._open[conn.number] = conn
+        if len(self._open) > MAX_CONNECTIONS:
+            self._evict(conn)
         _LOG.debug("connection %d from %s", conn.number, conn.peer)
         writing = asyncio.create_task(conn.write_loop())
         reason = "closed by the peer"
@@ -220,7 +235,7 @@ class SatelliteServer:
             reason = "the satellite is stopping"
             raise
         finally:
-            self.connections -= 1
+            self._open.pop(conn.number, None)
             self._tasks.discard(task)
             with contextlib.suppress(asyncio.QueueFull):
                 conn.outbox.put_nowait(None)
@@ -239,6 +254,25 @@ class SatelliteServer:
             if conn.malformed > LOGGED_MALFORMED:
                 _LOG.info("connection %d (%s): %d malformed events in all", conn.number,
                           conn.peer, conn.malformed)  # fmt: skip
+
+    def _evict(self, newcomer: _Connection) -> None:
+        """Close the oldest connection that is neither the active one nor `newcomer`."""
+        victim = next(
+            (c for c in self._open.values() if c is not self._active and c is not newcomer), None
+        )
+        if victim is None:
+            return
+        self.evicted += 1
+        if self.evicted == 1 or self.evicted % 100 == 0:
+            _LOG.warning("over %d connections: closed the oldest idle one (%d so far)",
+                         MAX_CONNECTIONS, self.evicted)  # fmt: skip
+        self._open.pop(victim.number, None)
+        victim.queue(Error(text=f"too many connections (over {MAX_CONNECTIONS}); closing the "
+                           "oldest idle one", code="busy").event())  # fmt: skip
+        try:
+            victim.outbox.put_nowait(None)  # the write loop sends the error, then closes
+        except asyncio.QueueFull:
+            victim.writer.close()  # not reading what it is sent: closed without the error
 
     async def _read_loop(self, conn: _Connection) -> str:
         while not conn.closed.is_set():

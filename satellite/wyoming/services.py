@@ -108,6 +108,9 @@ _LOG = logging.getLogger("satellite.wyoming.services")
 
 MIN_AUDIO_SECONDS = 0.1
 MAX_CONNECTIONS = 64
+"""Connections at once. One more closes the oldest connection without a request in progress
+(`error` code `busy`), so idle sockets never lock a new request out; when every one has a
+request, the new connection gets the `error` instead."""
 MAX_CONVERSATIONS = 8
 """Conversations kept at once (each holds its decoder cache: about 25 kB per position at
 full size); the least recently used idle one is dropped for a new one."""
@@ -324,9 +327,18 @@ class ServicesServer:
         reason = "closed by the client"
         try:
             if len(self._clients) > MAX_CONNECTIONS:
-                await self._error(client, f"too many connections (over {MAX_CONNECTIONS})", "busy")
-                reason = "too many connections"
-                return
+                idle = next((c for c in self._clients.values()
+                             if c is not client and not c.in_request), None)  # fmt: skip
+                if idle is None:
+                    await self._error(
+                        client, f"too many connections (over {MAX_CONNECTIONS})", "busy"
+                    )
+                    reason = "too many connections"
+                    return
+                self._clients.pop(idle.number, None)
+                await self._error(idle, f"too many connections (over {MAX_CONNECTIONS}); "
+                                  "closing the oldest idle one", "busy")  # fmt: skip
+                idle.writer.close()
             _LOG.debug("services: connection %d from %s", client.number, client.peer)
             reason = await self._read_loop(client)
         except _Gone as err:
