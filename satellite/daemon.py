@@ -358,6 +358,9 @@ class Daemon:
             return "audio capture stopped"
         if not self._input_ended and now - self.last_chunk > CAPTURE_STALL_SECONDS:
             return f"no audio from the microphone for {now - self.last_chunk:.0f} s"
+        silent = self.backend.output_silent_seconds
+        if silent:
+            return f"the audio output has taken nothing for {silent:.0f} s (reopening it)"
         busy = None if self.responder is None else self.responder.busy_since
         if busy is not None and now - busy > ENGINE_STALL_SECONDS:
             return f"the engine has been on one turn for {now - busy:.0f} s"
@@ -373,6 +376,8 @@ class Daemon:
             "chunks": stats.chunks,
             "overflows": stats.overflows,
             "underruns": stats.underruns,
+            "output_lost_s": round(stats.lost / self.backend.output_rate, 3),
+            "audio_restarts": stats.restarts,
             "playback_queued_s": round(self.backend.queued / self.backend.output_rate, 3),
             "audio_fixed": {
                 "invalid_samples": self.audio_check.total.invalid,
@@ -1017,6 +1022,7 @@ class Daemon:
         self._start_playback(kind, self._play_incoming(kind, incoming))
 
     async def _play_incoming(self, kind: str, incoming: IncomingAudio) -> None:
+        lost_before = self.backend.stats().lost
         try:
             async for samples in incoming.samples():
                 await self.backend.play(samples, incoming.rate)
@@ -1040,8 +1046,12 @@ class Daemon:
                          "arrived", kind, played)  # fmt: skip
         else:
             self.server.send(Played().event())
+        lost = (self.backend.stats().lost - lost_before) / self.backend.output_rate
+        if lost:
+            _LOG.warning("%.1f s of Home Assistant's %s was lost: the audio output died while "
+                         "it played", lost, kind)  # fmt: skip
         self._notify("played", what=kind, seconds=round(incoming.received_seconds, 2),
-                     ending=incoming.ending)  # fmt: skip
+                     ending=incoming.ending, lost_seconds=round(lost, 2))  # fmt: skip
 
     def _ha_audio_chunk(self, chunk: AudioChunk) -> None:
         incoming = self._ha_audio

@@ -59,32 +59,62 @@ def greedy_replies(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Sampler, "__call__", lambda self, logits, sampling: int(np.argmax(logits)))
 
 
+class PulseServer:
+    """A private PulseAudio server with a null sink (its monitor is the microphone), on a unix
+    socket of its own (`PULSE_SERVER`); `kill` and `start` again play an audio server that
+    crashes and is restarted (FINDINGS §3)."""
+
+    def __init__(self, home: Path) -> None:
+        binary = shutil.which("pulseaudio")
+        assert binary, "pulseaudio is not installed: script/setup installs it"
+        self.binary = binary
+        self.home = home
+        self.socket = home / "native"
+        self.address = f"unix:{self.socket}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.socket.unlink(missing_ok=True)
+        self.process = subprocess.Popen(
+            [self.binary, "-n", "--daemonize=no", "--exit-idle-time=-1", "--use-pid-file=no",
+             "--disable-shm=yes", "-L", f"module-native-protocol-unix socket={self.socket} "
+             "auth-anonymous=1", "-L", "module-null-sink sink_name=satsink",
+             "-L", "module-always-sink"],
+            env={**os.environ, "HOME": str(self.home), "XDG_RUNTIME_DIR": str(self.home)},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while not self.socket.exists():
+            assert self.process.poll() is None, "pulseaudio exited at start"
+            assert time.monotonic() < deadline, "pulseaudio did not start in 10 s"
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL: the server is gone without a word to its clients."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
 @pytest.fixture
-def pulseaudio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A private PulseAudio server with a null sink (its monitor is the microphone).
-    PortAudio is initialised before the server starts, as where the daemon starts before the
-    user's audio server: the backend must find the server's device all the same."""
+def pulseaudio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PulseServer]:
+    """A PulseServer, started. PortAudio is initialised before the server starts, as where the
+    daemon starts before the user's audio server: the backend must find the server's device
+    all the same."""
     load_sounddevice()
-    binary = shutil.which("pulseaudio")
-    assert binary, "pulseaudio is not installed: script/setup installs it"
     home = tmp_path / "pulse"
     home.mkdir()
-    socket = home / "native"
-    server = subprocess.Popen(
-        [binary, "-n", "--daemonize=no", "--exit-idle-time=-1", "--use-pid-file=no",
-         "--disable-shm=yes", "-L", f"module-native-protocol-unix socket={socket} "
-         "auth-anonymous=1", "-L", "module-null-sink sink_name=satsink",
-         "-L", "module-always-sink"],
-        env={**os.environ, "HOME": str(home), "XDG_RUNTIME_DIR": str(home)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    monkeypatch.setenv("PULSE_SERVER", f"unix:{socket}")
+    server = PulseServer(home)
+    monkeypatch.setenv("PULSE_SERVER", server.address)
+    server.start()
     try:
-        deadline = time.monotonic() + 10
-        while not socket.exists():
-            assert server.poll() is None and time.monotonic() < deadline, "pulseaudio did not start"
-            time.sleep(0.05)
-        yield f"unix:{socket}"
+        yield server
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        server.stop()

@@ -41,6 +41,7 @@ from satellite.modeldir.manifest import read_manifest
 from satellite.settings import AudioSettings, HealthSettings, Settings
 from satellite.telemetry.health import HealthMonitor
 from satellite.telemetry.stats import InterarrivalJitter
+from tests.conftest import PulseServer
 from tests.satellite_support import daemon_settings, tiny_model
 
 RATES = (0.5, 1.5, 2.0, 3.0)
@@ -183,7 +184,7 @@ async def test_no_underrun_at_any_rate_on_a_real_time_speaker(
 
 
 async def test_no_underrun_at_any_rate_on_a_pulseaudio_server(
-    pulseaudio: str, slowdown: Slowdown, played: list[PlaybackReport]
+    pulseaudio: PulseServer, slowdown: Slowdown, played: list[PlaybackReport]
 ) -> None:
     settings = _settings(backend="sounddevice", input_device="pulse",
                                output_device="pulse", max_reply_seconds=REPLY_SECONDS)  # fmt: skip

@@ -30,6 +30,7 @@ from satellite.daemon import Daemon, raise_open_files_limit
 from satellite.settings import MqttSettings
 from satellite.wyoming import incoming, satellite_server, services
 from tests.broker import Broker, Watcher
+from tests.conftest import PulseServer
 from tests.satellite_support import (
     HomeAssistant,
     daemon_settings,
@@ -160,7 +161,7 @@ async def test_the_file_backend_exits_after_a_dropped_announcement(
 
 
 async def test_a_timer_chime_waits_for_an_announcement_on_pulseaudio(
-    pulseaudio: str, model: Path, caplog: pytest.LogCaptureFixture
+    pulseaudio: PulseServer, model: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The chime is ringing when a 4 s announcement comes: the announcement plays whole (the
     ring playing then is cut), and the chime rings again after it. Before, the chime's drain
@@ -478,3 +479,53 @@ def test_the_open_file_limit_is_raised() -> None:
         assert limit == min(4096, hard) == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+# -- the audio server restarts (issue 16, point 2) -------------------------------------------
+
+
+async def test_the_speaker_comes_back_after_the_audio_server_restarts(
+    pulseaudio: PulseServer, model: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PulseAudio is killed and started again: capture resumed, but every later sound was
+    dropped ("did not drain"), `played` still went to Home Assistant, underruns stayed 0 and
+    health saw nothing. Now the output is reopened too, what was lost is counted, health
+    names the dead output meanwhile, and an announcement after the restart plays whole."""
+    caplog.set_level(logging.INFO, logger="satellite")
+    settings = daemon_settings(model, backend="sounddevice", input_device="pulse",
+                               output_device="pulse")  # fmt: skip
+    daemon = Daemon(settings)
+    seen = Seen(daemon)
+    await daemon.start()
+    ha = HomeAssistant(daemon.server.bound_port)
+    try:
+        await ha.connect()
+        await ha.wait_for("info", 5)
+        await _stream(ha, _tone(0.5))
+        await ha.wait_for("played", 5)
+        pulseaudio.kill()
+        await _stream(ha, _tone(3.0))  # plays into a dead server
+        await asyncio.sleep(1.0)
+        pulseaudio.start()
+        reasons: set[str] = set()
+        for _ in range(100):
+            reason = daemon.health()
+            if reason is not None:
+                reasons.add(reason.split(" for ")[0])
+            if any("output" in r for r in reasons):
+                break
+            await asyncio.sleep(0.1)
+        assert any("audio output has taken nothing" in r for r in reasons), reasons
+        await _until(lambda: daemon.health() is None, 20)
+        stats = daemon.backend.stats()
+        assert stats.lost > 0 and stats.restarts >= 1 and stats.underruns >= 1, stats
+        assert seen.of("played")[-1]["lost_seconds"] > 0
+        before = stats.played
+        await _stream(ha, _tone(2.0))
+        await ha.wait_for("played", 10, count=3)
+        played = (daemon.backend.stats().played - before) / OUTPUT_RATE
+        assert played >= 1.9, f"{played:.2f} s of a 2 s announcement played"
+        assert seen.of("played")[-1]["ending"] == "complete"
+    finally:
+        await ha.close()
+        await daemon.close()

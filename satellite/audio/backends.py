@@ -54,6 +54,8 @@ CAPTURE_SECONDS = 2.0
 PLAYBACK_SECONDS = 30.0
 """Playback buffer size; `play` waits for room beyond it."""
 STALL_SECONDS = 2.0
+"""A stream that delivers (input) or takes (output) nothing for this long is reopened."""
+OUTPUT_CHECK_SECONDS = 0.5
 DEFAULT_BLOCK_SECONDS = 0.02
 """The sound card's block before its callback has run."""
 GAP_SECONDS = 0.001
@@ -106,6 +108,8 @@ class AudioStats:
     """Streams reopened after an error or a stall."""
     holds: int = 0
     """Deliberate gaps in playback (`hold_playback`)."""
+    lost: int = 0
+    """Samples dropped because the output stream had died (at `output_rate`)."""
 
 
 def load_sounddevice() -> ModuleType:
@@ -239,6 +243,11 @@ class AudioBackend:
     @property
     def lead_seconds(self) -> float:
         """How far ahead of the sound the speaker takes audio (0: at the moment it plays)."""
+        return 0.0
+
+    @property
+    def output_silent_seconds(self) -> float:
+        """How long the output stream has taken no audio though it should (0: it is alive)."""
         return 0.0
 
     def _to_output(self, samples: npt.ArrayLike, rate: int, last: bool = False) -> FloatArray:
@@ -486,6 +495,10 @@ class SoundDeviceBackend(AudioBackend):
         self._device_underruns = 0
         self._block = 0
         """The largest block the output callback has asked for."""
+        self._last_pull = time.monotonic()
+        """When the output callback last ran (a live stream calls it every block)."""
+        self._lost = 0
+        self._watcher: asyncio.Task[None] | None = None
 
     def stats(self) -> AudioStats:
         return AudioStats(
@@ -495,6 +508,7 @@ class SoundDeviceBackend(AudioBackend):
             self.jitter.played,
             self._restarts,
             self.jitter.holds,
+            self._lost,
         )
 
     def _resolve(self) -> None:
@@ -528,6 +542,7 @@ class SoundDeviceBackend(AudioBackend):
     def _on_output(self, outdata: Any, frames: int, when: Any, status: Any) -> None:
         if status and status.output_underflow:
             self._device_underruns += 1
+        self._last_pull = time.monotonic()
         self._block = max(self._block, frames)
         self.jitter.pull(outdata[:, 0])
 
@@ -555,6 +570,7 @@ class SoundDeviceBackend(AudioBackend):
         )
         stream.start()
         self._output_stream = stream
+        self._last_pull = time.monotonic()
 
     @staticmethod
     def _shut(stream: Any) -> None:
@@ -590,6 +606,37 @@ class SoundDeviceBackend(AudioBackend):
         self._resolve()
         await self._with_retry("input", self._open_input)
         await self._with_retry("output", self._open_output)
+        self._watcher = asyncio.create_task(self._watch_output())
+
+    @property
+    def output_silent_seconds(self) -> float:
+        silent = time.monotonic() - self._last_pull
+        return silent if silent > STALL_SECONDS else 0.0
+
+    async def _watch_output(self) -> None:
+        """Reopen the output stream when its callback has stopped running (the audio server
+        went away, the device was unplugged): a live stream pulls a block every few tens of
+        milliseconds, playing or not. What was waiting to be played is lost and counted."""
+        while not self._closed:
+            await asyncio.sleep(OUTPUT_CHECK_SECONDS)
+            if not self.output_silent_seconds:
+                continue
+            lost = self.jitter.buffered
+            self._lost += lost
+            if lost:
+                self.jitter.underruns += 1  # the listener heard a break
+            _LOG.warning("audio output took nothing for %.0f s (the audio server went away?); "
+                         "reopening it; %.1f s of sound lost", self.output_silent_seconds,
+                         lost / self.output_rate)  # fmt: skip
+            self.jitter.stop()
+            self._shut(self._output_stream)
+            self._output_stream = None
+            self._restarts += 1
+            try:
+                await self._with_retry("output", self._open_output)
+                _LOG.info("audio output reopened")
+            except AudioBackendError as err:
+                _LOG.error("%s; trying again", err)
 
     async def chunks(self) -> AsyncIterator[Int16Array]:
         stalls = 0
@@ -611,6 +658,7 @@ class SoundDeviceBackend(AudioBackend):
             _LOG.warning("audio input delivered nothing for %g s; reopening it", STALL_SECONDS)
             self._shut(self._input)
             self._input = None
+            self._restarts += 1
             await self._with_retry("input", self._open_input)
 
     async def _output(self, samples: FloatArray) -> None:
@@ -649,6 +697,9 @@ class SoundDeviceBackend(AudioBackend):
 
     async def close(self) -> None:
         await super().close()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
         self.ring.close()
         self.jitter.stop()
         self._shut(self._input)
