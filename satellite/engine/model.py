@@ -29,6 +29,7 @@ from satellite.engine.sessions import SessionConfig, open_session, resolve_provi
 from satellite.engine.tables import BlockTable, EmbeddingTable, block_table
 from satellite.errors import UserError
 from satellite.modeldir.contract import Binding, match_role, session_specs
+from satellite.modeldir.integrity import check_integrity
 from satellite.modeldir.manifest import Manifest, read_manifest, required_roles
 from satellite.modeldir.onnxread import GraphReadError, read_graph
 from satellite.modeldir.rotary import check_rotary
@@ -137,10 +138,13 @@ class Model:
     @classmethod
     def load(cls, directory: Path, config: SessionConfig | None = None) -> Model:
         """Read the manifest of `directory` and check that the engine can run it (the roles
-        it needs, the depthformer's granularity, text embeddings). Sessions open lazily."""
+        it needs, the depthformer's granularity, text embeddings) and that its files are the
+        manifest's (`satellite.modeldir.integrity`: sizes each time, checksums once per
+        change; DamagedModelError names a damaged file). Sessions open lazily."""
         manifest = read_manifest(directory)
         model = cls(directory, manifest, config)
         model._check()
+        check_integrity(directory, manifest)
         return model
 
     @property
