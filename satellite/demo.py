@@ -18,9 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from satellite.errors import UserError
+from satellite.mqtt.localbroker import LocalBroker, mosquitto_program
 from satellite.settings import Settings, loopback_wyoming
 
 if TYPE_CHECKING:
@@ -158,42 +157,21 @@ def demo_settings(
 @contextlib.contextmanager
 def local_mosquitto(folder: Path) -> Iterator[int | None]:
     """A mosquitto broker on a free loopback port for the demo (None: not installed)."""
-    program = shutil.which("mosquitto") or next(
-        (p for p in ("/usr/sbin/mosquitto", "/usr/bin/mosquitto") if Path(p).is_file()), None
-    )
+    program = mosquitto_program()
     if program is None:
         print("mqtt: mosquitto is not installed; the demo runs without MQTT")
         yield None
         return
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
-    lines = [f"listener {port} 127.0.0.1", "allow_anonymous true", "persistence false"]
-    if os.geteuid() == 0:
-        lines.append("user root")
-    config = folder / "mosquitto.conf"
-    config.write_text("\n".join(lines) + "\n")
-    broker = subprocess.Popen([program, "-c", str(config)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)  # fmt: skip
+    broker = LocalBroker(program, folder)
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and broker.poll() is None:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
-        if broker.poll() is not None:
+        if not broker.start():
             print("mqtt: mosquitto did not start; the demo runs without MQTT")
             yield None
             return
-        print(f"mqtt: a local mosquitto on 127.0.0.1:{port}")
-        yield port
+        print(f"mqtt: a local mosquitto on 127.0.0.1:{broker.port}")
+        yield broker.port
     finally:
-        broker.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            broker.wait(5)
-        if broker.poll() is None:
-            broker.kill()
+        broker.stop()
 
 
 def tiny_model() -> Path:

@@ -128,10 +128,16 @@ def test_a_missing_table_file_is_named(tmp_path: Path) -> None:
     import shutil
 
     from satellite.engine.model import ModelLoadError
+    from satellite.modeldir.integrity import DamagedModelError
+    from satellite.modeldir.manifest import read_manifest
 
     directory = tmp_path / "model"
     shutil.copytree(cached_model("tiny", "q4"), directory)
     (directory / "audio_embedding_q4.onnx_data").unlink()
-    model = Model.load(directory, SessionConfig(threads=1))
+    # the load's file check names it first (satellite.modeldir.integrity) ...
+    with pytest.raises(DamagedModelError, match=r"audio_embedding_q4\.onnx_data: missing"):
+        Model.load(directory, SessionConfig(threads=1))
+    # ... and the table reader names it too, where no check ran before
+    model = Model(directory, read_manifest(directory), SessionConfig(threads=1))
     with pytest.raises(ModelLoadError, match=r"audio_embedding_q4\.onnx: cannot read its table"):
         model.table("audio_embedding")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -211,6 +212,27 @@ def add_bench_commands(commands: Any) -> None:
     services.add_argument("--json", type=Path, metavar="FILE", help="also save the figures here")
     services.set_defaults(handler=cmd_bench_services)
 
+    soak = sub.add_parser(
+        "soak",
+        help="the daemon under a hostile peer: Wyoming fuzz, MQTT floods, broker kills, "
+        "client drops; crashes, wedges, recovery times, RSS growth",
+        description="Run the daemon (null audio, loopback Wyoming ports with services, MQTT "
+        "to a mosquitto of its own) and, round after round: malformed frames on both Wyoming "
+        "ports, an MQTT flood over every command topic, the broker killed and restarted, and "
+        "clients dropping mid-request, each followed by a request that must succeed. Prints "
+        "crashes, wedges, recovery times and RSS growth. Needs mosquitto.",
+    )
+    soak.add_argument("--model", type=Path, metavar="DIR", help="model directory (default: tiny)")
+    soak.add_argument("--rounds", type=int, default=1, help="rounds (default 1)")
+    soak.add_argument("--minutes", type=float, help="run rounds until this many minutes passed")
+    soak.add_argument("--frames", type=int, default=1000, help="malformed frames per port a round")
+    soak.add_argument("--flood", type=int, default=1000, help="MQTT payloads a round")
+    soak.add_argument("--kills", type=int, default=2, help="broker kills a round")
+    soak.add_argument("--drops", type=int, default=12, help="client drops mid-request a round")
+    soak.add_argument("--seed", type=int, default=0, help="seed of the malformed frames")
+    soak.add_argument("--json", type=Path, metavar="FILE", help="also save the report here")
+    soak.set_defaults(handler=cmd_bench_soak)
+
 
 def _save(path: Path | None, figures: dict[str, Any]) -> None:
     if path is not None:
@@ -369,3 +391,36 @@ def cmd_bench_services(args: argparse.Namespace) -> int:
     print(format_report(report))
     _save(args.json, report)
     return 0
+
+
+def cmd_bench_soak(args: argparse.Namespace) -> int:
+    from satellite.bench.soak import SoakReport, run_soak
+    from satellite.demo import tiny_model
+
+    for name in ("rounds", "frames", "flood", "kills", "drops"):
+        if getattr(args, name) < (1 if name == "rounds" else 0):
+            raise UserError(f"--{name} must not be {'below 1' if name == 'rounds' else 'negative'}")
+    if args.minutes is not None and args.minutes <= 0:
+        raise UserError(f"--minutes must be above 0, not {args.minutes}")
+
+    def show(report: SoakReport) -> None:
+        print(f"round {report.rounds} done after {report.seconds:.0f} s: {len(report.crashes)} "
+              f"crashes, {len(report.wedges)} wedges, RSS {report.rss_end_mb:.0f} MB",
+              flush=True)  # fmt: skip
+
+    report = asyncio.run(
+        run_soak(
+            args.model or tiny_model(),
+            rounds=None if args.minutes is not None else args.rounds,
+            minutes=args.minutes,
+            frames=args.frames,
+            flood=args.flood,
+            kills=args.kills,
+            drops=args.drops,
+            seed=args.seed,
+            progress=show,
+        )
+    )
+    print(report.summary())
+    _save(args.json, report.as_dict())
+    return 0 if report.ok else 1
