@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from satellite.cli import main
@@ -45,3 +48,16 @@ def test_bench_memory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["bench", "memory", "--megabytes", "32", "--json", str(saved)]) == 0
     assert json.loads(saved.read_text())["copy_gb_s"] > 0.1
     assert "GB/s" in capsys.readouterr().out
+
+
+def test_peak_rss_is_the_benchmarks_own_not_its_parents() -> None:
+    """A benchmark started by a large process (the suite's, about 2 GB by then) reported that
+    process's peak through `ru_maxrss` (2,020 MB for the tiny model's `bench turns`)."""
+    parent = np.ones(400_000_000 // 8)  # 400 MB resident here
+    assert parent.sum() > 0
+    child = subprocess.run(
+        [sys.executable, "-c", "from satellite.bench.system import peak_rss_mb; "
+         "print(peak_rss_mb())"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert float(child.stdout) < 150, child.stdout

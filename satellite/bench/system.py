@@ -46,7 +46,17 @@ def memory_bandwidth(
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MB (1e6 bytes)."""
+    """Peak resident set size of this process so far, in MB (1e6 bytes): `VmHWM` from
+    /proc (Linux). Not `ru_maxrss`: Linux carries the peak of the process image an `exec`
+    replaced into it, so a benchmark started by a large process (the test suite, at about
+    2 GB) reported that process's peak (2,020 MB for the tiny model's `bench turns`)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / 1e6
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
 
 
