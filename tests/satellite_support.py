@@ -8,12 +8,13 @@ import contextlib
 import dataclasses
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
 from wyoming.event import Event
 from wyoming.info import Describe
@@ -26,6 +27,9 @@ from satellite.audio.wavfile import read_wav, write_wav
 from satellite.demo import espeak
 from satellite.settings import MqttSettings, Settings, loopback_wyoming
 
+TTS_RATE = 22050
+CHUNK_BYTES = 2048
+"""Home Assistant sends TTS and announcements as 2048-byte chunks at 22,050 Hz."""
 PING_DELAY = 2.0
 """Home Assistant pings 2 s after each pong (assist_satellite.py `_PING_SEND_DELAY`)."""
 
@@ -226,3 +230,43 @@ class HomeAssistant:
         if self.client is not None:
             with contextlib.suppress(ConnectionError, OSError):
                 await self.client.disconnect()
+
+
+def with_services(settings: Settings) -> Settings:
+    """`settings` with the Wyoming services on loopback, on a port the system picks."""
+    wyoming = dataclasses.replace(
+        settings.wyoming, services_enabled=True, services_host="127.0.0.1", services_port=0
+    )
+    return dataclasses.replace(settings, wyoming=wyoming)
+
+
+def tone(seconds: float, rate: int = TTS_RATE) -> bytes:
+    """A 440 Hz tone as 16-bit mono PCM."""
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype("<i2").tobytes()
+
+
+async def send_audio(
+    ha: HomeAssistant, pcm: bytes, rate: int = TTS_RATE, stop: bool = True
+) -> None:
+    """What Home Assistant sends for TTS or an announcement (its `async_announce`):
+    audio-start, 2048-byte chunks as fast as the socket takes them, audio-stop (left out to
+    play a sender that stops)."""
+    await ha.send(AudioStart(rate=rate, width=2, channels=1, timestamp=0).event())
+    for offset in range(0, len(pcm), CHUNK_BYTES):
+        chunk = AudioChunk(rate=rate, width=2, channels=1, audio=pcm[offset : offset + CHUNK_BYTES])
+        await ha.send(chunk.event())
+    if stop:
+        await ha.send(AudioStop().event())
+
+
+@contextlib.asynccontextmanager
+async def home_assistant(port: int) -> AsyncIterator[HomeAssistant]:
+    """A HomeAssistant connected (its `info` received), closed at the end."""
+    ha = HomeAssistant(port)
+    await ha.connect()
+    try:
+        await ha.wait_for("info", 5)
+        yield ha
+    finally:
+        await ha.close()

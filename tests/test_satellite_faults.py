@@ -7,7 +7,6 @@ and a sender faster than the speaker."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import resource
@@ -26,44 +25,32 @@ from wyoming.info import Describe
 from wyoming.satellite import PauseSatellite
 from wyoming.timer import TimerFinished, TimerStarted
 
+from satellite.bench.system import current_rss_mb
 from satellite.daemon import Daemon, raise_open_files_limit
 from satellite.settings import MqttSettings
 from satellite.wyoming import incoming, satellite_server, services
 from tests.broker import Broker, Watcher
 from tests.conftest import PulseServer
 from tests.satellite_support import (
+    CHUNK_BYTES,
+    TTS_RATE,
     HomeAssistant,
     daemon_settings,
+    home_assistant,
     script_wav,
+    send_audio,
     tiny_model,
+    tone,
     wake_and_ask,
+    with_services,
 )
 
-TTS_RATE = 22050
-CHUNK_BYTES = 2048
-"""Home Assistant sends announcements as 2048-byte chunks at 22,050 Hz."""
 OUTPUT_RATE = 24_000
 
 
 @pytest.fixture(scope="module")
 def model() -> Path:
     return tiny_model()
-
-
-def _tone(seconds: float) -> bytes:
-    t = np.arange(int(seconds * TTS_RATE)) / TTS_RATE
-    return (0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype("<i2").tobytes()
-
-
-async def _stream(ha: HomeAssistant, pcm: bytes, stop: bool = True) -> None:
-    """What Home Assistant's `async_announce` sends: audio-start, 2048-byte chunks as fast as
-    the socket takes them, audio-stop (left out to play a sender that stops)."""
-    await ha.send(AudioStart(rate=TTS_RATE, width=2, channels=1, timestamp=0).event())
-    for offset in range(0, len(pcm), CHUNK_BYTES):
-        chunk = pcm[offset : offset + CHUNK_BYTES]
-        await ha.send(AudioChunk(rate=TTS_RATE, width=2, channels=1, audio=chunk).event())
-    if stop:
-        await ha.send(AudioStop().event())
 
 
 class Seen:
@@ -100,7 +87,7 @@ async def test_home_assistant_dropping_mid_announcement_ends_the_playback(gated:
     ha = HomeAssistant(gated.server.bound_port)
     await ha.connect()
     await ha.wait_for("info", 5)
-    await _stream(ha, _tone(1.0), stop=False)
+    await send_audio(ha, tone(1.0), stop=False)
     await _until(lambda: gated.playing, 2)
     await ha.close(pause=False)  # gone, no audio-stop
     # what had arrived plays out (1 s), then the satellite is free again
@@ -121,12 +108,9 @@ async def test_a_stream_that_stops_arriving_ends_within_the_stall_time(
 ) -> None:
     monkeypatch.setattr(incoming, "STALL_SECONDS", 1.0)
     seen = Seen(gated)
-    ha = HomeAssistant(gated.server.bound_port)
-    await ha.connect()
-    try:
-        await ha.wait_for("info", 5)
+    async with home_assistant(gated.server.bound_port) as ha:
         sent = time.monotonic()
-        await _stream(ha, _tone(0.5), stop=False)  # connected and pinging, but no more audio
+        await send_audio(ha, tone(0.5), stop=False)  # connected and pinging, but no more audio
         await _until(lambda: gated.playing, 2)
         await _until(lambda: not gated.playing, 4.0)
         took = time.monotonic() - sent
@@ -135,8 +119,6 @@ async def test_a_stream_that_stops_arriving_ends_within_the_stall_time(
         assert seen.of("played")[-1]["ending"] == "stalled"
         assert not ha.of("played"), "no `played` for a stream that never ended"
         assert gated.server.connected and not ha.closed
-    finally:
-        await ha.close()
 
 
 async def test_the_file_backend_exits_after_a_dropped_announcement(
@@ -153,7 +135,7 @@ async def test_the_file_backend_exits_after_a_dropped_announcement(
         ha = HomeAssistant(daemon.server.bound_port)
         await ha.connect()
         await ha.wait_for("info", 5)
-        await _stream(ha, _tone(0.5), stop=False)
+        await send_audio(ha, tone(0.5), stop=False)
         await ha.close(pause=False)
         await asyncio.wait_for(daemon.wait_stopped(), 6.0)
     finally:
@@ -179,7 +161,7 @@ async def test_a_timer_chime_waits_for_an_announcement_on_pulseaudio(
         daemon.on_event(TimerFinished(id="pasta").event())
         await asyncio.sleep(0.3)  # the first ring is playing
         start = time.monotonic()
-        await _stream(ha, _tone(4.0))
+        await send_audio(ha, tone(4.0))
         played = (await ha.wait_for("played", 10))[0].time - start
         assert played >= 3.9, f"`played` {played:.2f} s after a 4 s announcement began"
         assert seen.of("played")[-1]["ending"] == "complete"
@@ -201,12 +183,9 @@ async def test_a_fast_sender_is_read_no_faster_than_it_plays(
     own pings while it does; all 8 s play."""
     monkeypatch.setattr(incoming, "AHEAD_SECONDS", 1.0)
     seen = Seen(gated)
-    ha = HomeAssistant(gated.server.bound_port)
-    await ha.connect()
-    try:
-        await ha.wait_for("info", 5)
+    async with home_assistant(gated.server.bound_port) as ha:
         start = time.monotonic()
-        await _stream(ha, _tone(8.0))
+        await send_audio(ha, tone(8.0))
         await ha.wait_for("played", 12)
         assert time.monotonic() - start >= 7.8
         stream = [d for d in seen.of("played") if d["ending"] == "complete"]
@@ -219,8 +198,6 @@ async def test_a_fast_sender_is_read_no_faster_than_it_plays(
         assert gaps.max() < 5.0, f"Home Assistant heard nothing for {gaps.max():.1f} s"
         assert ha.of("ping"), "the satellite's keepalive pings"
         assert gated.server.connected and not ha.closed
-    finally:
-        await ha.close()
 
 
 async def test_a_stream_past_the_limit_is_cut_and_the_sender_told(
@@ -228,44 +205,27 @@ async def test_a_stream_past_the_limit_is_cut_and_the_sender_told(
 ) -> None:
     monkeypatch.setattr(incoming, "MOST_SECONDS", 1.0)
     seen = Seen(gated)
-    ha = HomeAssistant(gated.server.bound_port)
-    await ha.connect()
-    try:
-        await ha.wait_for("info", 5)
-        await _stream(ha, _tone(3.0))
+    async with home_assistant(gated.server.bound_port) as ha:
+        await send_audio(ha, tone(3.0))
         error = Error.from_event((await ha.wait_for("error", 5))[0].event)
         assert error.code == "audio-too-long" and "1 s" in error.text
         await ha.wait_for("played", 5)
         assert seen.of("played")[-1]["seconds"] == pytest.approx(1.0, abs=0.05)
         assert len(ha.of("error")) == 1, "told once"
         # the connection stayed in step: the next announcement plays whole
-        await _stream(ha, _tone(0.5))
+        await send_audio(ha, tone(0.5))
         await ha.wait_for("played", 5, count=2)
-    finally:
-        await ha.close()
 
 
 async def test_an_unplayable_audio_start_is_answered(gated: Daemon) -> None:
-    ha = HomeAssistant(gated.server.bound_port)
-    await ha.connect()
-    try:
-        await ha.wait_for("info", 5)
+    async with home_assistant(gated.server.bound_port) as ha:
         await ha.send(AudioStart(rate=0, width=2, channels=1).event())
         error = Error.from_event((await ha.wait_for("error", 5))[0].event)
         assert error.code == "audio-format" and "rate 0" in error.text
         assert not gated.playing
-        await _stream(ha, _tone(0.3))
+        await send_audio(ha, tone(0.3))
         await ha.wait_for("played", 5)
         assert gated.server.connected
-    finally:
-        await ha.close()
-
-
-def _rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS in /proc/self/status")
 
 
 async def test_a_flood_of_audio_does_not_grow_memory(
@@ -275,12 +235,9 @@ async def test_a_flood_of_audio_does_not_grow_memory(
     2.5 s grew the daemon by 681 MB). The first 2 s play; the rest is read and dropped; the
     process (daemon and sender alike) grows by a few MB, not by what was sent."""
     monkeypatch.setattr(incoming, "MOST_SECONDS", 2.0)
-    ha = HomeAssistant(gated.server.bound_port)
-    await ha.connect()
-    try:
-        await ha.wait_for("info", 5)
-        block = _tone(1.0)
-        before = _rss_mb()
+    async with home_assistant(gated.server.bound_port) as ha:
+        block = tone(1.0)
+        before = current_rss_mb()
         await ha.send(AudioStart(rate=TTS_RATE, width=2, channels=1).event())
         sent = 0
         while sent < 64 << 20:
@@ -290,11 +247,9 @@ async def test_a_flood_of_audio_does_not_grow_memory(
             sent += len(block)
         await ha.send(AudioStop().event())
         await ha.wait_for("played", 30)
-        grown = _rss_mb() - before
+        grown = current_rss_mb() - before
         assert grown < 32, f"grew by {grown:.0f} MB for {sent >> 20} MiB sent"
         assert len(ha.of("error")) == 1 and gated.server.connected
-    finally:
-        await ha.close()
 
 
 # -- malformed events on the satellite port (issue 16, point 6) -----------------------------
@@ -306,10 +261,7 @@ async def test_malformed_events_are_answered_and_home_assistant_stays(
     """Each malformed event gets one `error` and a log line; Home Assistant's connection
     survives every one the stream stays in step after (before, each raised out of the server
     or the daemon, logged a traceback and dropped Home Assistant without an answer)."""
-    ha = HomeAssistant(gated.server.bound_port)
-    await ha.connect()
-    try:
-        await ha.wait_for("info", 5)
+    async with home_assistant(gated.server.bound_port) as ha:
         cases = [
             (Event("audio-start", {"rate": 22050, "channels": 1}), "bad-event", "width"),
             (Event("audio-start", {"rate": "fast", "width": 2, "channels": 1}), "audio-format",
@@ -336,8 +288,6 @@ async def test_malformed_events_are_answered_and_home_assistant_stays(
         assert gated.server.connected and not ha.closed
         assert "Traceback" not in caplog.text and "Logging error" not in caplog.text
         assert not [r for r in caplog.records if r.exc_info], "no tracebacks"
-    finally:
-        await ha.close()
 
 
 async def test_a_frame_that_breaks_the_stream_is_answered_then_closed(gated: Daemon) -> None:
@@ -425,14 +375,7 @@ async def test_idle_sockets_never_lock_home_assistant_out(
     the services port for 30 s): the active Home Assistant keeps its connection, a new one is
     taken at once, a services request is answered at once, each port holds at most its cap,
     and nothing is logged as an error."""
-    settings = daemon_settings(model, backend="null")
-    settings = dataclasses.replace(
-        settings,
-        wyoming=dataclasses.replace(
-            settings.wyoming, services_enabled=True, services_host="127.0.0.1", services_port=0
-        ),
-    )
-    daemon = Daemon(settings)
+    daemon = Daemon(with_services(daemon_settings(model, backend="null")))
     await daemon.start()
     assert daemon.services is not None
     ha = HomeAssistant(daemon.server.bound_port)
@@ -501,10 +444,10 @@ async def test_the_speaker_comes_back_after_the_audio_server_restarts(
     try:
         await ha.connect()
         await ha.wait_for("info", 5)
-        await _stream(ha, _tone(0.5))
+        await send_audio(ha, tone(0.5))
         await ha.wait_for("played", 5)
         pulseaudio.kill()
-        await _stream(ha, _tone(3.0))  # plays into a dead server
+        await send_audio(ha, tone(3.0))  # plays into a dead server
         await asyncio.sleep(1.0)
         pulseaudio.start()
         reasons: set[str] = set()
@@ -521,7 +464,7 @@ async def test_the_speaker_comes_back_after_the_audio_server_restarts(
         assert stats.lost > 0 and stats.restarts >= 1 and stats.underruns >= 1, stats
         assert seen.of("played")[-1]["lost_seconds"] > 0
         before = stats.played
-        await _stream(ha, _tone(2.0))
+        await send_audio(ha, tone(2.0))
         await ha.wait_for("played", 10, count=3)
         played = (daemon.backend.stats().played - before) / OUTPUT_RATE
         assert played >= 1.9, f"{played:.2f} s of a 2 s announcement played"

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from wyoming.asr import Transcript
-from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.audio import AudioChunk
 from wyoming.info import Describe, Info
 from wyoming.ping import Ping
 from wyoming.pipeline import RunPipeline
@@ -26,16 +26,15 @@ from satellite import __version__
 from satellite.audio.wavfile import read_wav
 from satellite.daemon import Daemon
 from tests.satellite_support import (
+    TTS_RATE,
     HomeAssistant,
     daemon_settings,
     script_wav,
+    send_audio,
     tiny_model,
+    tone,
     wake_and_ask,
 )
-
-TTS_RATE = 22050
-CHUNK_BYTES = 2048
-"""Home Assistant sends TTS and announcements as 2048-byte chunks at 22,050 Hz."""
 
 
 @pytest.fixture(scope="module")
@@ -50,20 +49,6 @@ async def idle_daemon(model: Path) -> AsyncIterator[Daemon]:
     await daemon.start()
     yield daemon
     await daemon.close()
-
-
-def _tone(seconds: float, rate: int = TTS_RATE) -> bytes:
-    t = np.arange(int(seconds * rate)) / rate
-    return (0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype("<i2").tobytes()
-
-
-async def _send_audio(ha: HomeAssistant, pcm: bytes, rate: int = TTS_RATE) -> None:
-    """What Home Assistant sends for TTS or an announcement."""
-    await ha.send(AudioStart(rate=rate, width=2, channels=1, timestamp=0).event())
-    for offset in range(0, len(pcm), CHUNK_BYTES):
-        chunk = AudioChunk(rate=rate, width=2, channels=1, audio=pcm[offset : offset + CHUNK_BYTES])
-        await ha.send(chunk.event())
-    await ha.send(AudioStop().event())
 
 
 async def test_describe_ping_and_a_second_connection(idle_daemon: Daemon) -> None:
@@ -127,7 +112,7 @@ async def test_five_second_rule_and_reconnect(idle_daemon: Daemon) -> None:
         assert idle_daemon.server.connected
         assert seen.count("ha_connected") == 2 and seen.count("ha_disconnected") == 1
         # an announcement still plays and is acknowledged on the new connection
-        await _send_audio(again, _tone(0.3))
+        await send_audio(again, tone(0.3))
         await again.wait_for("played", 5)
     finally:
         await again.close()
@@ -140,7 +125,7 @@ async def test_announcement_is_played_then_acknowledged(idle_daemon: Daemon) -> 
         await ha.wait_for("info", 5)
         before = idle_daemon.backend.stats().played
         sent = time.monotonic()
-        await _send_audio(ha, _tone(1.0))
+        await send_audio(ha, tone(1.0))
         played = (await ha.wait_for("played", 5))[0]
         took = played.time - sent
         samples = idle_daemon.backend.stats().played - before
@@ -250,7 +235,7 @@ async def test_ha_mode_streams_to_the_pipeline_and_plays_its_reply(
         # Home Assistant's pipeline answers: transcript, TTS text, then the audio
         await ha.send(Transcript(text="turn on the kitchen lights").event())
         await ha.send(Synthesize(text="Turned on the kitchen lights.").event())
-        await _send_audio(ha, _tone(1.5))
+        await send_audio(ha, tone(1.5))
         await ha.wait_for("played", 10)
         assert stop.time <= ha.of("played")[0].time
         await asyncio.wait_for(daemon.wait_stopped(), 15)

@@ -6,49 +6,34 @@ logged. The process's RSS growth is printed (`-s`) and bounded."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from pathlib import Path
 
 import pytest
 
 from satellite.bench.fuzz import fuzz_port, malformed_frames
+from satellite.bench.system import current_rss_mb
 from satellite.daemon import Daemon
-from tests.satellite_support import daemon_settings, tiny_model
+from tests.satellite_support import daemon_settings, tiny_model, with_services
 
 FRAMES = 5000
-
-
-def _rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 async def test_five_thousand_malformed_frames_on_each_port(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    settings = daemon_settings(tiny_model(), backend="null")
-    settings = dataclasses.replace(
-        settings,
-        wyoming=dataclasses.replace(
-            settings.wyoming, services_enabled=True, services_host="127.0.0.1", services_port=0
-        ),
-    )
-    daemon = Daemon(settings)
+    daemon = Daemon(with_services(daemon_settings(tiny_model(), backend="null")))
     await daemon.start()
     caplog.set_level(logging.WARNING)
     try:
         assert daemon.services is not None
-        before = _rss_mb()
+        before = current_rss_mb()
         satellite = await fuzz_port("127.0.0.1", daemon.server.bound_port,
                                     malformed_frames(FRAMES, seed=1), satellite=True,
                                     allow_close=False)  # fmt: skip
         services = await fuzz_port("127.0.0.1", daemon.services.bound_port,
                                    malformed_frames(FRAMES, seed=2), satellite=False,
                                    allow_close=True)  # fmt: skip
-        grown = _rss_mb() - before
+        grown = current_rss_mb() - before
         print(f"\n{satellite.summary()}\n{services.summary()}\nRSS growth {grown:.1f} MB")
         for report in (satellite, services):
             assert report.frames == FRAMES

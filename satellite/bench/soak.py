@@ -28,7 +28,7 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +44,7 @@ from wyoming.satellite import RunSatellite
 from wyoming.tts import Synthesize
 
 from satellite.bench.fuzz import FuzzReport, fuzz_port, malformed_frames
+from satellite.bench.system import current_rss_mb, peak_rss_mb
 from satellite.errors import UserError
 from satellite.mqtt.localbroker import LocalBroker, mosquitto_program
 from satellite.settings import Settings, loopback_wyoming
@@ -64,6 +65,17 @@ FLOOD_PAYLOADS: dict[str, list[bytes]] = {
     "mode": [b"local", b"ha", b"both"],
     "restart": [b"PRESS", b"press"],
 }
+
+
+def flood_commands(
+    count: int, payloads: dict[str, list[bytes]] = FLOOD_PAYLOADS
+) -> Iterator[tuple[str, bytes]]:
+    """`count` (control, payload) pairs: every control in turn, each cycling through its
+    payloads."""
+    controls = list(payloads)
+    for number in range(count):
+        options = payloads[controls[number % len(controls)]]
+        yield controls[number % len(controls)], options[(number // len(controls)) % len(options)]
 
 
 @dataclass
@@ -110,16 +122,6 @@ class SoakReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}
-
-
-def rss_mb() -> tuple[float, float]:
-    """(VmRSS, VmHWM) of this process in MB."""
-    values = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0]) / 1024
-    return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
 
 
 class _Watcher:
@@ -171,8 +173,7 @@ class Soak:
         self.report = SoakReport()
         self.watcher = _Watcher(broker.port, self.base)
         self._volume = 10
-        start, peak = rss_mb()
-        self.report.rss_start_mb, self.report.rss_peak_mb = start, peak
+        self.report.rss_start_mb, self.report.rss_peak_mb = current_rss_mb(), peak_rss_mb()
         self._started = time.monotonic()
 
     def close(self) -> None:
@@ -201,7 +202,7 @@ class Soak:
             await self._drop(number)
         link = self.daemon.mqtt.link if self.daemon.mqtt is not None else None
         report.mqtt_dropped = link.dropped if link is not None else 0
-        report.rss_end_mb, report.rss_peak_mb = rss_mb()
+        report.rss_end_mb, report.rss_peak_mb = current_rss_mb(), peak_rss_mb()
         report.seconds = time.monotonic() - self._started
 
     async def _healthy(self, when: str) -> None:
@@ -232,13 +233,10 @@ class Soak:
         flood.connect("127.0.0.1", self.broker.port)
         flood.loop_start()
         try:
-            topics = list(FLOOD_PAYLOADS)
-            sent = []
-            for number in range(count):
-                control = topics[number % len(topics)]
-                options = FLOOD_PAYLOADS[control]
-                payload = options[(number // len(topics)) % len(options)]
-                sent.append(flood.publish(f"{self.base}/{control}/set", payload, qos=1))
+            sent = [
+                flood.publish(f"{self.base}/{control}/set", payload, qos=1)
+                for control, payload in flood_commands(count)
+            ]
 
             def wait_sent() -> None:
                 for info in sent:

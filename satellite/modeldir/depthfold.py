@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
@@ -47,6 +47,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from satellite.errors import UserError
 from satellite.modeldir.manifest import FileEntry, Manifest, read_manifest, sha256_file
+from satellite.modeldir.repair import all_nodes
 from satellite.modeldir.tensorio import read_array
 
 FOLDED_SUFFIX = ".folded.onnx"
@@ -107,7 +108,7 @@ class _Graph:
         self.graph = graph
         self.producer = {out: node for node in graph.node for out in node.output if out}
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        for node in _all_nodes(graph):  # a subgraph's reads of outer values count too
+        for node in all_nodes(graph):  # a subgraph's reads of outer values count too
             for name in node.input:
                 self.consumers.setdefault(name, []).append(node)
         outputs = {o.name for o in graph.output}
@@ -496,21 +497,13 @@ def fold_graph(model: onnx.ModelProto, folder: Path, where: Path, data: _DataFil
             node.input[i] = renames.get(name, name)
     graph.ClearField("node")
     graph.node.extend([*nodes, *new_nodes])
-    used = {name for node in _all_nodes(graph) for name in node.input}
+    used = {name for node in all_nodes(graph) for name in node.input}
     kept = [t for t in graph.initializer if t.name in used]
     graph.ClearField("initializer")
     graph.initializer.extend(kept)
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):  # pragma: no cover
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return done
-
-
-def _all_nodes(graph: onnx.GraphProto) -> Iterable[onnx.NodeProto]:
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(attr.g)
 
 
 def folded_name(graph_file: str) -> str:

@@ -113,7 +113,7 @@ def write_fixed_depthformer(source: Path, target: Path) -> None:
     folder, so the external data references still resolve)."""
     model = onnx.load(str(source), load_external_data=False)
     tables: dict[str, int] = {}
-    for node in _nodes(model.graph):
+    for node in all_nodes(model.graph):
         if node.op_type != "GroupQueryAttention":
             continue
         _set_int(node, "do_rotary", 1)
@@ -137,14 +137,15 @@ def write_fixed_depthformer(source: Path, target: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+def all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """Every node of `graph`, its subgraphs' (If, Loop, Scan) included."""
     for node in graph.node:
         yield node
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _nodes(attr.g)
+                yield from all_nodes(attr.g)
             for sub in attr.graphs:
-                yield from _nodes(sub)
+                yield from all_nodes(sub)
 
 
 def _initializer(graph: onnx.GraphProto, name: str) -> onnx.TensorProto | None:
