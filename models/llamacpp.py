@@ -1,10 +1,13 @@
-"""llama.cpp's `llama-bench` and `llama-quantize`, built from source on this machine, for the
-peer benchmark.
+"""llama.cpp's `llama-bench` and `llama-quantize`, and the `libllama` that llama-cpp-python's
+binding loads, built from source on this machine, for the peer benchmark and the llama.cpp
+backbone backend.
 
 The source is the llama.cpp that llama-cpp-python's source distribution vendors (a pinned
 version, fetched with pip from the package index this machine uses), built for this CPU
-(`GGML_NATIVE`), CPU only, static, the two tools alone: about four minutes on two cores. The
-build is cached (`tools_root`) under a file lock, keyed by the version, and reused.
+(`GGML_NATIVE`), CPU only, as shared libraries that the tools find beside them (`$ORIGIN`):
+about four minutes on two cores. The build is cached (`tools_root`) under a file lock, keyed by
+the version, and reused. `LLAMA_CPP_LIB_PATH=<bin>` points the binding at the library (the
+binding's own switch; `library_dir`).
 
 One source fix is applied before building: on CPUs with AMX, GCC 12 drops the stores that fill
 the tile configuration before `_tile_loadconfig` in ggml's AMX matrix kernel (`amx/mmq.cpp`), so
@@ -30,13 +33,17 @@ from typing import Any
 LLAMA_CPP_PYTHON = "0.3.36"
 """The llama-cpp-python release whose vendored llama.cpp is built (llama.cpp 0c1e570)."""
 TOOLS = ("llama-bench", "llama-quantize")
+LIBRARY = "llama"
+"""The shared library target (`libllama.so` and the `libggml*.so` it links)."""
+BUILD_NAME = f"llama-cpp-python-{LLAMA_CPP_PYTHON}-shared"
 AMX_FILE = Path("ggml/src/ggml-cpu/amx/mmq.cpp")
 AMX_LOAD = "    _tile_loadconfig(&tc);\n"
 AMX_BARRIER = '    asm volatile("" : : "r"(&tc) : "memory");\n'
 CMAKE_OPTIONS = (
     "-DCMAKE_BUILD_TYPE=Release",
     "-DGGML_NATIVE=ON",
-    "-DBUILD_SHARED_LIBS=OFF",
+    "-DBUILD_SHARED_LIBS=ON",
+    "-DCMAKE_BUILD_RPATH_USE_ORIGIN=ON",
     "-DLLAMA_BUILD_TESTS=OFF",
     "-DLLAMA_BUILD_EXAMPLES=OFF",
     "-DLLAMA_BUILD_SERVER=OFF",
@@ -55,6 +62,11 @@ class LlamaTools:
     bench: Path
     quantize: Path
     version: str
+
+    @property
+    def library_dir(self) -> Path:
+        """Where `libllama.so` is (the binding's `LLAMA_CPP_LIB_PATH`)."""
+        return self.bench.parent
 
 
 @dataclass(frozen=True)
@@ -89,12 +101,13 @@ def build_tools(
     progress: Callable[[str], None] = print,
 ) -> LlamaTools:
     """The built tools, building them first where they are not cached."""
-    home = (root or tools_root()) / f"llama-cpp-python-{LLAMA_CPP_PYTHON}"
+    home = (root or tools_root()) / BUILD_NAME
     tools = LlamaTools(home / "bin" / TOOLS[0], home / "bin" / TOOLS[1], LLAMA_CPP_PYTHON)
     home.mkdir(parents=True, exist_ok=True)
     with open(home / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if tools.bench.exists() and tools.quantize.exists():
+        library = tools.library_dir / f"lib{LIBRARY}.so"
+        if tools.bench.exists() and tools.quantize.exists() and library.exists():
             return tools
         with tempfile.TemporaryDirectory(dir=home, prefix="build-") as scratch:
             work = Path(scratch)
@@ -103,8 +116,9 @@ def build_tools(
             _build(source, work / "build", jobs or os.cpu_count() or 2, progress)
             staged = work / "bin"
             staged.mkdir()
-            for tool in TOOLS:
-                shutil.copy2(work / "build" / "bin" / tool, staged / tool)
+            built = work / "build" / "bin"
+            for item in [*(built / tool for tool in TOOLS), *built.glob("lib*.so*")]:
+                shutil.copy2(item, staged / item.name, follow_symlinks=False)
             shutil.rmtree(home / "bin", ignore_errors=True)
             staged.rename(home / "bin")
     return tools
@@ -157,10 +171,11 @@ def _build(source: Path, build: Path, jobs: int, progress: Callable[[str], None]
     for tool in ("cmake", "ninja", "c++"):
         if shutil.which(tool) is None:
             raise LlamaCppError(f"{tool} is not installed (script/setup installs it)")
-    progress(f"llama.cpp: building {', '.join(TOOLS)} for this CPU ({jobs} jobs, minutes)")
+    targets = (*TOOLS, LIBRARY)
+    progress(f"llama.cpp: building {', '.join(targets)} for this CPU ({jobs} jobs, minutes)")
     _run(["cmake", "-S", str(source), "-B", str(build), "-G", "Ninja", *CMAKE_OPTIONS],
          "cmake configure")  # fmt: skip
-    _run(["cmake", "--build", str(build), "-j", str(jobs), "--target", *TOOLS], "cmake build")
+    _run(["cmake", "--build", str(build), "-j", str(jobs), "--target", *targets], "cmake build")
 
 
 def quantize(
