@@ -78,12 +78,15 @@ def write_backbone_gguf(
     specs: list[ParamSpec],
     out: Path,
     name: str = "lfm2-audio-backbone",
+    float32: bool = False,
 ) -> int:
-    """Write the backbone (`specs`, values from `weights`) to `out`; returns its size in bytes."""
+    """Write the backbone (`specs`, values from `weights`) to `out`; returns its size in bytes.
+    `float32` keeps the matrices in float32 too (a file for exact comparisons)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(out), ARCH)
     writer.add_name(name)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    file_type = gguf.LlamaFileType.ALL_F32 if float32 else gguf.LlamaFileType.MOSTLY_F16
+    writer.add_file_type(file_type)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
     writer.add_block_count(config.num_hidden_layers)
@@ -106,7 +109,8 @@ def write_backbone_gguf(
     plan: list[tuple[ParamSpec, tuple[int, ...], type[np.floating]]] = []
     for spec in specs:
         gguf_name, shape = tensor_name(spec.name), tensor_shape(spec)
-        dtype: type[np.floating] = np.float32 if keeps_float32(gguf_name, shape) else np.float16
+        wide = float32 or keeps_float32(gguf_name, shape)
+        dtype: type[np.floating] = np.float32 if wide else np.float16
         nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
         writer.add_tensor_info(gguf_name, shape, np.dtype(dtype), nbytes)
         plan.append((spec, shape, dtype))

@@ -176,7 +176,18 @@ class ModelSettings:
     shared_thread_pool: bool = True
     """All of the model's graphs run on one ONNX Runtime thread pool instead of one pool each
     (faster: a pool per graph leaves threads competing for the cores while the graphs take
-    turns). Turn off only to compare."""
+    turns). Turn off only to compare. Not used with `backbone: llamacpp`, whose own threads
+    would compete with the pool's."""
+
+    backbone: Literal["onnxruntime", "llamacpp"] = "onnxruntime"
+    """What runs the model's LFM2 backbone: `onnxruntime` (the model directory's decoder graph)
+    or `llamacpp` (a GGUF file of the backbone, `backbone_gguf`, through llama-cpp-python; on
+    some CPUs faster, see docs/PERFORMANCE.md). Needs `pip install 'lfm-satellite[llamacpp]'`."""
+
+    backbone_gguf: str | None = None
+    """The backbone's GGUF file for `backbone: llamacpp` (architecture lfm2, e.g. from
+    LiquidAI's GGUF repository of the same model). Empty: the one `.gguf` file in the model
+    directory."""
 
     voice: Literal["us_female", "us_male", "uk_female", "uk_male"] = "us_female"
     """Voice of spoken replies and of Wyoming text-to-speech by default."""

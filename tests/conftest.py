@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models import llamacpp
 from models.cache import CACHE_ENV
 from satellite.audio.backends import load_sounddevice
 from satellite.engine.sampling import Sampler
@@ -40,6 +41,18 @@ def shared_thread_pool() -> None:
     test opens a session: once a process has it, every session must run on it, so tests that
     open graphs themselves use `plain_session_options()` and pass whatever order they run in."""
     assert use_shared_pool(0), "onnxruntime refused a global thread pool"
+
+
+@pytest.fixture(scope="session")
+def llama_library() -> Path:
+    """llama.cpp's shared library for llama-cpp-python's binding (the llama.cpp backbone):
+    built from source with the project's AMX fix (`models.llamacpp`, minutes the first time,
+    cached in the user's cache folder as `bench peers` keeps it) and named to the binding with
+    its own `LLAMA_CPP_LIB_PATH` before anything imports it. script/setup installs the binding
+    without a library of its own."""
+    folder = llamacpp.build_tools().library_dir
+    os.environ["LLAMA_CPP_LIB_PATH"] = str(folder)
+    return folder
 
 
 @pytest.fixture

@@ -7,7 +7,9 @@ top-k 1 (greedy by the top-k rule), the engine's reply, every text id and all 8 
 frame, must equal what `generate_sequential` / `generate_interleaved` yield for the same inputs:
 an ASR turn, a TTS turn, and a two-turn interleaved conversation whose second turn runs on the
 engine's kept decoder cache while the reference re-reads the whole history. Error bound: none,
-the token sequences are compared for equality.
+the token sequences are compared for equality. Each test runs twice: with the backbone on
+onnxruntime (the decoder graph) and on llama.cpp (the same weights as a float32 GGUF, issue 14
+point 4), the rest of the engine the same.
 
 Each test also checks that its turn reaches the branches it is there for (so a change of weights
 that avoids them fails rather than passing trivially). Prompts use stand-in ids for the
@@ -32,6 +34,8 @@ from engine_support import (
     waveform,
 )
 
+from models.gguf_export import write_backbone_gguf
+from models.weights import backbone_specs
 from satellite.engine.chat import Chat, Speech
 from satellite.engine.events import AudioFrame, TextToken, TurnEnd
 from satellite.engine.mel import LogMel
@@ -49,11 +53,19 @@ USER = [6, 21, 10]
 CLOSE_AND_ASSISTANT = [7, 10, 6, 22, 10]
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Model:
-    _, weights, _ = shaped_reference()
+@pytest.fixture(scope="module", params=["onnxruntime", "llamacpp"])
+def model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Model:
+    """The shaped tiny model on each backbone runner: the decoder graph on onnxruntime, and
+    the same backbone weights as a float32 GGUF on llama.cpp (`model.backbone: llamacpp`)."""
+    config, weights, _ = shaped_reference()
     directory = build_shaped(tmp_path_factory.mktemp("shaped"), weights)
-    return Model.load(directory, SessionConfig(threads=1))
+    if request.param == "llamacpp":
+        request.getfixturevalue("llama_library")
+        specs = backbone_specs(config.backbone)
+        write_backbone_gguf(
+            config.backbone, weights, specs, directory / "backbone.gguf", float32=True
+        )
+    return Model.load(directory, SessionConfig(threads=1, backbone=request.param))
 
 
 def reply_of(events: Iterable[object]) -> tuple[Reply, TurnEnd]:

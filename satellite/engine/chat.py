@@ -25,7 +25,8 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from satellite.engine.decoder import DEFAULT_CHUNK, ContextFullError, Decoder, DecoderState
+from satellite.engine.backbone import open_backbone
+from satellite.engine.decoder import DEFAULT_CHUNK, ContextFullError, DecoderState
 from satellite.engine.depthformer import Depthformer
 from satellite.engine.encoder import AudioEncoder
 from satellite.engine.events import Event
@@ -100,9 +101,7 @@ class Chat:
             context_length = limit or DEFAULT_CONTEXT
         elif limit is not None and context_length > limit:
             raise ValueError(f"context_length {context_length} exceeds the model's {limit}")
-        self.decoder = Decoder(
-            model.graph("decoder"), config, context_length=context_length, chunk=chunk
-        )
+        self.decoder = open_backbone(model, context_length, chunk)
         self.depthformer = Depthformer(model.graph("depthformer"), config)
         self._encoder: AudioEncoder | None = None
         self.sampler = Sampler(seed)

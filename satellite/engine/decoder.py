@@ -14,6 +14,7 @@ floats) stay small.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -48,8 +49,36 @@ class StepOutput:
     logits: FloatArray | None
     """[vocab] text logits of the last position run; None when the step was asked to skip the
     text head (graphs with a `num_logits_to_keep` input)."""
-    hidden: FloatArray
-    """[hidden] final-normed hidden state of the last position (the depthformer's input)."""
+    hidden: FloatArray | None
+    """[hidden] final-normed hidden state of the last position (the depthformer's input); None
+    from a backbone that gives one or the other (llama.cpp) when logits were asked for."""
+
+
+class Backbone(Protocol):
+    """What the engine asks of a backbone runner: `Decoder` (onnxruntime) and
+    `satellite.engine.llamabackbone.LlamaDecoder` (llama.cpp)."""
+
+    hidden_size: int
+    context_length: int
+    chunk: int
+    length: int
+    calls: int
+
+    @property
+    def pending_length(self) -> int: ...
+
+    @property
+    def free(self) -> int: ...
+
+    def push(self, embeds: npt.ArrayLike) -> None: ...
+
+    def step(self, logits: bool = True) -> StepOutput: ...
+
+    def snapshot(self) -> DecoderState: ...
+
+    def restore(self, state: DecoderState) -> None: ...
+
+    def reset(self) -> None: ...
 
 
 class Decoder:

@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-from satellite.engine.decoder import ContextFullError, Decoder
+from satellite.engine.decoder import Backbone, ContextFullError
 from satellite.engine.depthformer import Depthformer
 from satellite.engine.events import AudioFrame, Event, StopReason, TextToken, TurnEnd
 from satellite.engine.model import Embeddings
@@ -65,7 +65,7 @@ class GenerationConfig:
 
 
 def generate(
-    decoder: Decoder,
+    decoder: Backbone,
     embeddings: Embeddings,
     depthformer: Depthformer,
     sampler: Sampler,
@@ -115,6 +115,7 @@ def generate(
                 if left == 0 or text_done:
                     audio, left = True, config.n_audio
         else:
+            assert out.hidden is not None
             codes = depthformer.frame(out.hidden, config.audio, sampler)
             now = time.monotonic()
             if interleaved and left == 0 and not text_done:

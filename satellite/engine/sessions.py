@@ -46,6 +46,7 @@ AUTO_ORDER = ("cuda", "coreml", "qnn", "openvino")
 """What `auto` tries, best first, before falling back to the CPU."""
 
 Optimization = Literal["disabled", "basic", "extended", "all"]
+Backbone = Literal["onnxruntime", "llamacpp"]
 OPTIMIZATION_LEVELS: dict[str, ort.GraphOptimizationLevel] = {
     "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -95,15 +96,27 @@ class SessionConfig:
     and every later session runs on it (`plain_session_options`). Measured on the full-size
     q4 model, 2 cores (`bench engine` against `--no-shared-pool`, two interleaved rounds):
     real-time factor 1.31-1.34 instead of 1.39-1.44, audio step 24.8-28.7 ms instead of
-    29.7-30.9."""
+    29.7-30.9. Not with the llama.cpp backbone: the pool's spinning workers and llama.cpp's
+    threads would fight over the cores (real-time factor 1.71 against 1.22 with a pool per
+    session, AMD EPYC, 2 threads); the sessions then run on pools of their own, without
+    spinning, unless the process has the shared pool already."""
+
+    backbone: Backbone = "onnxruntime"
+    """What runs the backbone: the decoder graph on onnxruntime, or a GGUF on llama.cpp
+    (`satellite.engine.backbone`)."""
+
+    backbone_gguf: str | None = None
+    """The GGUF file for the llama.cpp backbone; None: the one `.gguf` in the model directory."""
 
     @classmethod
     def from_settings(cls, settings: ModelSettings, **overrides: Any) -> SessionConfig:
-        """The config's `model` section (providers, threads), with `overrides`."""
+        """The config's `model` section (providers, threads, backbone), with `overrides`."""
         values: dict[str, Any] = {
             "providers": tuple(settings.providers),
             "threads": settings.threads,
             "shared_pool": settings.shared_thread_pool,
+            "backbone": settings.backbone,
+            "backbone_gguf": settings.backbone_gguf,
             **overrides,
         }
         return cls(**values)
@@ -197,7 +210,7 @@ def session_options(config: SessionConfig) -> ort.SessionOptions:
         raise ValueError(
             f"optimization: {config.optimization!r} is not one of {', '.join(OPTIMIZATION_LEVELS)}"
         )
-    if config.shared_pool:
+    if config.shared_pool and config.backbone == "onnxruntime":
         use_shared_pool(config.threads)
     options = plain_session_options()
     if options.use_per_session_threads:  # a shared pool's width is set once, for all
