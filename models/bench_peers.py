@@ -9,7 +9,10 @@ in interleaved rounds (engine, llama.cpp, engine, ...) and compared round by rou
 report gives each round's ratios and their median, with the CPU model.
 
 The engine is measured by `lfm-satellite bench engine` in a child process (its own memory and
-threads), llama.cpp by `llama-bench` (`models.llamacpp`). Compared:
+threads), llama.cpp by `llama-bench` (`models.llamacpp`), each round with the backbone on each
+runner the engine has: onnxruntime (the model's decoder graph) and llama.cpp (`model.backbone:
+llamacpp`, on the very Q4_0 file and library llama-bench runs; where llama-cpp-python is
+installed). Compared:
 
 - the decoder's text step and audio step against llama.cpp's decode time per token (the
   audio step skips the text head, llama.cpp's decode does not);
@@ -20,7 +23,9 @@ threads), llama.cpp by `llama-bench` (`models.llamacpp`). Compared:
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -35,6 +40,9 @@ from models.config import config_for
 from models.llamacpp import LlamaFigures, LlamaTools
 from models.weights import RandomWeights, backbone_specs
 from satellite.bench.system import cpu_model
+
+BACKBONES = ("onnxruntime", "llamacpp")
+"""The engine's backbone runners, each measured in every round."""
 
 TARGETS = {
     "text_step_over_llama": 1.0,
@@ -66,19 +74,40 @@ def peer_gguf(size: str, seed: int, tools: LlamaTools, folder: Path, threads: in
     return target
 
 
-def engine_round(model: Path, threads: int, repeats: int) -> dict[str, Any]:
-    """`lfm-satellite bench engine` in a child process; its report's `engine` figures."""
+def engine_round(
+    model: Path,
+    threads: int,
+    repeats: int,
+    backbone: str = "onnxruntime",
+    gguf: Path | None = None,
+    library: Path | None = None,
+) -> dict[str, Any]:
+    """`lfm-satellite bench engine` in a child process, the backbone on `backbone` (llama.cpp:
+    the GGUF `gguf`, the binding pointed at `library`); its report's `engine` figures."""
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "engine.json"
         command = [sys.executable, "-m", "satellite", "bench", "engine", "--model", str(model),
-                   "--threads", str(threads), "--repeats", str(repeats), "--json", str(out)]  # fmt: skip
-        result = subprocess.run(command, capture_output=True, text=True)
+                   "--threads", str(threads), "--repeats", str(repeats), "--json", str(out),
+                   "--backbone", backbone]  # fmt: skip
+        env = dict(os.environ)
+        if backbone == "llamacpp":
+            command += ["--backbone-gguf", str(gguf)]
+            env["LLAMA_CPP_LIB_PATH"] = str(library)
+        result = subprocess.run(command, capture_output=True, text=True, env=env)
         if result.returncode != 0:
             raise RuntimeError(
-                f"bench engine failed (exit {result.returncode}): {result.stderr[-2000:]}"
+                f"bench engine ({backbone}) failed (exit {result.returncode}): "
+                f"{result.stderr[-2000:]}"
             )
         engine: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))["engine"]
         return engine
+
+
+def available_backbones() -> tuple[str, ...]:
+    """The runners this install can measure: llama.cpp's needs llama-cpp-python's binding."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        return BACKBONES[:1]
+    return BACKBONES
 
 
 def compare(ours: dict[str, Any], theirs: LlamaFigures) -> dict[str, float]:
@@ -90,6 +119,7 @@ def compare(ours: dict[str, Any], theirs: LlamaFigures) -> dict[str, float]:
         "prefill_tokens_per_s": ours["prefill_tokens_per_s"],
         "depthformer_ms_per_frame": ours["depthformer_ms_per_frame"],
         "rtf": ours["rtf"],
+        "rtf_batched": ours["rtf_batched"],
         "peak_rss_mb": ours["peak_rss_mb"],
         "llama_decode_ms": llama_ms,
         "llama_prefill_tokens_per_s": theirs.prefill_tokens_per_s,
@@ -117,15 +147,23 @@ def bench_peers(
     if model is None:
         progress(f"engine: q4 model ({size}, seed {seed})")
         model = cached_model(size, "q4", seed)
-    figures: list[dict[str, float]] = []
+    backbones = available_backbones()
+    if len(backbones) < len(BACKBONES):
+        progress(
+            "engine: the llama.cpp backbone is not measured: llama-cpp-python is not installed "
+            "(pip install 'lfm-satellite[llamacpp]')"
+        )
+    figures: dict[str, list[dict[str, float]]] = {b: [] for b in backbones}
     theirs: LlamaFigures | None = None
     for index in range(rounds):
-        progress(f"round {index + 1} of {rounds}: engine, then llama.cpp")
-        ours = engine_round(model, threads, repeats)
+        progress(f"round {index + 1} of {rounds}: {', '.join(backbones)}, then llama-bench")
+        ours = {
+            b: engine_round(model, threads, repeats, b, peer, tools.library_dir) for b in backbones
+        }
         theirs = llamacpp.run_bench(tools, peer, threads, repeats=repeats)
-        figures.append(compare(ours, theirs))
+        for b in backbones:
+            figures[b].append(compare(ours[b], theirs))
     assert theirs is not None
-    medians = {key: statistics.median(f[key] for f in figures) for key in figures[0]}
     return {
         "cpu": cpu_model(),
         "size": size,
@@ -142,9 +180,17 @@ def bench_peers(
             "prompt_tokens": theirs.prompt_tokens,
             "decode_tokens": theirs.decode_tokens,
         },
-        "rounds": figures,
-        "median": medians,
         "targets": TARGETS,
+        "engines": {b: summary(rounds_of) for b, rounds_of in figures.items()},
+    }
+
+
+def summary(rounds: list[dict[str, float]]) -> dict[str, Any]:
+    """One backbone's rounds, their medians, and which targets the medians meet."""
+    medians = {key: statistics.median(f[key] for f in rounds) for key in rounds[0]}
+    return {
+        "rounds": rounds,
+        "median": medians,
         "met": {
             "text_step": medians["text_step_over_llama"] <= TARGETS["text_step_over_llama"],
             "audio_step": medians["audio_step_over_llama"] <= TARGETS["audio_step_over_llama"],
@@ -155,19 +201,30 @@ def bench_peers(
 
 def format_report(report: dict[str, Any]) -> str:
     peer = report["peer"]
+    engines = report["engines"]
     lines = [
         f"peers: the engine against {peer['runtime']}, {report['size']} backbone, "
-        f"{report['threads']} threads, {len(report['rounds'])} interleaved rounds",
+        f"{report['threads']} threads, {len(next(iter(engines.values()))['rounds'])} "
+        "interleaved rounds",
         f"  CPU: {report['cpu']}",
-        f"  engine: {report['model']} (q4)",
+        f"  engine: {report['model']} (q4), the backbone on {', '.join(engines)}",
         f"  llama.cpp: {peer['type']}, {peer['bytes'] / 1e6:,.1f} MB "
         f"(prefill {peer['prompt_tokens']} tokens, decode {peer['decode_tokens']})",
+    ]
+    for backbone, result in engines.items():
+        lines += _backbone_lines(backbone, result)
+    return "\n".join(lines)
+
+
+def _backbone_lines(backbone: str, result: dict[str, Any]) -> list[str]:
+    lines = [
         "",
+        f"  backbone on {backbone}:",
         f"  {'round':<8}{'text ms':>9}{'audio ms':>10}{'llama ms':>10}{'text/llama':>12}"
         f"{'audio/llama':>13}{'prefill t/s':>13}{'llama t/s':>11}{'ratio':>7}",
     ]
-    rows = [(str(i + 1), f) for i, f in enumerate(report["rounds"])] + [
-        ("median", report["median"])
+    rows = [(str(i + 1), f) for i, f in enumerate(result["rounds"])] + [
+        ("median", result["median"])
     ]
     for name, f in rows:
         lines.append(
@@ -176,19 +233,19 @@ def format_report(report: dict[str, Any]) -> str:
             f"{f['audio_step_over_llama']:>13.2f}{f['prefill_tokens_per_s']:>13.0f}"
             f"{f['llama_prefill_tokens_per_s']:>11.0f}{f['prefill_over_llama']:>7.2f}"
         )
-    m, met = report["median"], report["met"]
+    m, met = result["median"], result["met"]
 
     def verdict(ok: bool) -> str:
         return "met" if ok else "NOT met"
 
-    lines += [
-        "",
+    return [
+        *lines,
         f"  text step <= llama.cpp's decode: {verdict(met['text_step'])} "
         f"({m['text_step_over_llama']:.2f}x)",
         f"  audio step <= llama.cpp's decode: {verdict(met['audio_step'])} "
         f"({m['audio_step_over_llama']:.2f}x)",
         f"  prefill >= llama.cpp's: {verdict(met['prefill'])} ({m['prefill_over_llama']:.2f}x)",
         f"  engine besides: depthformer {m['depthformer_ms_per_frame']:.1f} ms/frame, "
-        f"real-time factor {m['rtf']:.2f}, peak RSS {m['peak_rss_mb']:,.0f} MB (medians)",
+        f"real-time factor {m['rtf']:.2f} ({m['rtf_batched']:.2f} with the detokenizer in "
+        f"batches), peak RSS {m['peak_rss_mb']:,.0f} MB (medians)",
     ]
-    return "\n".join(lines)

@@ -93,7 +93,8 @@ def test_llama_bench_output_is_read_and_checked() -> None:
 
 def test_bench_peers_runs_both_on_the_tiny_backbone(tmp_path: Path) -> None:
     """Builds llama.cpp from source (minutes; cached under the user's cache folder, as the
-    command does), then one round of each on the tiny model."""
+    command does), then two rounds of each on the tiny model: the engine with its backbone on
+    onnxruntime and on llama.cpp, and llama-bench."""
     saved = tmp_path / "peers.json"
     result = subprocess.run(
         [sys.executable, "-m", "satellite", "bench", "peers", "--size", "tiny", "--rounds",
@@ -106,17 +107,21 @@ def test_bench_peers_runs_both_on_the_tiny_backbone(tmp_path: Path) -> None:
     assert report["peer"]["type"].startswith("lfm2 ")
     # llama.cpp loaded the file as the same network: exactly the backbone's parameters
     assert report["peer"]["params"] == sum(int(np.prod(s.shape)) for s in specs)
-    assert len(report["rounds"]) == 2
-    for figures in report["rounds"]:
-        assert figures["text_step_ms"] > 0 and figures["llama_decode_ms"] > 0
-        assert figures["text_step_over_llama"] == pytest.approx(
-            figures["text_step_ms"] / figures["llama_decode_ms"]
+    assert set(report["engines"]) == {"onnxruntime", "llamacpp"}  # the binding is installed
+    for engine in report["engines"].values():
+        assert len(engine["rounds"]) == 2
+        for figures in engine["rounds"]:
+            assert figures["text_step_ms"] > 0 and figures["llama_decode_ms"] > 0
+            assert figures["text_step_over_llama"] == pytest.approx(
+                figures["text_step_ms"] / figures["llama_decode_ms"]
+            )
+            assert figures["prefill_over_llama"] == pytest.approx(
+                figures["prefill_tokens_per_s"] / figures["llama_prefill_tokens_per_s"]
+            )
+        assert engine["median"]["text_step_ms"] == pytest.approx(
+            float(np.median([f["text_step_ms"] for f in engine["rounds"]]))
         )
-        assert figures["prefill_over_llama"] == pytest.approx(
-            figures["prefill_tokens_per_s"] / figures["llama_prefill_tokens_per_s"]
-        )
-    assert report["median"]["text_step_ms"] == pytest.approx(
-        float(np.median([f["text_step_ms"] for f in report["rounds"]]))
-    )
     assert report["cpu"] and report["cpu"] in result.stdout
+    for backbone in report["engines"]:
+        assert f"backbone on {backbone}:" in result.stdout
     assert "text step <= llama.cpp's decode:" in result.stdout

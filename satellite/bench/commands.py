@@ -127,6 +127,18 @@ def add_bench_commands(commands: Any) -> None:
         help="onnxruntime: one thread pool per session instead of one for all (slower; to compare)",
     )
     engine.add_argument(
+        "--backbone",
+        choices=("onnxruntime", "llamacpp"),
+        default="onnxruntime",
+        help="what runs the backbone (model.backbone; default onnxruntime)",
+    )
+    engine.add_argument(
+        "--backbone-gguf",
+        type=Path,
+        metavar="FILE",
+        help="the llama.cpp backbone's GGUF (default: the one .gguf in the model directory)",
+    )
+    engine.add_argument(
         "--reference",
         action="store_true",
         help="also run the reference on the same weights (needs the export and test extras)",
@@ -320,6 +332,8 @@ def cmd_bench_engine(args: argparse.Namespace) -> int:
         spinning=args.spinning,
         arena=not args.no_arena,
         shared_pool=not args.no_shared_pool,
+        backbone=args.backbone,
+        backbone_gguf=args.backbone_gguf,
     )
     print(format_report(report))
     _save(args.json, report)

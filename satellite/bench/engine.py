@@ -104,6 +104,8 @@ def measure_engine(settings: BenchSettings, samples: FloatArray) -> dict[str, An
         spinning=settings.spinning,
         arena=settings.arena,
         shared_pool=settings.shared_pool,
+        backbone=settings.backbone,  # type: ignore[arg-type]
+        backbone_gguf=settings.backbone_gguf or None,
     )
     model = _timed_model_class().load(Path(settings.model), config)
     rss: dict[str, float] = {"before sessions": current_rss_mb()}
@@ -114,7 +116,10 @@ def measure_engine(settings: BenchSettings, samples: FloatArray) -> dict[str, An
     before = current_rss_mb()
     tables = {key for key in ("embed_tokens", "audio_embedding") if model.table(key) is not None}
     grown("tables", before)
-    for role in (r for r in ENGINE_ROLES if r in model.manifest.graphs and r not in tables):
+    skipped = {"decoder"} if settings.backbone != "onnxruntime" else set()
+    for role in (
+        r for r in ENGINE_ROLES if r in model.manifest.graphs and r not in tables | skipped
+    ):
         before = current_rss_mb()
         model.graph(role)  # what the engine runs; a lookup read as a table opens no session
         grown(role, before)
@@ -174,15 +179,16 @@ def _measure_prefill(
 ) -> tuple[Any, Any]:
     """The whole prompt (system, user header, audio embeddings, closing and assistant header)
     on a fresh cache; returns the last run's decoder and its output."""
-    from satellite.engine.decoder import Decoder
+    from satellite.engine.backbone import open_backbone
 
     text = model.embeddings.text
     parts = [text(list(prompt.system)), text(list(prompt.user_open)), embeds]
     inputs = np.concatenate([*parts, text(list(prompt.user_close))])
-    graph, context = model.graph("decoder"), model.max_context or 8192
+    context = min(model.max_context or 8192, 8192)
+    fresh = open_backbone(model, context)
 
     def prefill() -> tuple[Any, Any]:
-        fresh = Decoder(graph, model.manifest.config, context_length=context)
+        fresh.reset()
         fresh.push(inputs)
         return fresh, fresh.step()
 
@@ -198,17 +204,25 @@ def _measure_decoder_steps(
 ) -> Any:
     """Text steps on the filled cache, as generation runs them (greedy choice, embedding
     lookup, push, run), then as many audio steps; the Python side is a step's wall time minus
-    its time in `session.run`. Returns the last step's output."""
-    timer = model.timers["decoder"]
+    its time in `session.run` (on the llama.cpp backbone, which has no session to time, the
+    whole step counts as the run). Returns the last step's output."""
+    timer = model.timers.get("decoder")
+
+    def run_seconds() -> float:
+        return timer.seconds if timer is not None else 0.0
+
+    def run_of(wall: float, run_before: float) -> float:  # no session: the run is all of it
+        return run_seconds() - run_before if timer is not None else wall
+
     figures["decoder_context_start"] = decoder.length
     walls, runs = [], []
     for _ in range(settings.decoder_steps):
-        before, run_before = time.perf_counter(), timer.seconds
+        before, run_before = time.perf_counter(), run_seconds()
         token = int(np.argmax(out.logits))
         decoder.push(model.embeddings.text([token]))
         out = decoder.step()
         walls.append(time.perf_counter() - before)
-        runs.append(timer.seconds - run_before)
+        runs.append(run_of(walls[-1], run_before))
     walls, runs = walls[1:], runs[1:]  # the first step after a prefill warms up
     overheads = [w - r for w, r in zip(walls, runs, strict=True)]
     figures["decoder_steps"] = len(walls)
@@ -224,18 +238,19 @@ def _measure_decoder_steps(
     codes = rng.integers(0, 2048, size=(settings.decoder_steps, model.embeddings.codebooks))
     walls, runs = [], []
     for frame in codes:
-        before, run_before = time.perf_counter(), timer.seconds
+        before, run_before = time.perf_counter(), run_seconds()
         decoder.push(model.embeddings.frames([frame]))
         out = decoder.step(logits=False)
         walls.append(time.perf_counter() - before)
-        runs.append(timer.seconds - run_before)
+        runs.append(run_of(walls[-1], run_before))
     walls, runs = walls[1:], runs[1:]
     figures["decoder_audio_ms_per_step"] = to_ms(median(walls))
     figures["decoder_audio_run_ms_per_step"] = to_ms(median(runs))
     figures["python_overhead_audio_ms_per_step"] = to_ms(
         median([w - r for w, r in zip(walls, runs, strict=True)])
     )
-    figures["decoder_audio_skips_lm_head"] = bool(decoder.graph.has_input("num_logits_to_keep"))
+    graph = getattr(decoder, "graph", None)  # llama.cpp's embeddings mode skips its head
+    figures["decoder_audio_skips_lm_head"] = graph is None or graph.has_input("num_logits_to_keep")
     return out
 
 
@@ -503,6 +518,8 @@ def bench_engine(
     spinning: bool = False,
     arena: bool = True,
     shared_pool: bool = True,
+    backbone: str = "onnxruntime",
+    backbone_gguf: Path | None = None,
 ) -> dict[str, Any]:
     """Measure the engine on the model directory `model` (and the reference, when asked);
     returns the report (see `format_report`)."""
@@ -539,6 +556,8 @@ def bench_engine(
             spinning=spinning,
             arena=arena,
             shared_pool=shared_pool,
+            backbone=backbone,
+            backbone_gguf=str(backbone_gguf.resolve()) if backbone_gguf else "",
             repeats=repeats,
             decoder_steps=decoder_steps,
             audio_seconds=audio_seconds,
@@ -616,7 +635,8 @@ def format_report(report: Mapping[str, Any]) -> str:
         f"{'on' if report['settings']['prepack'] else 'off'}, spinning "
         f"{'on' if report['settings']['spinning'] else 'off'}, arena "
         f"{'on' if report['settings'].get('arena', True) else 'off'}, shared pool "
-        f"{'on' if report['settings'].get('shared_pool', False) else 'off'}, {report['settings']['repeats']} "
+        f"{'on' if report['settings'].get('shared_pool', False) else 'off'}, backbone on "
+        f"{report['settings'].get('backbone', 'onnxruntime')}, {report['settings']['repeats']} "
         f"repeats, providers {', '.join(engine['providers'])}; detokenizer: "
         f"{engine['detokenizer_backend']} ({engine['detokenizer_role']})",
         "",

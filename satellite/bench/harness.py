@@ -49,6 +49,10 @@ class BenchSettings:
     """onnxruntime: CPU memory arena on (`SessionConfig.arena`)."""
     shared_pool: bool = True
     """onnxruntime: one thread pool for every session (`SessionConfig.shared_pool`)."""
+    backbone: str = "onnxruntime"
+    """What runs the backbone (`SessionConfig.backbone`): onnxruntime or llamacpp."""
+    backbone_gguf: str = ""
+    """The llama.cpp backbone's GGUF file (`SessionConfig.backbone_gguf`); empty: the model's."""
     repeats: int = 5
     decoder_steps: int = 64
     depthformer_frames: int = 16
