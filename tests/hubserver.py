@@ -38,7 +38,7 @@ from satellite.modeldir.catalog import catalog_path
 from satellite.modeldir.manifest import sha256_file
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-LFS_SUFFIXES = (".onnx", ".bin")
+LFS_SUFFIXES = (".onnx", ".bin", ".gguf")
 
 
 def is_lfs(path: str) -> bool:

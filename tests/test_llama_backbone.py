@@ -4,8 +4,9 @@ files of the tiny model's own backbone weights written with the `gguf` package.
 
 Token-exact parity with the reference is in test_engine_parity (every test there runs on both
 backbones). Here: the runner step by step against the decoder graph on the same inputs (error
-bounds: float32 GGUF within 2e-5 of the logits' and hidden states' scale, float16 GGUF within
-2e-2), snapshots, the weights shared between runners, the context cap, and the errors a user
+bounds: a float32 GGUF within 1e-5 of the logits' and hidden states' scale (2.1e-6 measured), a
+float16 one within 1e-2 (3.9e-3 measured; float16 is not token-exact with the float32
+reference: 3 of the 5 parity tests diverge after some tokens), snapshots, the weights shared between runners, the context cap, and the errors a user
 can meet (no file, two files, a damaged file, another model's backbone, no binding).
 """
 
@@ -21,16 +22,20 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hubserver import serve_hub
 
 from models.cache import cached_model
 from models.config import tiny
 from models.gguf_export import write_backbone_gguf
 from models.weights import RandomWeights, backbone_specs, random_model_weights
+from satellite.cli import main
 from satellite.engine import backbone
 from satellite.engine.chat import Chat
 from satellite.engine.decoder import Backbone, Decoder
 from satellite.engine.model import Model, ModelLoadError
 from satellite.engine.sessions import SessionConfig
+from satellite.modeldir.catalog import BACKBONE_FILE, BACKBONE_REPO
+from satellite.modeldir.fetch import FetchError, fetch_backbone
 from satellite.settings import ModelSettings
 
 SEED = 0
@@ -93,7 +98,7 @@ def worst_relative_error(got: list[np.ndarray], want: list[np.ndarray]) -> float
     return max(float(np.abs(g - w).max() / np.abs(w).max()) for g, w in zip(got, want, strict=True))
 
 
-@pytest.mark.parametrize(("kind", "bound"), [("f32", 2e-5), ("f16", 2e-2)])
+@pytest.mark.parametrize(("kind", "bound"), [("f32", 1e-5), ("f16", 1e-2)])
 def test_steps_match_the_decoder_graph(
     tiny_model: Path, ggufs: dict[str, Path], kind: str, bound: float
 ) -> None:
@@ -218,3 +223,41 @@ def test_the_settings_choose_the_backbone() -> None:
     )
     assert config.backbone == "llamacpp" and config.backbone_gguf == "/models/backbone.gguf"
     assert SessionConfig.from_settings(ModelSettings()).backbone == "onnxruntime"
+
+
+def test_the_published_backbone_is_fetched_into_the_model_directory(
+    tmp_path: Path,
+    tiny_model: Path,
+    ggufs: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`model fetch-backbone` from a hub on loopback serving a repository laid out like
+    LiquidAI/LFM2.5-Audio-1.5B-GGUF (the backbone beside an encoder file that is not taken);
+    the chat then runs on it with no `backbone_gguf` set. A corrupted download is deleted."""
+    repo = tmp_path / "hub-repo"
+    repo.mkdir()
+    shutil.copy(ggufs["f16"], repo / BACKBONE_FILE)
+    (repo / f"mmproj-{BACKBONE_FILE}").write_bytes(b"GGUF not this one")
+    directory = tmp_path / "model"
+    shutil.copytree(tiny_model, directory)
+    with serve_hub({BACKBONE_REPO: repo}) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        with pytest.raises(FetchError, match=r"no manifest\.json.*model fetch"):
+            fetch_backbone(tmp_path / "empty")
+        with pytest.raises(
+            FetchError,
+            match=rf"no LFM2\.5-Audio-1\.5B-Q8_0\.gguf; its GGUF files are: {BACKBONE_FILE}, mmproj-",
+        ):
+            fetch_backbone(directory, filename="LFM2.5-Audio-1.5B-Q8_0.gguf")
+        hub.corrupt[BACKBONE_FILE] = (repo / BACKBONE_FILE).read_bytes()[:-1] + b"x"
+        with pytest.raises(FetchError, match=r"does not match.*deleted"):
+            fetch_backbone(directory)
+        assert not (directory / BACKBONE_FILE).exists()
+        del hub.corrupt[BACKBONE_FILE]
+        assert main(["model", "fetch-backbone", str(directory)]) == 0
+    assert f"OK: {directory / BACKBONE_FILE}" in capsys.readouterr().out
+    assert (directory / BACKBONE_FILE).read_bytes() == ggufs["f16"].read_bytes()
+    chat = Chat(llama_model(directory, None), prefix=[[1, 6, 20, 10]], turn_end=[7, 10])
+    assert chat.decoder.length == 4 and not isinstance(chat.decoder, Decoder)

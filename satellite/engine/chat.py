@@ -160,7 +160,9 @@ class Chat:
 
     def checkpoint(self) -> DecoderState:
         """The conversation as it is now, to come back to with `rollback` (e.g. after work
-        done speculatively before the user finished speaking). Costs no copy."""
+        done speculatively before the user finished speaking). Costs no copy on onnxruntime
+        (the cache arrays are shared); llama.cpp's runner copies its state out (12 kB a
+        position on the full model)."""
         if self._busy:
             raise RuntimeError("cannot checkpoint while a turn is being generated")
         return self.decoder.snapshot()

@@ -27,6 +27,14 @@ KINDS = ("onnx", "checkpoint", "build")
 
 Kind = Literal["onnx", "checkpoint", "build"]
 
+BACKBONE_REPO = "LiquidAI/LFM2.5-Audio-1.5B-GGUF"
+"""Liquid AI's GGUF files of LFM2.5-Audio-1.5B (for llama.cpp's own runners): the backbone is
+`LFM2.5-Audio-1.5B-<QUANT>.gguf` (architecture lfm2), which `model.backbone: llamacpp` runs;
+the encoder (`mmproj-...`), vocoder and tokenizer files there are not used (the ONNX model
+directory has those parts)."""
+BACKBONE_FILE = "LFM2.5-Audio-1.5B-Q4_0.gguf"
+"""The 4-bit backbone (about 700 MB; Q4_0 is what llama.cpp's CPU kernels run fastest)."""
+
 
 class CatalogError(UserError):
     """The catalog is missing or malformed, or has no such model; the message says which."""

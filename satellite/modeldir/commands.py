@@ -12,6 +12,8 @@ from typing import Any
 
 from satellite.errors import UserError
 from satellite.modeldir.catalog import (
+    BACKBONE_FILE,
+    BACKBONE_REPO,
     CATALOG_ENV,
     catalog_path,
     entry_as_dict,
@@ -74,6 +76,23 @@ def add_model_commands(commands: Any) -> None:
     )
     _catalog_option(fetch)
     fetch.set_defaults(handler=cmd_fetch)
+
+    backbone = sub.add_parser(
+        "fetch-backbone",
+        help="download the backbone's GGUF file for `model.backbone: llamacpp`",
+        description="Download Liquid AI's GGUF file of the model's LFM2 backbone into a model "
+        "directory (resumable, checked against the hub's sha256), where `model.backbone: "
+        "llamacpp` finds it. Needs `pip install 'lfm-satellite[llamacpp]'` to run.",
+    )
+    backbone.add_argument("directory", type=Path, help="the model directory (fetched before)")
+    backbone.add_argument(
+        "--repo", default=BACKBONE_REPO, help=f"hub repository (default {BACKBONE_REPO})"
+    )
+    backbone.add_argument(
+        "--file", default=BACKBONE_FILE, help=f"GGUF file in it (default {BACKBONE_FILE})"
+    )
+    backbone.add_argument("--revision", default="main", help="branch, tag or commit (main)")
+    backbone.set_defaults(handler=cmd_fetch_backbone)
 
     check = sub.add_parser(
         "verify",
@@ -265,6 +284,19 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     print(
         f"OK: {result.directory}: {result.manifest.name} {result.manifest.variant}, "
         f"{len(result.manifest.files)} files, {human_size(result.total_bytes)}"
+    )
+    return 0
+
+
+def cmd_fetch_backbone(args: argparse.Namespace) -> int:
+    from satellite.modeldir.fetch import fetch_backbone
+
+    path = fetch_backbone(
+        args.directory, repo=args.repo, filename=args.file, revision=args.revision
+    )
+    print(
+        f"OK: {path} ({human_size(path.stat().st_size)}); set `model.backbone: llamacpp` to run "
+        "the backbone on llama.cpp"
     )
     return 0
 

@@ -10,6 +10,10 @@ resumes from its partial copy, within one run and in the next one). $HF_ENDPOINT
 
 With $HF_HUB_OFFLINE set (or `offline=True`) nothing is downloaded: files already in the
 directory (copied by hand, or fetched before) are indexed and verified instead.
+
+`fetch_backbone` (`lfm-satellite model fetch-backbone`) adds the backbone's GGUF file, from
+Liquid AI's GGUF repository of the same model, to a model directory for `model.backbone:
+llamacpp`, checked against the hub's sha256 the same way.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from satellite.errors import UserError
-from satellite.modeldir.catalog import CatalogEntry, KnownFile
+from satellite.modeldir.catalog import BACKBONE_FILE, BACKBONE_REPO, CatalogEntry, KnownFile
 from satellite.modeldir.depthfold import fold_model
 from satellite.modeldir.layout import newer_layout
 from satellite.modeldir.make import make_manifest
@@ -383,6 +387,48 @@ def fetch(
         downloaded=downloaded,
         total_bytes=sum(e.size for e in manifest.files.values()),
     )
+
+
+def fetch_backbone(
+    directory: Path,
+    *,
+    repo: str = BACKBONE_REPO,
+    filename: str = BACKBONE_FILE,
+    revision: str = "main",
+    attempts: int = ATTEMPTS,
+    out: TextIO | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Path:
+    """Download `filename` of `repo` into the model directory `directory` (resumable, checked
+    against the hub's sha256) and return its path. Raises FetchError (one sentence) when the
+    directory is not a model directory, the file is not in the repository, or the download
+    fails."""
+    out = out or sys.stdout
+    if not (directory / MANIFEST_NAME).is_file():
+        raise FetchError(
+            f"{directory}: not a model directory (no {MANIFEST_NAME}); fetch the model first "
+            "(`lfm-satellite model fetch`), then its backbone into the same directory"
+        )
+    if not filename.endswith(".gguf") or "/" in filename:
+        raise FetchError(f"--file {filename!r}: name a .gguf file at the top of {repo}")
+    endpoint = hub_endpoint()
+    commit, remote = list_repo(repo, revision, endpoint)
+    wanted = remote.get(filename)
+    if wanted is None:
+        offered = sorted(p for p in remote if p.endswith(".gguf") and "/" not in p)
+        raise FetchError(
+            f"{repo} at {revision} has no {filename}; its GGUF files are: "
+            f"{', '.join(offered) or 'none'}"
+        )
+    print(
+        f"fetching {repo}/{filename} ({commit[:12]}, {human_size(wanted.size or 0)}) into "
+        f"{directory}",
+        file=out,
+    )
+    _check_space(directory, [wanted])
+    _download_all(repo, commit, [wanted], directory, endpoint, attempts, sleep)
+    _check_files([wanted], directory)
+    return directory / filename
 
 
 def _index_local(entry: CatalogEntry, variant: str, target: Path) -> list[RemoteFile]:
