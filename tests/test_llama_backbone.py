@@ -37,6 +37,7 @@ from satellite.engine.sessions import SessionConfig
 from satellite.modeldir.catalog import BACKBONE_FILE, BACKBONE_REPO
 from satellite.modeldir.fetch import FetchError, fetch_backbone
 from satellite.settings import ModelSettings
+from tests.satellite_support import daemon_settings, run_to_end, script_wav, wake_and_ask
 
 SEED = 0
 STEPS = 24
@@ -261,3 +262,25 @@ def test_the_published_backbone_is_fetched_into_the_model_directory(
     assert (directory / BACKBONE_FILE).read_bytes() == ggufs["f16"].read_bytes()
     chat = Chat(llama_model(directory, None), prefix=[[1, 6, 20, 10]], turn_end=[7, 10])
     assert chat.decoder.length == 4 and not isinstance(chat.decoder, Decoder)
+
+
+async def test_the_daemon_answers_on_the_llama_backbone(
+    tmp_path: Path, ggufs: dict[str, Path]
+) -> None:
+    """The satellite as a user runs it with `model.backbone: llamacpp`: wake word, question,
+    the speculative prefill in the trailing silence (a llama.cpp snapshot), the reply played."""
+    model = cached_model("tiny", "q4")  # the same seeded weights as the GGUF, 4-bit here
+    source, output = tmp_path / "mic.wav", tmp_path / "speaker.wav"
+    script_wav(source, wake_and_ask())
+    settings = daemon_settings(model, input_file=source, output_file=output)
+    settings = dataclasses.replace(
+        settings,
+        model=dataclasses.replace(
+            settings.model, backbone="llamacpp", backbone_gguf=str(ggufs["f16"])
+        ),
+    )
+    daemon, seen = await run_to_end(settings, 40)
+    [turn] = daemon.turns
+    assert turn.reply_audio_seconds > 0.5, seen
+    assert daemon.responder.speculated_turns == 1, "the turn went on from the speculation"
+    assert ggufs["f16"].resolve() in llamabackbone()._LOADED
