@@ -40,9 +40,7 @@ from models.config import config_for
 from models.llamacpp import LlamaFigures, LlamaTools
 from models.weights import RandomWeights, backbone_specs
 from satellite.bench.system import cpu_model
-
-BACKBONES = ("onnxruntime", "llamacpp")
-"""The engine's backbone runners, each measured in every round."""
+from satellite.settings import BACKBONES, Backbone
 
 TARGETS = {
     "text_step_over_llama": 1.0,
@@ -78,7 +76,7 @@ def engine_round(
     model: Path,
     threads: int,
     repeats: int,
-    backbone: str = "onnxruntime",
+    backbone: Backbone = "onnxruntime",
     gguf: Path | None = None,
     library: Path | None = None,
 ) -> dict[str, Any]:
@@ -103,7 +101,7 @@ def engine_round(
         return engine
 
 
-def available_backbones() -> tuple[str, ...]:
+def available_backbones() -> tuple[Backbone, ...]:
     """The runners this install can measure: llama.cpp's needs llama-cpp-python's binding."""
     if importlib.util.find_spec("llama_cpp") is None:
         return BACKBONES[:1]

@@ -13,6 +13,9 @@ from typing import Any, Literal
 WAKE_WORDS = ("okay_nabu", "hey_jarvis", "alexa", "hey_mycroft")
 """Wake-word models shipped by pymicro-wakeword."""
 
+Backbone = Literal["onnxruntime", "llamacpp"]
+"""What runs the model's LFM2 backbone (`model.backbone`)."""
+BACKBONES: tuple[Backbone, ...] = ("onnxruntime", "llamacpp")
 EXECUTION_PROVIDERS = ("auto", "cpu", "cuda", "tensorrt", "coreml", "qnn", "openvino", "dml")
 """Names accepted in `model.providers`; `auto` picks the best available at start."""
 
@@ -179,7 +182,7 @@ class ModelSettings:
     turns). Turn off only to compare. Not used with `backbone: llamacpp`, whose own threads
     would compete with the pool's."""
 
-    backbone: Literal["onnxruntime", "llamacpp"] = "onnxruntime"
+    backbone: Backbone = "onnxruntime"
     """What runs the model's LFM2 backbone: `onnxruntime` (the model directory's decoder graph)
     or `llamacpp` (a GGUF file of the backbone, `backbone_gguf`, through llama-cpp-python; on
     some CPUs faster, see docs/PERFORMANCE.md). Needs `pip install 'lfm-satellite[llamacpp]'`."""

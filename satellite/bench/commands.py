@@ -11,6 +11,7 @@ from typing import Any
 from satellite.errors import UserError
 from satellite.modeldir.commands import load_toolchain, print_step
 from satellite.modeldir.manifest import VARIANTS, human_size
+from satellite.settings import BACKBONES
 
 
 def add_bench_commands(commands: Any) -> None:
@@ -126,18 +127,7 @@ def add_bench_commands(commands: Any) -> None:
         action="store_true",
         help="onnxruntime: one thread pool per session instead of one for all (slower; to compare)",
     )
-    engine.add_argument(
-        "--backbone",
-        choices=("onnxruntime", "llamacpp"),
-        default="onnxruntime",
-        help="what runs the backbone (model.backbone; default onnxruntime)",
-    )
-    engine.add_argument(
-        "--backbone-gguf",
-        type=Path,
-        metavar="FILE",
-        help="the llama.cpp backbone's GGUF (default: the one .gguf in the model directory)",
-    )
+    _backbone_options(engine)
     engine.add_argument(
         "--reference",
         action="store_true",
@@ -203,6 +193,7 @@ def add_bench_commands(commands: Any) -> None:
         metavar="S",
         help="the query's length, speech padded with silence or cut (default 4)",
     )
+    _backbone_options(turns)
     turns.add_argument("--json", type=Path, metavar="FILE", help="also save the figures here")
     turns.set_defaults(handler=cmd_bench_turns)
 
@@ -316,6 +307,21 @@ def cmd_bench_boards(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backbone_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backbone",
+        choices=BACKBONES,
+        default="onnxruntime",
+        help="what runs the backbone (model.backbone; default onnxruntime)",
+    )
+    parser.add_argument(
+        "--backbone-gguf",
+        type=Path,
+        metavar="FILE",
+        help="the llama.cpp backbone's GGUF (default: the one .gguf in the model directory)",
+    )
+
+
 def cmd_bench_engine(args: argparse.Namespace) -> int:
     from satellite.bench.engine import bench_engine, format_report
 
@@ -387,6 +393,8 @@ def cmd_bench_turns(args: argparse.Namespace) -> int:
         query_seconds=args.query_seconds,
         query_text=args.query,
         pause=args.pause,
+        backbone=args.backbone,
+        backbone_gguf=args.backbone_gguf,
     )
     print(format_report(report))
     _save(args.json, report)

@@ -62,6 +62,7 @@ from satellite.bench.harness import (
 from satellite.bench.query import INPUT_RATE, PromptIds, prompt_ids, spoken_query
 from satellite.bench.system import current_rss_mb, memory_bandwidth, peak_rss_mb
 from satellite.engine.framebatch import BATCH_FRAMES, decoded
+from satellite.settings import Backbone
 
 
 def _timed_model_class() -> type[Any]:
@@ -104,7 +105,7 @@ def measure_engine(settings: BenchSettings, samples: FloatArray) -> dict[str, An
         spinning=settings.spinning,
         arena=settings.arena,
         shared_pool=settings.shared_pool,
-        backbone=settings.backbone,  # type: ignore[arg-type]
+        backbone=settings.backbone,
         backbone_gguf=settings.backbone_gguf or None,
     )
     model = _timed_model_class().load(Path(settings.model), config)
@@ -518,7 +519,7 @@ def bench_engine(
     spinning: bool = False,
     arena: bool = True,
     shared_pool: bool = True,
-    backbone: str = "onnxruntime",
+    backbone: Backbone = "onnxruntime",
     backbone_gguf: Path | None = None,
 ) -> dict[str, Any]:
     """Measure the engine on the model directory `model` (and the reference, when asked);

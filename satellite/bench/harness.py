@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from satellite.errors import UserError
+from satellite.settings import Backbone
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -49,7 +50,7 @@ class BenchSettings:
     """onnxruntime: CPU memory arena on (`SessionConfig.arena`)."""
     shared_pool: bool = True
     """onnxruntime: one thread pool for every session (`SessionConfig.shared_pool`)."""
-    backbone: str = "onnxruntime"
+    backbone: Backbone = "onnxruntime"
     """What runs the backbone (`SessionConfig.backbone`): onnxruntime or llamacpp."""
     backbone_gguf: str = ""
     """The llama.cpp backbone's GGUF file (`SessionConfig.backbone_gguf`); empty: the model's."""

@@ -33,7 +33,7 @@ from typing import Any
 
 from satellite.bench.query import QUERY_TEXT, Query, spoken_query
 from satellite.bench.system import peak_rss_mb
-from satellite.settings import Settings, loopback_wyoming
+from satellite.settings import Backbone, Settings, loopback_wyoming
 from satellite.telemetry.stats import Window
 
 WINDOWS = {
@@ -65,6 +65,7 @@ async def _run(
 def bench_turns(
     model: Path, *, turns: int = 50, threads: int = 0, reply_seconds: float = 1.0,
     query_seconds: float = 4.0, query_text: str | None = None, pause: float | None = None,
+    backbone: Backbone = "onnxruntime", backbone_gguf: Path | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     base = Settings()
     replace = dataclasses.replace
@@ -78,7 +79,13 @@ def bench_turns(
                 state_file=str(Path(scratch) / "state.json"),  # not the user's saved controls
             ),
             audio=replace(base.audio, backend="null", realtime=True),
-            model=replace(base.model, directory=str(model), threads=threads),
+            model=replace(
+                base.model,
+                directory=str(model),
+                threads=threads,
+                backbone=backbone,
+                backbone_gguf=str(backbone_gguf.resolve()) if backbone_gguf else None,
+            ),
             wyoming=loopback_wyoming(base.wyoming),
             safety=replace(base.safety, max_reply_seconds=reply_seconds),
             mqtt=replace(base.mqtt, enabled=False),
@@ -100,6 +107,7 @@ def bench_turns(
         "turns": turns,
         "turns_with_audio": len(windows["overhead_ms"]),
         "threads": threads,
+        "backbone": backbone,
         "query_seconds": query_seconds,
         "query": query.source,
         "speech_seconds": query.speech_seconds,
@@ -119,7 +127,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"local turns on {report['model']}: {report['turns_with_audio']} of {report['turns']} "
         f"with audio ({report['query_seconds']:g} s query, "
         f"{report.get('speech_seconds', report['query_seconds']):g} s of speech, replies cut at "
-        f"{report['reply_seconds']:g} s, {report['wall_seconds']} s in all)"
+        f"{report['reply_seconds']:g} s, backbone on {report.get('backbone', 'onnxruntime')}, "
+        f"{report['wall_seconds']} s in all)"
         + (
             f"; speculative work {report['speculative_pause_seconds']:g} s before the end"
             if report.get("speculative_pause_seconds") is not None

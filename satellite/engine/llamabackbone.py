@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import threading
 from pathlib import Path
 
 import llama_cpp as llama
@@ -69,16 +70,19 @@ def _metadata(model: llama.llama_model_p, key: str) -> str | None:
 _LOADED: dict[Path, llama.llama_model_p] = {}
 """Backbone files loaded in this process: every runner (a Chat each: the satellite's reply,
 the services' requests) shares one copy of the weights and has its own context."""
+_LOADING = threading.Lock()
+"""The services' worker threads open chats at once: one of them loads a file."""
 
 
 def load_weights(path: Path, hidden_size: int) -> llama.llama_model_p:
     """The loaded GGUF at `path` (loaded once per process). Raises BackboneLoadError naming the
     file when it is missing, unreadable, or not an LFM2 backbone of `hidden_size`."""
     key = path.resolve()
-    model = _LOADED.get(key)
-    if model is None:
-        model = _load(path)
-        _LOADED[key] = model
+    with _LOADING:
+        model = _LOADED.get(key)
+        if model is None:
+            model = _load(path)
+            _LOADED[key] = model
     width = llama.llama_model_n_embd(model)
     if width != hidden_size:
         raise BackboneLoadError(

@@ -27,7 +27,7 @@ from onnxruntime.capi import _pybind_state as ort_state
 from satellite.engine.malloc import fix_mmap_threshold
 from satellite.engine.mapped import release_mapped_pages
 from satellite.errors import UserError
-from satellite.settings import ModelSettings
+from satellite.settings import Backbone, ModelSettings
 
 _LOG = logging.getLogger("satellite.engine.sessions")
 
@@ -46,7 +46,6 @@ AUTO_ORDER = ("cuda", "coreml", "qnn", "openvino")
 """What `auto` tries, best first, before falling back to the CPU."""
 
 Optimization = Literal["disabled", "basic", "extended", "all"]
-Backbone = Literal["onnxruntime", "llamacpp"]
 OPTIMIZATION_LEVELS: dict[str, ort.GraphOptimizationLevel] = {
     "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
