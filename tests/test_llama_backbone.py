@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import shutil
+import subprocess
+import sys
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -284,3 +287,17 @@ async def test_the_daemon_answers_on_the_llama_backbone(
     assert turn.reply_audio_seconds > 0.5, seen
     assert daemon.responder.speculated_turns == 1, "the turn went on from the speculation"
     assert ggufs["f16"].resolve() in llamabackbone()._LOADED
+
+
+def test_bench_turns_runs_on_the_llama_backbone(tmp_path: Path, ggufs: dict[str, Path]) -> None:
+    out = tmp_path / "turns.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "satellite", "bench", "turns", "--model",
+         str(cached_model("tiny", "q4")), "--turns", "2", "--threads", "1", "--query-seconds",
+         "2", "--backbone", "llamacpp", "--backbone-gguf", str(ggufs["f16"]), "--json", str(out)],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["backbone"] == "llamacpp" and report["turns_with_audio"] == 2
+    assert "backbone on llamacpp" in done.stdout
