@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +45,7 @@ import numpy.typing as npt
 from satellite.engine.commands import FRAMES_PER_SECOND, VOICES
 from satellite.engine.framebatch import BATCH_FRAMES, FRAME_SECONDS, Step, decoded
 from satellite.errors import UserError
+from satellite.handoff import Handoff
 
 if TYPE_CHECKING:
     from satellite.engine.chat import Chat
@@ -115,17 +115,16 @@ class ReplyDone:
 ReplyEvent = ReplyText | ReplyAudio | ReplyDone
 
 
-class Reply:
-    """One turn in progress: `async for event in reply` until ReplyDone; `cancel()` to stop."""
+class Reply(Handoff[ReplyEvent]):
+    """One turn in progress: `async for event in reply` until ReplyDone; `cancel()` to stop.
+    The worker thread posts its events (`satellite.handoff`)."""
 
     def __init__(self, requested: float, batch: int = 1) -> None:
+        super().__init__()
         self.requested = requested
         self.batch = batch
         """Frames per detokenizer call (`satellite.engine.framebatch`); the player's pacer
         counts on chunks of that length."""
-        self._queue: asyncio.Queue[ReplyEvent] = asyncio.Queue()
-        self._loop = asyncio.get_running_loop()
-        self._cancel = threading.Event()
         self.done: ReplyDone | None = None
 
     @property
@@ -135,24 +134,15 @@ class Reply:
         ISTFT's lag)."""
         return self.batch * FRAME_SECONDS
 
-    @property
-    def cancelled(self) -> bool:
-        return self._cancel.is_set()
-
-    def cancel(self) -> None:
-        """Stop generating before the next token (thread-safe, idempotent)."""
-        self._cancel.set()
-
-    def post(self, event: ReplyEvent) -> None:
-        """From the worker thread: hand an event to the loop."""
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
-
     async def __aiter__(self) -> AsyncIterator[ReplyEvent]:
-        while self.done is None:
-            event = await self._queue.get()
+        if self.done is not None:
+            return
+        async for event in super().__aiter__():
             if isinstance(event, ReplyDone):
                 self.done = event
             yield event
+            if self.done is not None:
+                return
 
 
 SLOW_RTF = 1.0

@@ -7,7 +7,7 @@ more jobs wait; `submit` beyond that raises `PoolFull` at once, so a client is t
 left waiting.
 
 A job is a function `work(engine, job)` run in a worker; it hands what it produces to the
-event loop with `job.post(item)` (`call_soon_threadsafe`, as `satellite.reply` does) and looks
+event loop with `job.post(item)` (`satellite.handoff`, as the satellite's reply does) and looks
 at `job.cancelled` before each step. The loop reads `async for item in job` until the work
 returns; an exception in the work ends the stream with `JobFailed`. `job.cancel()` (the client
 went away, the request timed out) stops the work before its next step, or before it starts when
@@ -19,10 +19,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
+
+from satellite.handoff import Handoff
 
 _LOG = logging.getLogger("satellite.wyoming.workers")
 
@@ -40,50 +42,21 @@ class JobFailed:
     error: str
 
 
-_END = object()
-
-
-class Job:
+class Job(Handoff[Any]):
     """One piece of work in the pool: items out (thread -> loop), cancel in."""
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, on_end: Callable[[], None] | None = None
     ) -> None:
-        self._loop = loop
+        super().__init__(loop)
         self._on_end = on_end
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._cancel = threading.Event()
         self.started = threading.Event()
         """Set when a worker takes the job (it waited in the queue until then)."""
-        self.finished = False
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancel.is_set()
-
-    def cancel(self) -> None:
-        """Stop the work before its next step (thread-safe, idempotent)."""
-        self._cancel.set()
-
-    def post(self, item: Any) -> None:
-        """From the worker: hand `item` to the loop."""
-        try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            self._cancel.set()
 
     def _end(self) -> None:
         if self._on_end is not None:
             self._on_end()
-        self.post(_END)
-
-    async def __aiter__(self) -> AsyncIterator[Any]:
-        while not self.finished:
-            item = await self._queue.get()
-            if item is _END:
-                self.finished = True
-                return
-            yield item
+        self.finish()
 
 
 class WorkerPool(Generic[E]):
