@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -301,3 +302,26 @@ def test_bench_turns_runs_on_the_llama_backbone(tmp_path: Path, ggufs: dict[str,
     report = json.loads(out.read_text())
     assert report["backbone"] == "llamacpp" and report["turns_with_audio"] == 2
     assert "backbone on llamacpp" in done.stdout
+
+
+def test_a_library_the_binding_cannot_load_is_named(tmp_path: Path, ggufs: dict[str, Path]) -> None:
+    """In a fresh process whose LLAMA_CPP_LIB_PATH names a folder without libllama.so."""
+    code = (
+        "import sys; from pathlib import Path\n"
+        "from satellite.engine.backbone import open_backbone\n"
+        "from satellite.engine.model import Model, ModelLoadError\n"
+        "from satellite.engine.sessions import SessionConfig\n"
+        "config = SessionConfig(threads=1, backbone='llamacpp', backbone_gguf=sys.argv[2])\n"
+        "try:\n"
+        "    open_backbone(Model.load(Path(sys.argv[1]), config), 64)\n"
+        "except ModelLoadError as err:\n"
+        "    print(err)\n"
+    )
+    env = {**os.environ, "LLAMA_CPP_LIB_PATH": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(cached_model("tiny", "fp32", SEED)), str(ggufs["f32"])],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "llama-cpp-python cannot load llama.cpp" in done.stdout
+    assert "LLAMA_CPP_LIB_PATH" in done.stdout
