@@ -44,7 +44,6 @@ import numpy.typing as npt
 
 from satellite.engine.commands import FRAMES_PER_SECOND, VOICES
 from satellite.engine.framebatch import BATCH_FRAMES, FRAME_SECONDS, Step, decoded
-from satellite.errors import UserError
 from satellite.handoff import Handoff
 
 if TYPE_CHECKING:
@@ -68,10 +67,6 @@ AHEAD_STEPS = 64
 audio: 6 text tokens and one frame in interleaved mode, more when frames are skipped)."""
 ASR_TOKENS = 128
 """Longest transcript of a short answer (a confirmation), in tokens."""
-
-
-class ReplyError(UserError):
-    """A turn that could not be generated (the message says why)."""
 
 
 @dataclass(frozen=True)
