@@ -231,10 +231,5 @@ def _on_signal(daemon: Any, signum: int) -> None:
     daemon.stop()
 
 
-def resolve_path(name: str, base: Path | None) -> Path:
-    path = Path(name).expanduser()
-    return path if path.is_absolute() or base is None else base / path
-
-
 if __name__ == "__main__":
     sys.exit(main())
