@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from satellite.errors import UserError
+from satellite.settings import VOICE_NAMES
 
 _LOG = logging.getLogger("satellite.addon")
 
@@ -52,7 +53,7 @@ OPTION_SCHEMA: dict[str, str] = {
     "wake_sensitivity": "float(0,1)",
     "model": "str",
     "model_variant": "list(q4|fp16|fp32)",
-    "voice": "list(us_female|us_male|uk_female|uk_male)",
+    "voice": f"list({'|'.join(VOICE_NAMES)})",
     "threads": "int(0,64)",
     "input_device": "str?",
     "output_device": "str?",

@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from satellite.errors import UserError
-from satellite.settings import WAKE_WORDS, Settings
+from satellite.settings import VOICE_NAMES, WAKE_WORDS, Settings
 
 _LOG = logging.getLogger("satellite.controls")
 
-VOICES = ("us_female", "us_male", "uk_female", "uk_male")
 MODES = ("local", "ha")
 MUTE_SOURCES = ("", "home_assistant", "mqtt")
 """Who muted the satellite ("" when it is not muted)."""
@@ -75,7 +74,7 @@ def check(name: str, value: Any) -> Any:
         if not 0.0 <= float(value) <= 1.0:
             raise ControlError(f"{name}: {value} is out of range; expected 0 to 1")
         return float(value)
-    choices = {"wake_word": WAKE_WORDS, "voice": VOICES, "mode": MODES,
+    choices = {"wake_word": WAKE_WORDS, "voice": VOICE_NAMES, "mode": MODES,
                "muted_by": MUTE_SOURCES}.get(name)  # fmt: skip
     if choices is None:
         raise ControlError(f"{name}: no such control")

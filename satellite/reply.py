@@ -42,8 +42,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from satellite.engine.commands import FRAMES_PER_SECOND, VOICES
-from satellite.engine.framebatch import BATCH_FRAMES, FRAME_SECONDS, Step, decoded
+from satellite.engine.events import FRAME_SECONDS, FRAMES_PER_SECOND
+from satellite.engine.framebatch import BATCH_FRAMES, Step, decoded
+from satellite.engine.template import VOICES
 from satellite.handoff import Handoff
 
 if TYPE_CHECKING:

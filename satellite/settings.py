@@ -8,11 +8,14 @@ loader in `satellite.config` can check them and name the key when a value is wro
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 WAKE_WORDS = ("okay_nabu", "hey_jarvis", "alexa", "hey_mycroft")
 """Wake-word models shipped by pymicro-wakeword."""
 
+Voice = Literal["us_female", "us_male", "uk_female", "uk_male"]
+"""The model's voices (`model.voice`; the engine's prompts: `satellite.engine.template.VOICES`)."""
+VOICE_NAMES: tuple[Voice, ...] = get_args(Voice)
 Backbone = Literal["onnxruntime", "llamacpp"]
 """What runs the model's LFM2 backbone (`model.backbone`)."""
 BACKBONES: tuple[Backbone, ...] = ("onnxruntime", "llamacpp")
@@ -192,7 +195,7 @@ class ModelSettings:
     LiquidAI's GGUF repository of the same model). Empty: the one `.gguf` file in the model
     directory."""
 
-    voice: Literal["us_female", "us_male", "uk_female", "uk_male"] = "us_female"
+    voice: Voice = "us_female"
     """Voice of spoken replies and of Wyoming text-to-speech by default."""
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from satellite.addon import OPTION_SCHEMA
 from satellite.cli import main
 from satellite.config import (
     CONFIG_ENV,
@@ -19,7 +20,8 @@ from satellite.config import (
     parse_config,
 )
 from satellite.config_docs import doc_for, example_yaml
-from satellite.settings import Settings
+from satellite.engine.template import VOICES
+from satellite.settings import VOICE_NAMES, Settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -251,3 +253,10 @@ def test_bare_null_is_the_null_backend(tmp_path: Path) -> None:
     path.write_text("audio:\n  backend: null\nmodel:\n  directory:\n")
     settings = load_config(path).settings
     assert settings.audio.backend == "null" and settings.model.directory is None
+
+
+def test_the_voices_are_named_once() -> None:
+    """`model.voice`'s names (settings), the engine's prompts for them, the live control's and
+    the add-on's choices are the same list."""
+    assert tuple(VOICES) == VOICE_NAMES == ("us_female", "us_male", "uk_female", "uk_male")
+    assert OPTION_SCHEMA["voice"] == "list(us_female|us_male|uk_female|uk_male)"

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from satellite.engine.events import FRAMES_PER_SECOND
 from satellite.errors import UserError
 from satellite.settings import Backbone
 
@@ -86,7 +87,7 @@ class BenchSettings:
     def max_new_tokens(self) -> int:
         """Step budget of the real-time-factor turn: enough for `audio_seconds` of frames
         with the text runs between them, end-of-audio frames and some slack."""
-        frames = math.ceil(self.audio_seconds * 12.5)
+        frames = math.ceil(self.audio_seconds * FRAMES_PER_SECOND)
         return 2 * frames + 64
 
 

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from satellite.engine.events import FRAMES_PER_SECOND
+from satellite.engine.template import VOICES
 from satellite.errors import UserError
 
 if TYPE_CHECKING:
@@ -46,7 +48,7 @@ if TYPE_CHECKING:
     from satellite.config import LoadedConfig
     from satellite.engine.chat import Chat, Embeds
     from satellite.engine.model import Model
-    from satellite.engine.template import Accent, Gender, Tokens
+    from satellite.engine.template import Tokens
 
 _LOG = logging.getLogger("satellite.engine.commands")
 
@@ -57,20 +59,11 @@ MIN_INPUT_SECONDS = 0.1
 no word."""
 EMBEDDINGS_PER_SECOND = 12.5
 """Audio encoder outputs per second of input (10 ms mel hop, 8x subsampling)."""
-FRAMES_PER_SECOND = 12.5
-"""Generated audio frames per second of output (80 ms each)."""
 DEFAULT_ASR_TOKENS = 512
 DEFAULT_CHAT_TOKENS = 1024
 DEFAULT_SPEAK_SECONDS = 60.0
 PROGRESS_AFTER = 3
 """`transcribe` reports progress on stderr for batches of more files than this."""
-VOICES: dict[str, tuple[Accent, Gender]] = {
-    "us_female": ("US", "female"),
-    "us_male": ("US", "male"),
-    "uk_female": ("UK", "female"),
-    "uk_male": ("UK", "male"),
-}
-"""Voice names (config spelling; `us-female` is accepted too) -> (accent, gender)."""
 MIN_RATE, MAX_RATE = 8000, 192000
 
 

@@ -34,9 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
+from satellite.engine.events import FRAME_SECONDS
 from satellite.modeldir.manifest import Manifest
 
-FRAME_SECONDS = 0.08
 TEXT_STEPS_PER_FRAME = 0.5
 """Interleaved replies: 6 text tokens per 12 audio frames."""
 SUSTAINED = 0.5

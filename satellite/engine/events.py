@@ -9,6 +9,11 @@ from typing import Literal
 
 StopReason = Literal["end_of_turn", "max_new_tokens", "context_full"]
 
+FRAME_SECONDS = 0.08
+"""Audio seconds per frame."""
+FRAMES_PER_SECOND = 12.5
+"""Audio frames per second of speech (1 / FRAME_SECONDS)."""
+
 
 @dataclass(frozen=True)
 class TextToken:

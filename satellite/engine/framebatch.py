@@ -34,8 +34,6 @@ cannot be decoded and is skipped; an empty array: its samples came with an earli
 BATCH_FRAMES = 4
 """Most frames per detokenizer call for a reply slower than real time (4 frames: 320 ms of
 audio; a larger batch saves little more and holds the start longer)."""
-FRAME_SECONDS = 0.08
-"""Audio seconds per frame (12.5 frames a second)."""
 
 
 def decoded(

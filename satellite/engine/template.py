@@ -33,6 +33,15 @@ Role = Literal["system", "user", "assistant"]
 Accent = Literal["US", "UK"]
 Gender = Literal["male", "female"]
 
+VOICES: dict[str, tuple[Accent, Gender]] = {
+    "us_female": ("US", "female"),
+    "us_male": ("US", "male"),
+    "uk_female": ("UK", "female"),
+    "uk_male": ("UK", "male"),
+}
+"""Voice names (`model.voice`, `settings.VOICE_NAMES`; `us-female` is accepted too) -> the TTS
+prompt's accent and gender."""
+
 SPECIAL_TOKENS: dict[str, int] = {
     "<|pad|>": 0,
     "<|startoftext|>": 1,

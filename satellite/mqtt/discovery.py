@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from satellite import __version__
-from satellite.controls import MODES, VOICES
-from satellite.settings import WAKE_WORDS, Settings
+from satellite.controls import MODES
+from satellite.settings import VOICE_NAMES, WAKE_WORDS, Settings
 
 ORIGIN_URL = "https://github.com/lfm-satellite/lfm-satellite"
 EVENT_TYPES = (
@@ -144,7 +144,7 @@ def device_payload(settings: Settings, topics: Topics, model: str) -> dict[str, 
         "voice": {
             "platform": "select", "name": "Voice", "icon": "mdi:account-tie-voice",
             "state_topic": "~/voice/state", "command_topic": "~/voice/set",
-            "options": list(VOICES), "entity_category": "config",
+            "options": list(VOICE_NAMES), "entity_category": "config",
         },
         "mode": {
             "platform": "select", "name": "Mode", "icon": "mdi:home-sound-in",

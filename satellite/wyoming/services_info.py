@@ -16,7 +16,7 @@ from wyoming.info import (
 )
 
 from satellite import __version__
-from satellite.engine.commands import VOICES
+from satellite.engine.template import VOICES
 from satellite.wyoming.info import ATTRIBUTION
 from satellite.wyoming.speech import LANGUAGES
 

@@ -27,7 +27,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from satellite.engine.commands import FRAMES_PER_SECOND, VOICES, printable, transcribe_one
+from satellite.engine.commands import printable, transcribe_one
+from satellite.engine.events import FRAMES_PER_SECOND
+from satellite.engine.template import VOICES
 
 if TYPE_CHECKING:
     from satellite.engine.chat import Chat
