@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from satellite.engine.asr import transcribe_one
 from satellite.engine.events import FRAME_SECONDS, FRAMES_PER_SECOND
 from satellite.engine.framebatch import BATCH_FRAMES, Step, decoded
 from satellite.engine.template import VOICES
@@ -439,7 +440,6 @@ class Responder:
         )  # fmt: skip
 
     def _transcribe(self, reply: Reply, samples: FloatArray, start: float) -> ReplyDone:
-        from satellite.engine.commands import transcribe_one
         from satellite.engine.template import ASR_PROMPT
 
         if self._asr is None:

@@ -33,8 +33,9 @@ from satellite.audio.convert import AudioFormatError
 from satellite.audio.wavfile import WavWriter, read_wav, wav_info, write_wav
 from satellite.cli import main
 from satellite.engine import commands
-from satellite.engine.commands import InputLimit, printable, read_speech
+from satellite.engine.commands import InputLimit, read_speech
 from satellite.engine.load import ModelNotFoundError, model_directory
+from satellite.engine.textstream import printable
 from satellite.modeldir.fetch import default_model_dir
 from satellite.settings import ModelSettings
 

@@ -32,21 +32,22 @@ import logging
 import math
 import sys
 import time
-import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from satellite.engine.asr import transcribe_one
 from satellite.engine.events import FRAMES_PER_SECOND
 from satellite.engine.template import VOICES
+from satellite.engine.textstream import printable
 from satellite.errors import UserError
 
 if TYPE_CHECKING:
     from satellite.audio.convert import FloatArray
     from satellite.audio.wavfile import WavInfo
     from satellite.config import LoadedConfig
-    from satellite.engine.chat import Chat, Embeds
+    from satellite.engine.chat import Chat
     from satellite.engine.model import Model
     from satellite.engine.template import Tokens
 
@@ -382,14 +383,6 @@ def read_speech(path: Path, rate: int, limit: InputLimit) -> SpeechInput:
     return SpeechInput(resample(samples, info.rate, rate), info, tuple(warnings))
 
 
-def printable(text: str, *, one_line: bool) -> str:
-    """Generated text made safe for a terminal: control characters (escape sequences
-    included) become U+FFFD; with `one_line`, every run of whitespace becomes one space."""
-    if one_line:
-        text = " ".join(text.split())
-    return "".join(c if c == "\n" or unicodedata.category(c) != "Cc" else "\ufffd" for c in text)
-
-
 def _check_output(path: Path, *inputs: Path) -> None:
     if path.is_dir():
         raise UserError(f"{path}: is a directory; give a file name for the WAV output")
@@ -424,62 +417,6 @@ def _ms(seconds: float | None) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # transcribe
-
-
-@dataclass(frozen=True)
-class Transcript:
-    text: str
-    tokens: int
-    reason: str
-    """Why it ended: end_of_turn, max_new_tokens, context_full, audio (the model began to
-    speak), cancelled."""
-
-
-def transcribe_one(
-    chat: Chat,
-    tokens: Tokens,
-    samples: FloatArray | Embeds,
-    max_tokens: int,
-    *,
-    on_text: Callable[[str], None] | None = None,
-    stop: Callable[[], bool] | None = None,
-) -> Transcript:
-    """One utterance through a fresh ASR turn of `chat` (whose prefix is the ASR prompt).
-    `on_text` gets each piece of text as it is generated (raw, as the model wrote it);
-    `stop` is asked before each token and ends the turn early (reason `cancelled`).
-    `samples` may also be the utterance already encoded (`Embeds`)."""
-    from satellite.engine.chat import Embeds, Speech, user_turn
-    from satellite.engine.events import AudioFrame, TextToken, TurnEnd
-    from satellite.engine.generation import AUDIO_START
-
-    chat.reset()
-    config = chat.generation_config("sequential", max_new_tokens=max_tokens)
-    pieces: list[str] = []
-    count = 0
-    reason = "max_new_tokens"
-    speech = samples if isinstance(samples, Embeds) else Speech(samples)
-    turn = chat.turn(user_turn(tokens, speech), config)
-    try:
-        for event in turn:
-            if stop is not None and stop():
-                reason = "cancelled"
-                break
-            if isinstance(event, TextToken):
-                if event.token == AUDIO_START:
-                    reason = "audio"
-                    break
-                count += 1
-                pieces.append(event.text)
-                if on_text is not None and event.text:
-                    on_text(event.text)
-            elif isinstance(event, AudioFrame):  # pragma: no cover - AUDIO_START comes first
-                reason = "audio"
-                break
-            elif isinstance(event, TurnEnd):
-                reason = event.reason
-    finally:
-        _close(turn)
-    return Transcript(printable("".join(pieces), one_line=True), count, reason)
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:

@@ -9,9 +9,18 @@ completes it. Special tokens decode to nothing.
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 REPLACEMENT = "\ufffd"
+
+
+def printable(text: str, *, one_line: bool) -> str:
+    """Generated text made safe for a terminal: control characters (escape sequences
+    included) become U+FFFD; with `one_line`, every run of whitespace becomes one space."""
+    if one_line:
+        text = " ".join(text.split())
+    return "".join(c if c == "\n" or unicodedata.category(c) != "Cc" else "\ufffd" for c in text)
 
 
 class TextStream:

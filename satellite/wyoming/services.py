@@ -73,9 +73,9 @@ from satellite.audio.convert import (
     float_to_pcm16,
     pcm_to_float,
 )
-from satellite.engine.commands import printable
 from satellite.engine.mel import LogMel, StreamingLogMel
 from satellite.engine.template import SPECIAL_TOKENS, VOICES
+from satellite.engine.textstream import printable
 from satellite.wyoming.announce import Announcer
 from satellite.wyoming.framing import (
     MAX_HEADER_BYTES,

@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from satellite.engine.commands import printable, transcribe_one
+from satellite.engine.asr import transcribe_one
 from satellite.engine.events import FRAMES_PER_SECOND
 from satellite.engine.template import VOICES
+from satellite.engine.textstream import printable
 
 if TYPE_CHECKING:
     from satellite.engine.chat import Chat
