@@ -24,7 +24,7 @@ from wyoming.satellite import PauseSatellite, RunSatellite
 from models.cache import cached_model
 from satellite.audio.convert import resample
 from satellite.audio.wavfile import read_wav, write_wav
-from satellite.demo import espeak
+from satellite.cli.demo import espeak
 from satellite.settings import MqttSettings, Settings, loopback_wyoming
 
 TTS_RATE = 22050

@@ -32,11 +32,11 @@ from satellite.audio.backends import (
     list_devices,
     load_sounddevice,
 )
-from satellite.audio.commands import format_devices
 from satellite.audio.convert import resample
 from satellite.audio.jitter import JitterBuffer
 from satellite.audio.ringbuffer import RingBuffer
 from satellite.audio.wavfile import read_wav, wav_info, write_wav
+from satellite.cli.audio import format_devices
 from satellite.settings import AudioSettings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -31,9 +31,9 @@ from models.build import build_model
 from models.config import tiny
 from satellite.audio.convert import AudioFormatError
 from satellite.audio.wavfile import WavWriter, read_wav, wav_info, write_wav
+from satellite.cli import engine as commands
 from satellite.cli import main
-from satellite.engine import commands
-from satellite.engine.commands import InputLimit, read_speech
+from satellite.cli.engine import InputLimit, read_speech
 from satellite.engine.load import ModelNotFoundError, model_directory
 from satellite.engine.textstream import printable
 from satellite.modeldir.fetch import default_model_dir

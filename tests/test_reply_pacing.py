@@ -32,8 +32,8 @@ from satellite.audio.pacing import CUSHION_SECONDS, MARGIN, Pacer, least_start_d
 from satellite.audio.player import Generated, PlaybackReport, ReplyPlayer, TextProgress
 from satellite.audio.wake import Detection
 from satellite.bench.query import spoken_query
+from satellite.cli.demo import playback_summary
 from satellite.daemon import Daemon, TurnReport
-from satellite.demo import playback_summary
 from satellite.engine import costmodel
 from satellite.engine.events import AudioFrame
 from satellite.engine.framebatch import BATCH_FRAMES

@@ -175,7 +175,7 @@ def local_mosquitto(folder: Path) -> Iterator[int | None]:
 
 
 def tiny_model() -> Path:
-    from satellite.modeldir.commands import load_toolchain
+    from satellite.cli.model import load_toolchain
 
     load_toolchain()
     from models.cache import cached_model
@@ -185,7 +185,7 @@ def tiny_model() -> Path:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from satellite.cli import load_for_command
+    from satellite.cli.loading import load_for_command
 
     base = load_for_command(args).settings
     model = args.model or tiny_model()

@@ -16,7 +16,8 @@ from typing import Any
 import yaml
 
 from satellite import __version__
-from satellite.config import ConfigError, LoadedConfig, find_config_file, load_config, redacted
+from satellite.cli.loading import load_for_command
+from satellite.config import ConfigError, redacted
 from satellite.errors import UserError
 from satellite.logs import setup_logging
 from satellite.settings import Settings
@@ -82,27 +83,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(handler=cmd_run)
 
-    from satellite.modeldir.commands import add_model_commands
+    from satellite.cli.model import add_model_commands
 
     add_model_commands(commands)
 
-    from satellite.engine.commands import add_engine_commands
+    from satellite.cli.engine import add_engine_commands
 
     add_engine_commands(commands)
 
-    from satellite.bench.commands import add_bench_commands
+    from satellite.cli.bench import add_bench_commands
 
     add_bench_commands(commands)
 
-    from satellite.audio.commands import add_audio_commands
+    from satellite.cli.audio import add_audio_commands
 
     add_audio_commands(commands)
 
-    from satellite.mqtt.commands import add_mqtt_commands
+    from satellite.cli.mqtt import add_mqtt_commands
 
     add_mqtt_commands(commands)
 
-    from satellite.demo import add_demo_command
+    from satellite.cli.demo import add_demo_command
 
     add_demo_command(commands)
     return parser
@@ -136,26 +137,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-
-
-def load_for_command(args: argparse.Namespace, explicit: str | None = None) -> LoadedConfig:
-    """Find and load the config for a command; apply its logging settings unless the command
-    line overrode them; print its warnings."""
-    path = find_config_file(explicit or args.config)
-    loaded = load_config(path)
-    for warning in loaded.warnings:
-        print(warning, file=sys.stderr)
-    log = loaded.settings.logging
-    if args.log_level is None and args.verbose == 0:
-        setup_logging(log.level, args.log_format or log.format, log.file)
-    elif args.log_format is None or log.file:
-        level = args.log_level or {0: log.level, 1: "info"}.get(args.verbose, "debug")
-        setup_logging(level, args.log_format or log.format, log.file)
-    if path is None:
-        _LOG.info("no config file found; using the defaults")
-    else:
-        _LOG.info("config: %s", path)
-    return loaded
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -29,7 +29,7 @@ def add_mqtt_commands(commands: Any) -> None:
 
 
 def cmd_unregister(args: argparse.Namespace) -> int:
-    from satellite.cli import load_for_command
+    from satellite.cli.loading import load_for_command
 
     loaded = load_for_command(args)
     return asyncio.run(

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from satellite.cli.model import load_toolchain, print_step
 from satellite.errors import UserError
-from satellite.modeldir.commands import load_toolchain, print_step
 from satellite.modeldir.manifest import VARIANTS, human_size
 from satellite.settings import BACKBONES
 
@@ -279,7 +279,7 @@ def cmd_bench_memory(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_boards(args: argparse.Namespace) -> int:
-    from satellite.demo import tiny_model
+    from satellite.cli.demo import tiny_model
     from satellite.engine import costmodel
     from satellite.modeldir.manifest import read_manifest
 
@@ -377,7 +377,7 @@ def cmd_bench_peers(args: argparse.Namespace) -> int:
 
 def cmd_bench_turns(args: argparse.Namespace) -> int:
     from satellite.bench.turns import bench_turns, format_report
-    from satellite.demo import tiny_model
+    from satellite.cli.demo import tiny_model
 
     if args.turns < 1:
         raise UserError(f"--turns must be at least 1, not {args.turns}")
@@ -403,7 +403,7 @@ def cmd_bench_turns(args: argparse.Namespace) -> int:
 
 def cmd_bench_services(args: argparse.Namespace) -> int:
     from satellite.bench.services import bench_services, format_report
-    from satellite.demo import tiny_model
+    from satellite.cli.demo import tiny_model
 
     if args.requests < 1:
         raise UserError(f"--requests must be at least 1, not {args.requests}")
@@ -417,7 +417,7 @@ def cmd_bench_services(args: argparse.Namespace) -> int:
 
 def cmd_bench_soak(args: argparse.Namespace) -> int:
     from satellite.bench.soak import SoakReport, run_soak
-    from satellite.demo import tiny_model
+    from satellite.cli.demo import tiny_model
 
     for name in ("rounds", "frames", "flood", "kills", "drops"):
         if getattr(args, name) < (1 if name == "rounds" else 0):

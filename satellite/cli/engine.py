@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from satellite.engine.model import Model
     from satellite.engine.template import Tokens
 
-_LOG = logging.getLogger("satellite.engine.commands")
+_LOG = logging.getLogger("satellite.cli.engine")
 
 DEFAULT_MAX_INPUT_SECONDS = 60.0
 """Longest input audio accepted by default (transcribe, chat)."""
@@ -271,7 +271,7 @@ class Engine:
 def open_engine(args: argparse.Namespace) -> Engine:
     """The config, the model chosen by `--model` (or the config) with the session options,
     and its tokenizer."""
-    from satellite.cli import load_for_command
+    from satellite.cli.loading import load_for_command
     from satellite.engine.load import model_directory
     from satellite.engine.model import Model, ModelLoadError
     from satellite.engine.sessions import SessionConfig
