@@ -81,7 +81,51 @@ class Backbone(Protocol):
     def reset(self) -> None: ...
 
 
-class Decoder:
+class QueuedInput:
+    """What both backbone runners share: embeddings queued by `push` until the next step
+    takes them (`_take`), against a context of `context_length` positions of which `length`
+    are run."""
+
+    def __init__(self, hidden_size: int, context_length: int, chunk: int) -> None:
+        if context_length <= 0 or chunk <= 0:
+            raise ValueError("context_length and chunk must be positive")
+        self.hidden_size = hidden_size
+        self.context_length = context_length
+        self.chunk = chunk
+        self.length = 0
+        self._pending: list[FloatArray] = []
+        self.calls = 0
+        """Runs so far (for statistics)."""
+
+    @property
+    def pending_length(self) -> int:
+        return sum(p.shape[0] for p in self._pending)
+
+    @property
+    def free(self) -> int:
+        """Positions left once the queue is run."""
+        return self.context_length - self.length - self.pending_length
+
+    def push(self, embeds: npt.ArrayLike) -> None:
+        """Queue [n, hidden] embeddings to be run by the next `step`."""
+        array = np.asarray(embeds, dtype=np.float32).reshape(-1, self.hidden_size)
+        if array.shape[0]:
+            self._pending.append(array)
+
+    def _take(self) -> FloatArray:
+        """The whole queue as one [n, hidden] array, emptying it. Raises ContextFullError
+        (taking nothing) when it does not fit, ValueError when nothing is queued."""
+        if not self._pending:
+            raise ValueError("nothing queued to run")
+        needed = self.length + self.pending_length
+        if needed > self.context_length:
+            raise ContextFullError(needed, self.context_length)
+        queued = np.ascontiguousarray(np.concatenate(self._pending, axis=0))
+        self._pending = []
+        return queued
+
+
+class Decoder(QueuedInput):
     """Runs the `decoder` graph, carrying its caches from call to call."""
 
     def __init__(
@@ -92,13 +136,9 @@ class Decoder:
         context_length: int,
         chunk: int = DEFAULT_CHUNK,
     ) -> None:
-        if context_length <= 0 or chunk <= 0:
-            raise ValueError("context_length and chunk must be positive")
-        self.graph = graph
-        self.context_length = context_length
-        self.chunk = chunk
         dims = config_dims(config)
-        self.hidden_size = dims["hidden_size"]
+        super().__init__(dims["hidden_size"], context_length, chunk)
+        self.graph = graph
         self._empty: dict[str, npt.NDArray[np.generic]] = {}
         for i in layer_indices(config, "conv"):
             slot = f"past_conv.{i}"
@@ -116,25 +156,6 @@ class Decoder:
         self._feedback = [(outputs[o], inputs[i]) for o, i in graph.binding.feedback]
         self._outputs = ["logits", "hidden_states", *(o for o, _ in self._feedback)]
         self.cache = dict(self._empty)
-        self.length = 0
-        self._pending: list[FloatArray] = []
-        self.calls = 0
-        """Graph runs so far (for statistics)."""
-
-    @property
-    def pending_length(self) -> int:
-        return sum(p.shape[0] for p in self._pending)
-
-    @property
-    def free(self) -> int:
-        """Positions left once the queue is run."""
-        return self.context_length - self.length - self.pending_length
-
-    def push(self, embeds: npt.ArrayLike) -> None:
-        """Queue [n, hidden] embeddings to be run by the next `step`."""
-        array = np.asarray(embeds, dtype=np.float32).reshape(-1, self.hidden_size)
-        if array.shape[0]:
-            self._pending.append(array)
 
     def step(self, logits: bool = True) -> StepOutput:
         """Run the queued input; returns the last position's logits and hidden state.
@@ -142,13 +163,7 @@ class Decoder:
         hidden state: the head is 2 x vocab x hidden bytes of reads saved per step).
         Raises ContextFullError (running nothing) when it does not fit, ValueError when
         nothing is queued."""
-        if not self._pending:
-            raise ValueError("nothing queued to run")
-        needed = self.length + self.pending_length
-        if needed > self.context_length:
-            raise ContextFullError(needed, self.context_length)
-        queued = np.concatenate(self._pending, axis=0)
-        self._pending = []
+        queued = self._take()
         out: StepOutput | None = None
         last = (queued.shape[0] - 1) // self.chunk * self.chunk
         for start in range(0, queued.shape[0], self.chunk):

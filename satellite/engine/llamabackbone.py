@@ -27,9 +27,8 @@ from pathlib import Path
 
 import llama_cpp as llama
 import numpy as np
-import numpy.typing as npt
 
-from satellite.engine.decoder import ContextFullError, DecoderState, StepOutput
+from satellite.engine.decoder import DecoderState, QueuedInput, StepOutput
 from satellite.engine.model import FloatArray
 from satellite.errors import UserError
 
@@ -112,7 +111,7 @@ def _load(path: Path) -> llama.llama_model_p:
     return model
 
 
-class LlamaDecoder:
+class LlamaDecoder(QueuedInput):
     """Runs a backbone GGUF with llama.cpp, carrying its caches from call to call; the same
     methods and attributes as `satellite.engine.decoder.Decoder`."""
 
@@ -129,16 +128,8 @@ class LlamaDecoder:
         attention where it helps), except for a float32 GGUF, which is there for exactness:
         float32 keys and values and plain attention."""
         self._context: llama.llama_context_p | None = None
-        if context_length <= 0 or chunk <= 0:
-            raise ValueError("context_length and chunk must be positive")
+        super().__init__(hidden_size, context_length, chunk)
         self.path = path
-        self.hidden_size = hidden_size
-        self.context_length = context_length
-        self.chunk = chunk
-        self.calls = 0
-        """Graph runs so far (for statistics)."""
-        self.length = 0
-        self._pending: list[FloatArray] = []
         self._model = load_weights(path, hidden_size)
         params = llama.llama_context_default_params()
         params.n_ctx = context_length
@@ -173,32 +164,11 @@ class LlamaDecoder:
     def __del__(self) -> None:
         self.close()
 
-    @property
-    def pending_length(self) -> int:
-        return sum(p.shape[0] for p in self._pending)
-
-    @property
-    def free(self) -> int:
-        """Positions left once the queue is run."""
-        return self.context_length - self.length - self.pending_length
-
-    def push(self, embeds: npt.ArrayLike) -> None:
-        """Queue [n, hidden] embeddings to be run by the next `step`."""
-        array = np.asarray(embeds, dtype=np.float32).reshape(-1, self.hidden_size)
-        if array.shape[0]:
-            self._pending.append(array)
-
     def step(self, logits: bool = True) -> StepOutput:
         """Run the queued input; returns the last position's text logits (`logits=True`) or
         its final-normed hidden state (`logits=False`). Raises ContextFullError (running
         nothing) when it does not fit, ValueError when nothing is queued."""
-        if not self._pending:
-            raise ValueError("nothing queued to run")
-        needed = self.length + self.pending_length
-        if needed > self.context_length:
-            raise ContextFullError(needed, self.context_length)
-        queued = np.ascontiguousarray(np.concatenate(self._pending, axis=0))
-        self._pending = []
+        queued = self._take()
         self._set_mode(embeddings=not logits)
         for start in range(0, queued.shape[0], self.chunk):
             self._run(queued[start : start + self.chunk])
