@@ -12,6 +12,7 @@ import logging
 import resource
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -142,12 +143,10 @@ async def test_the_file_backend_exits_after_a_dropped_announcement(
         await daemon.close()
 
 
-async def test_a_timer_chime_waits_for_an_announcement_on_pulseaudio(
-    pulseaudio: PulseServer, model: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The chime is ringing when a 4 s announcement comes: the announcement plays whole (the
-    ring playing then is cut), and the chime rings again after it. Before, the chime's drain
-    of the shared output timed out and dropped the announcement after about 2.8 s."""
+@asynccontextmanager
+async def satellite_on_pulseaudio(model: Path) -> AsyncIterator[tuple[Daemon, Seen, HomeAssistant]]:
+    """The satellite on the real PulseAudio server (the `pulseaudio` fixture), with Home
+    Assistant connected and its `info` received."""
     settings = daemon_settings(model, backend="sounddevice", input_device="pulse",
                                output_device="pulse")  # fmt: skip
     daemon = Daemon(settings)
@@ -157,6 +156,19 @@ async def test_a_timer_chime_waits_for_an_announcement_on_pulseaudio(
     try:
         await ha.connect()
         await ha.wait_for("info", 5)
+        yield daemon, seen, ha
+    finally:
+        await ha.close()
+        await daemon.close()
+
+
+async def test_a_timer_chime_waits_for_an_announcement_on_pulseaudio(
+    pulseaudio: PulseServer, model: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The chime is ringing when a 4 s announcement comes: the announcement plays whole (the
+    ring playing then is cut), and the chime rings again after it. Before, the chime's drain
+    of the shared output timed out and dropped the announcement after about 2.8 s."""
+    async with satellite_on_pulseaudio(model) as (daemon, seen, ha):
         caplog.set_level(logging.INFO, logger="satellite")
         daemon.on_event(TimerFinished(id="pasta").event())
         await asyncio.sleep(0.3)  # the first ring is playing
@@ -170,9 +182,6 @@ async def test_a_timer_chime_waits_for_an_announcement_on_pulseaudio(
         after = daemon.backend.stats().played
         await asyncio.sleep(1.5 * daemon.timer_sound.seconds)
         assert daemon.backend.stats().played - after > 0.3 * OUTPUT_RATE, "rings again"
-    finally:
-        await ha.close()
-        await daemon.close()
 
 
 async def test_a_fast_sender_is_read_no_faster_than_it_plays(
@@ -435,15 +444,7 @@ async def test_the_speaker_comes_back_after_the_audio_server_restarts(
     health saw nothing. Now the output is reopened too, what was lost is counted, health
     names the dead output meanwhile, and an announcement after the restart plays whole."""
     caplog.set_level(logging.INFO, logger="satellite")
-    settings = daemon_settings(model, backend="sounddevice", input_device="pulse",
-                               output_device="pulse")  # fmt: skip
-    daemon = Daemon(settings)
-    seen = Seen(daemon)
-    await daemon.start()
-    ha = HomeAssistant(daemon.server.bound_port)
-    try:
-        await ha.connect()
-        await ha.wait_for("info", 5)
+    async with satellite_on_pulseaudio(model) as (daemon, seen, ha):
         await send_audio(ha, tone(0.5))
         await ha.wait_for("played", 5)
         pulseaudio.kill()
@@ -469,6 +470,3 @@ async def test_the_speaker_comes_back_after_the_audio_server_restarts(
         played = (daemon.backend.stats().played - before) / OUTPUT_RATE
         assert played >= 1.9, f"{played:.2f} s of a 2 s announcement played"
         assert seen.of("played")[-1]["ending"] == "complete"
-    finally:
-        await ha.close()
-        await daemon.close()
