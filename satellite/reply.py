@@ -235,19 +235,12 @@ class Responder:
         """The model `spec` (a directory or catalog name) or else the one the settings name,
         with its sessions opened (blocking: seconds)."""
         from satellite.engine.load import model_directory
-        from satellite.engine.model import Model, ModelLoadError
+        from satellite.engine.model import Model
         from satellite.engine.sessions import SessionConfig
-        from satellite.engine.template import Tokens
 
         choice = model_directory(spec, settings.model, config_dir)
         model = Model.load(choice.directory, SessionConfig.from_settings(settings.model))
-        tokenizer = model.tokenizer()
-        if tokenizer is None:
-            raise ModelLoadError(
-                f"{choice.directory}: the model directory has no tokenizer (manifest "
-                "`tokenizer`); the satellite needs one to read the model's text"
-            )
-        tokens = Tokens(tokenizer, str(choice.directory / str(model.manifest.tokenizer)))
+        tokens = model.tokens("the satellite needs one to read the model's text")
         _LOG.info(
             "model: %s (%s) from %s", model.manifest.name, model.manifest.variant, choice.origin
         )

@@ -273,9 +273,8 @@ def open_engine(args: argparse.Namespace) -> Engine:
     and its tokenizer."""
     from satellite.cli.loading import load_for_command
     from satellite.engine.load import model_directory
-    from satellite.engine.model import Model, ModelLoadError
+    from satellite.engine.model import Model
     from satellite.engine.sessions import SessionConfig
-    from satellite.engine.template import Tokens
 
     started = time.monotonic()
     loaded = load_for_command(args)
@@ -288,13 +287,7 @@ def open_engine(args: argparse.Namespace) -> Engine:
     if args.providers is not None:
         overrides["providers"] = args.providers
     model = Model.load(choice.directory, SessionConfig.from_settings(settings, **overrides))
-    tokenizer = model.tokenizer()
-    if tokenizer is None:
-        raise ModelLoadError(
-            f"{choice.directory}: the model directory has no tokenizer (manifest `tokenizer`); "
-            "the commands need one to read and write text"
-        )
-    tokens = Tokens(tokenizer, str(choice.directory / str(model.manifest.tokenizer)))
+    tokens = model.tokens("the commands need one to read and write text")
     _LOG.info("model: %s (%s) from %s", model.manifest.name, model.manifest.variant, choice.origin)
     return Engine(model, tokens, loaded, started)
 

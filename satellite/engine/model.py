@@ -27,6 +27,7 @@ import numpy.typing as npt
 
 from satellite.engine.sessions import SessionConfig, open_session, resolve_providers
 from satellite.engine.tables import BlockTable, EmbeddingTable, block_table
+from satellite.engine.template import Tokens
 from satellite.errors import UserError
 from satellite.modeldir.contract import Binding, match_role, session_specs
 from satellite.modeldir.integrity import check_integrity
@@ -292,3 +293,15 @@ class Model:
                 except Exception as err:  # tokenizers raises its own untyped errors
                     raise ModelLoadError(f"{path}: cannot read the tokenizer: {err}") from None
         return self._tokenizer
+
+    def tokens(self, needed_by: str) -> Tokens:
+        """The tokenizer with the template's special tokens; ModelLoadError saying what
+        `needed_by` (e.g. "the satellite needs one to read the model's text") when the
+        directory has none."""
+        tokenizer = self.tokenizer()
+        if tokenizer is None:
+            raise ModelLoadError(
+                f"{self.directory}: the model directory has no tokenizer (manifest `tokenizer`); "
+                f"{needed_by}"
+            )
+        return Tokens(tokenizer, str(self.directory / str(self.manifest.tokenizer)))
