@@ -131,6 +131,7 @@ class LlamaDecoder(QueuedInput):
         super().__init__(hidden_size, context_length, chunk)
         self.path = path
         self._model = load_weights(path, hidden_size)
+        self._vocab = llama.llama_vocab_n_tokens(llama.llama_model_get_vocab(self._model))
         params = llama.llama_context_default_params()
         params.n_ctx = context_length
         params.n_batch = params.n_ubatch = chunk
@@ -173,8 +174,9 @@ class LlamaDecoder(QueuedInput):
         for start in range(0, queued.shape[0], self.chunk):
             self._run(queued[start : start + self.chunk])
         if logits:
-            vocab = llama.llama_vocab_n_tokens(llama.llama_model_get_vocab(self._model))
-            return StepOutput(logits=self._read(llama.llama_get_logits_ith, vocab), hidden=None)
+            return StepOutput(
+                logits=self._read(llama.llama_get_logits_ith, self._vocab), hidden=None
+            )
         return StepOutput(
             logits=None, hidden=self._read(llama.llama_get_embeddings_ith, self.hidden_size)
         )
