@@ -27,6 +27,14 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from satellite.daemon.events import (
+    DaemonEvent,
+    HomeAssistantConnected,
+    HomeAssistantDisconnected,
+    Ready,
+    TurnFinished,
+)
+
 _LOG = logging.getLogger("satellite.sdnotify")
 
 MIN_WATCHDOG_INTERVAL = 0.05
@@ -150,18 +158,18 @@ class ServiceNotifier:
 
     # -- events -----------------------------------------------------------------------------
 
-    def on_event(self, kind: str, data: dict[str, Any]) -> None:
-        """A daemon observer: `ready`, `ha_connected`, `ha_disconnected`, `turn_finished`."""
-        if kind == "ready":
+    def on_event(self, event: DaemonEvent) -> None:
+        """A daemon observer: `Ready`, Home Assistant (dis)connected, `TurnFinished`."""
+        if isinstance(event, Ready):
             self.ready = True
             self._status = ""
             self.notifier.send("READY=1", f"STATUS={self.status_line()}")
             self._status = self.status_line()
             return
-        if kind in ("ha_connected", "ha_disconnected"):
-            self.ha_connected = kind == "ha_connected"
-        elif kind == "turn_finished":
-            self.last_turn = _describe_turn(data.get("report"))
+        if isinstance(event, HomeAssistantConnected | HomeAssistantDisconnected):
+            self.ha_connected = isinstance(event, HomeAssistantConnected)
+        elif isinstance(event, TurnFinished):
+            self.last_turn = _describe_turn(event.report)
         else:
             return
         self._wake.set()  # the status line changed; send it now

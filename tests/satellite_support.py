@@ -108,11 +108,11 @@ def daemon_settings(
 async def run_to_end(settings: Settings, timeout: float) -> tuple[Any, list[str]]:
     """Run a daemon on `settings` until its input file has ended and it stops by itself (at
     most `timeout` seconds); returns the daemon and the kinds of what it reported, in order."""
-    from satellite.daemon import Daemon
+    from satellite.daemon.core import Daemon
 
     daemon = Daemon(settings)
     seen: list[str] = []
-    daemon.observe(lambda kind, data: seen.append(kind))
+    daemon.observe(lambda event: seen.append(event.kind))
     await daemon.start()
     try:
         await asyncio.wait_for(daemon.wait_stopped(), timeout)

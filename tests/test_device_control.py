@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from satellite.config import ConfigError, load_config
-from satellite.daemon import Daemon
+from satellite.daemon.core import Daemon
+from satellite.daemon.events import Said
 from satellite.mqtt.devices import AllowlistError, DeviceController, load_allowlist
 from satellite.mqtt.toolcalls import parse_tool_calls
 from satellite.settings import DeviceControlSettings, MqttSettings
@@ -148,7 +149,7 @@ async def daemon(broker: Broker, tmp_path: Path) -> AsyncIterator[Daemon]:
 
 async def test_reply_text_drives_devices_through_mqtt(daemon: Daemon, broker: Broker) -> None:
     said: list[str] = []
-    daemon.observe(lambda kind, data: said.append(data["text"]) if kind == "said" else None)
+    daemon.observe(lambda event: said.append(event.text) if isinstance(event, Said) else None)
     assert daemon.responder is not None and "<|tool_list_start|>" in (daemon.system_prompt or "")
     ha = Watcher(broker.port, ["home/#", "zigbee2mqtt/#", f"{BASE}/event"])
     try:

@@ -25,7 +25,7 @@ from satellite.audio.backends import FileBackend
 from satellite.audio.wake import WakeWordDetector
 from satellite.bench.soak import flood_commands
 from satellite.controls import Controls
-from satellite.daemon import Daemon
+from satellite.daemon.core import Daemon
 from satellite.mqtt.bridge import COMMAND_INTERVAL
 from satellite.mqtt.client import retry_delay
 from satellite.mqtt.discovery import Topics, device_payload

@@ -33,7 +33,9 @@ from satellite.audio.player import Generated, PlaybackReport, ReplyPlayer, TextP
 from satellite.audio.wake import Detection
 from satellite.bench.query import spoken_query
 from satellite.cli.demo import playback_summary
-from satellite.daemon import Daemon, TurnReport
+from satellite.daemon.core import Daemon
+from satellite.daemon.events import TurnFinished
+from satellite.daemon.report import TurnReport
 from satellite.engine import costmodel
 from satellite.engine.events import AudioFrame
 from satellite.engine.framebatch import BATCH_FRAMES
@@ -482,8 +484,8 @@ def test_the_health_report_carries_each_replys_playback() -> None:
     monitor = HealthMonitor(HealthSettings(), Watched())
     base = TurnReport("okay_nabu", 2.0, "silence", "hi", "end_of_turn", 2.0, 25, 0, 0.5, 0.2,
                       0.1, 3.0, 5.0, start_delay=1.2, underruns=3, generation_rtf=1.6)  # fmt: skip
-    monitor.observe("turn_finished", {"report": base})
-    monitor.observe("turn_finished", {"report": TurnReport(**{**base.__dict__, "underruns": 0})})
+    monitor.observe(TurnFinished(base))
+    monitor.observe(TurnFinished(TurnReport(**{**base.__dict__, "underruns": 0})))
     report = monitor.report()
     assert report["last_reply_underruns"] == 0 and report["replies_broken"] == 1
     assert report["reply_start_delay_ms"]["p50"] == pytest.approx(1200, abs=1)

@@ -8,7 +8,9 @@ import re
 import numpy as np
 
 from satellite.bench.query import spoken_query
-from satellite.daemon import Daemon, TurnReport
+from satellite.daemon.core import Daemon
+from satellite.daemon.events import TurnFinished
+from satellite.daemon.report import TurnReport
 from satellite.reply import Responder
 from satellite.safety.audio import SILENCE_RUN_SECONDS, AudioCheck
 from satellite.safety.text import TextFilter
@@ -70,9 +72,9 @@ def test_the_audio_alert_follows_the_replies() -> None:
     monitor.on_alert.append(lambda c: changes.append((c.name, c.raised)))
     report = TurnReport("x", 1.0, "silence", "", "end_of_turn", 1.0, 12, 0, 0.1, 0.1, 0.0, 0.5,
                         1.2, audio_problems=("3 invalid samples (NaN or infinite) set to 0",))  # fmt: skip
-    monitor.observe("turn_finished", {"report": report})
+    monitor.observe(TurnFinished(report))
     assert monitor.alerts["audio"] and changes == [("audio", True)]
-    monitor.observe("turn_finished", {"report": dataclasses.replace(report, audio_problems=())})
+    monitor.observe(TurnFinished(dataclasses.replace(report, audio_problems=())))
     assert not monitor.alerts["audio"] and changes[-1] == ("audio", False)
 
 

@@ -22,7 +22,7 @@ from zeroconf.asyncio import AsyncZeroconf
 
 from satellite.audio.sounds import SoundError
 from satellite.audio.wavfile import read_wav, write_wav
-from satellite.daemon import Daemon
+from satellite.daemon.core import Daemon
 from satellite.settings import VadSettings
 from satellite.wyoming.announce import SERVICE_TYPE, instance_name
 from tests.satellite_support import (

@@ -27,7 +27,7 @@ from wyoming.satellite import PauseSatellite
 from wyoming.timer import TimerFinished, TimerStarted
 
 from satellite.bench.system import current_rss_mb
-from satellite.daemon import Daemon, raise_open_files_limit
+from satellite.daemon.core import Daemon, raise_open_files_limit
 from satellite.settings import MqttSettings
 from satellite.wyoming import incoming, satellite_server, services
 from tests.broker import Broker, Watcher
@@ -59,7 +59,7 @@ class Seen:
 
     def __init__(self, daemon: Daemon) -> None:
         self.items: list[tuple[str, dict[str, Any]]] = []
-        daemon.observe(lambda kind, data: self.items.append((kind, dict(data))))
+        daemon.observe(lambda event: self.items.append((event.kind, event.fields())))
 
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [data for k, data in self.items if k == kind]

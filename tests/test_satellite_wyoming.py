@@ -24,7 +24,7 @@ from wyoming.tts import Synthesize
 
 from satellite import __version__
 from satellite.audio.wavfile import read_wav
-from satellite.daemon import Daemon
+from satellite.daemon.core import Daemon
 from tests.satellite_support import (
     TTS_RATE,
     HomeAssistant,
@@ -92,7 +92,7 @@ async def test_five_second_rule_and_reconnect(idle_daemon: Daemon) -> None:
     """Pinging every 2 s keeps the connection; 5 s of silence drops it; the next connection
     is taken and the satellite keeps working."""
     seen: list[str] = []
-    idle_daemon.observe(lambda kind, data: seen.append(kind))
+    idle_daemon.observe(lambda event: seen.append(event.kind))
     ha = HomeAssistant(idle_daemon.server.bound_port)
     await ha.connect()
     await ha.wait_for("pong", 8, count=3)  # > 5 s with pings at Home Assistant's cadence
@@ -138,7 +138,7 @@ async def test_announcement_is_played_then_acknowledged(idle_daemon: Daemon) -> 
 async def test_timer_rings_until_cancelled(idle_daemon: Daemon) -> None:
     ha = HomeAssistant(idle_daemon.server.bound_port)
     seen: list[str] = []
-    idle_daemon.observe(lambda kind, data: seen.append(kind))
+    idle_daemon.observe(lambda event: seen.append(event.kind))
     await ha.connect()
     try:
         await ha.wait_for("info", 5)
@@ -165,7 +165,7 @@ async def test_timer_ring_time_is_bounded(model: Path) -> None:
     settings = daemon_settings(model, backend="null", timer_ring_seconds=1.0)
     daemon = Daemon(settings)
     seen: list[str] = []
-    daemon.observe(lambda kind, data: seen.append(kind))
+    daemon.observe(lambda event: seen.append(event.kind))
     await daemon.start()
     try:
         daemon.on_event(TimerFinished(id="x").event())
@@ -255,7 +255,7 @@ async def test_ha_mode_paused_or_disconnected_starts_no_pipeline(
     script_wav(source, wake_and_ask(after=1.0))
     daemon = Daemon(daemon_settings(model, mode="ha", input_file=source))
     heard: list[Any] = []
-    daemon.observe(lambda kind, data: heard.append(kind))
+    daemon.observe(lambda event: heard.append(event.kind))
     await daemon.start()
     ha = HomeAssistant(daemon.server.bound_port)
     await ha.connect()
@@ -277,7 +277,7 @@ async def test_wake_word_silences_a_ringing_timer(model: Path, tmp_path: Path) -
     script_wav(source, [("silence", 4.0), ("say", "okay nabu"), ("silence", 2.5)])
     daemon = Daemon(daemon_settings(model, input_file=source, output_file=output))
     seen: list[tuple[str, float]] = []
-    daemon.observe(lambda kind, data: seen.append((kind, time.monotonic())))
+    daemon.observe(lambda event: seen.append((event.kind, time.monotonic())))
     await daemon.start()
     ha = HomeAssistant(daemon.server.bound_port)
     await ha.connect()

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from satellite.daemon import Daemon
+from satellite.daemon.core import Daemon
+from satellite.daemon.events import HomeAssistantConnected, Ready, TurnFinished
 from satellite.sdnotify import Notifier, ServiceNotifier, attach, notify_address, watchdog_interval
 from tests.satellite_support import daemon_settings, tiny_model
 
@@ -154,7 +155,7 @@ async def test_pings_follow_health(systemd: SystemdSocket) -> None:
     service = ServiceNotifier.from_env(lambda: state["health"], lambda: "tiny q4", env)
     assert service.interval == 0.1
     task = asyncio.create_task(service.run(stopped.wait))
-    service.on_event("ready", {})
+    service.on_event(Ready(port=10700))
     await asyncio.sleep(1.0)
     healthy = systemd.read(0)
     assert healthy[0].fields["READY"] == "1"
@@ -185,7 +186,7 @@ async def test_pings_follow_health(systemd: SystemdSocket) -> None:
 
 
 async def test_status_names_connection_and_last_turn(systemd: SystemdSocket) -> None:
-    from satellite.daemon import TurnReport
+    from satellite.daemon.report import TurnReport
 
     stopped = asyncio.Event()
     service = ServiceNotifier.from_env(
@@ -193,8 +194,8 @@ async def test_status_names_connection_and_last_turn(systemd: SystemdSocket) -> 
     )
     assert service.interval is None
     task = asyncio.create_task(service.run(stopped.wait))
-    service.on_event("ready", {})
-    service.on_event("ha_connected", {})
+    service.on_event(Ready(port=10700))
+    service.on_event(HomeAssistantConnected())
     await asyncio.sleep(0.1)
     report = TurnReport(
         wake_word="okay_nabu", utterance_seconds=2.0, end_reason="silence",
@@ -202,7 +203,7 @@ async def test_status_names_connection_and_last_turn(systemd: SystemdSocket) -> 
         frames=19, skipped_frames=0, time_to_first_audio=0.234, engine_first_audio=0.2,
         overhead=0.034, engine_seconds=0.9, total_seconds=2.1,
     )  # fmt: skip
-    service.on_event("turn_finished", {"report": report})
+    service.on_event(TurnFinished(report))
     await asyncio.sleep(0.2)
     statuses = [m.fields["STATUS"] for m in systemd.read(0) if "STATUS" in m.fields]
     assert not systemd.having("WATCHDOG"), "pinged without WATCHDOG_USEC"

@@ -12,7 +12,7 @@ import pytest
 
 from satellite.bench.fuzz import fuzz_port, malformed_frames
 from satellite.bench.system import current_rss_mb
-from satellite.daemon import Daemon
+from satellite.daemon.core import Daemon
 from tests.satellite_support import daemon_settings, tiny_model, with_services
 
 FRAMES = 5000

@@ -40,7 +40,7 @@ from wyoming.tts import (
 
 from models.config import tiny
 from satellite import __version__
-from satellite.daemon import Daemon
+from satellite.daemon.core import Daemon
 from satellite.engine.detokenize import StreamingDetokenizer
 from satellite.engine.mel import LogMel, StreamingLogMel
 from satellite.engine.model import Model

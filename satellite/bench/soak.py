@@ -50,7 +50,7 @@ from satellite.mqtt.localbroker import LocalBroker, mosquitto_program
 from satellite.settings import Settings, loopback_wyoming
 
 if TYPE_CHECKING:
-    from satellite.daemon import Daemon
+    from satellite.daemon.core import Daemon
 
 RECOVERY_LIMIT = 30.0
 """A step that has not recovered after this many seconds is a wedge."""
@@ -345,7 +345,7 @@ async def run_soak(
 ) -> SoakReport:  # fmt: skip
     """Rounds of every step until `rounds` are done or `minutes` have passed (whichever
     comes first; at least one round). UserError when mosquitto is not installed."""
-    from satellite.daemon import Daemon
+    from satellite.daemon.core import Daemon
 
     program = mosquitto_program()
     if program is None:

@@ -49,7 +49,7 @@ WINDOWS = {
 async def _run(
     settings: Settings, turns: int, query: Query, pause: float | None = None
 ) -> list[Any]:
-    from satellite.daemon import Daemon
+    from satellite.daemon.core import Daemon
 
     daemon = Daemon(settings)
     await daemon.start()

@@ -189,7 +189,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 async def run_daemon(settings: Settings, config_dir: Path | None, model: str | None = None) -> int:
     """The daemon until SIGTERM or SIGINT (or the end of a `file` audio source)."""
-    from satellite.daemon import Daemon
+    from satellite.daemon.core import Daemon
     from satellite.sdnotify import attach
 
     daemon = Daemon(settings, config_dir=config_dir, model=model)

@@ -35,7 +35,7 @@ from satellite.mqtt.localbroker import LocalBroker, mosquitto_program
 from satellite.settings import Settings, loopback_wyoming
 
 if TYPE_CHECKING:
-    from satellite.daemon import TurnReport
+    from satellite.daemon.report import TurnReport
 
 REAL_MODEL = "LiquidAI/LFM2.5-Audio-1.5B-ONNX"
 DEMO_QUESTION = "What is the weather like tomorrow?"
@@ -206,7 +206,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 async def _demo(settings: Settings, model: Path, args: argparse.Namespace) -> int:
-    from satellite.daemon import Daemon
+    from satellite.daemon import events
+    from satellite.daemon.core import Daemon
 
     started = time.monotonic()
 
@@ -216,20 +217,20 @@ async def _demo(settings: Settings, model: Path, args: argparse.Namespace) -> in
         with printing:
             print(f"[{time.monotonic() - started:6.2f} s] {line}", flush=True)
 
-    def observe(kind: str, data: dict[str, Any]) -> None:
-        if kind == "wake":
-            say(f"satellite: wake word {data['wake_word']!r} (p={data['probability']:.2f})")
-        elif kind == "speech_started":
-            say("satellite: speech started")
-        elif kind == "utterance":
-            say(f"satellite: end of speech ({data['seconds']:.2f} s of audio to the model)")
-        elif kind == "turn_finished":
-            report: TurnReport = data["report"]
-            say(
-                f"satellite: reply done ({report.reply_reason}, {report.reply_audio_seconds:.2f} s of audio)"
-            )
-        elif kind == "error":
-            say(f"satellite: error in {data['where']}: {data['message']}")
+    def observe(event: events.DaemonEvent) -> None:
+        match event:
+            case events.WakeWordHeard():
+                say(f"satellite: wake word {event.wake_word!r} (p={event.probability:.2f})")
+            case events.SpeechStarted():
+                say("satellite: speech started")
+            case events.UtteranceHeard():
+                say(f"satellite: end of speech ({event.seconds:.2f} s of audio to the model)")
+            case events.TurnFinished():
+                report = event.report
+                say(f"satellite: reply done ({report.reply_reason}, "
+                    f"{report.reply_audio_seconds:.2f} s of audio)")  # fmt: skip
+            case events.Failure():
+                say(f"satellite: error in {event.where}: {event.message}")
 
     daemon = Daemon(settings)
     daemon.observe(observe)

@@ -1,6 +1,7 @@
 """The satellite on MQTT: discovery, control state and commands, events, health.
 
-`MqttBridge` joins a running `Daemon` to an `MqttLink`:
+`MqttBridge` joins a running satellite (`satellite.daemon.core.Daemon`, through the small
+`Satellite` protocol of what the bridge reads and calls on it) to an `MqttLink`:
 
 - on every (re)connect, and whenever Home Assistant announces itself (`online` on
   `<prefix>/status`), the discovery payload and every state are published (retained);
@@ -26,16 +27,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
-from satellite.controls import ControlError
+from satellite.controls import ControlError, Controls
+from satellite.daemon import events
+from satellite.daemon.events import Observer
+from satellite.daemon.report import TurnReport
 from satellite.mqtt.client import MqttLink, Payload
-from satellite.mqtt.devices import DeviceController
 from satellite.mqtt.discovery import CONTROL_TOPICS, Topics, device_payload
-from satellite.telemetry.health import AlertChange, HealthMonitor
-
-if TYPE_CHECKING:
-    from satellite.daemon import Daemon, TurnReport
+from satellite.settings import Settings
+from satellite.telemetry.health import AlertChange, HealthMonitor, Watched
 
 _LOG = logging.getLogger("satellite.mqtt")
 
@@ -53,8 +55,28 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
 
 
+class Satellite(Watched, Protocol):
+    """What the bridge reads and calls on the satellite."""
+
+    settings: Settings
+    config_dir: Path | None
+    controls: Controls
+    mode: str
+
+    @property
+    def model_name(self) -> str:
+        """`name (variant)` of the loaded model, or `not loaded`."""
+        ...
+
+    def set_control(self, name: str, value: Any, source: str = "mqtt") -> Controls: ...
+
+    def restart_pipeline(self) -> None: ...
+
+    def observe(self, observer: Observer) -> None: ...
+
+
 class MqttBridge:
-    def __init__(self, daemon: Daemon, link: MqttLink | None = None) -> None:
+    def __init__(self, daemon: Satellite, link: MqttLink | None = None) -> None:
         self.daemon = daemon
         settings = daemon.settings
         self.settings = settings
@@ -63,14 +85,6 @@ class MqttBridge:
         self.health = HealthMonitor(settings.health, daemon)
         self.health.on_alert.append(self._on_alert)
         self._ha_turn: dict[str, Any] = {}
-        self.devices: DeviceController | None = None
-        if daemon.allowlist is not None:
-            self.devices = DeviceController(
-                daemon.allowlist,
-                publish=lambda topic, payload: self.link.publish(topic, payload, qos=1),
-                event=self.event,
-                confirm_seconds=settings.device_control.confirm_seconds,
-            )
         self._task: asyncio.Task[None] | None = None
         self._waiting: dict[str, tuple[Callable[[str, bytes], None], str, bytes]] = {}
         """Per topic: the command waiting for its topic's interval to pass."""
@@ -78,14 +92,6 @@ class MqttBridge:
         self.superseded = 0
         """Commands replaced by a later one on the same topic before they were applied."""
         self._burst: dict[str, int] = {}
-
-    @property
-    def model_name(self) -> str:
-        responder = self.daemon.responder
-        if responder is None:
-            return "not loaded"
-        manifest = responder.model.manifest
-        return f"{manifest.name} ({manifest.variant})"
 
     async def start(self) -> None:
         daemon, topics, link = self.daemon, self.topics, self.link
@@ -112,7 +118,7 @@ class MqttBridge:
 
     def publish_all(self) -> None:
         """Discovery, every control's state, and the health report (all retained)."""
-        payload = device_payload(self.settings, self.topics, self.model_name)
+        payload = device_payload(self.settings, self.topics, self.daemon.model_name)
         self.link.publish(self.topics.discovery, payload, retain=True, qos=1)
         for control in CONTROL_TOPICS:
             self.publish_state(control)
@@ -132,7 +138,7 @@ class MqttBridge:
 
     def publish_health(self, check: bool = True) -> None:
         report = self.health.report(check)
-        report["model"] = self.model_name
+        report["model"] = self.daemon.model_name
         report["mqtt_dropped"] = self.link.dropped
         report["mqtt_commands_superseded"] = self.superseded
         report["queues"] = {
@@ -143,6 +149,10 @@ class MqttBridge:
 
     def event(self, event_type: str, **data: Any) -> None:
         self.link.publish(self.topics.event, {"event_type": event_type, **data}, qos=1)
+
+    def publish_command(self, topic: str, payload: str) -> None:
+        """A device command (`satellite.mqtt.devices`), at least once."""
+        self.link.publish(topic, payload, qos=1)
 
     async def _health_loop(self) -> None:
         interval = self.settings.health.interval_seconds
@@ -221,30 +231,30 @@ class MqttBridge:
 
     # -- from the daemon --------------------------------------------------------------------
 
-    def _on_daemon(self, kind: str, data: dict[str, Any]) -> None:
-        mode = self.daemon.mode
-        if kind == "wake":
-            self.event("wake_detected", wake_word=data["wake_word"],
-                       probability=round(data["probability"], 3))  # fmt: skip
-            self.event("turn_started", mode=mode)
-            self._ha_turn = {}
-        elif kind == "turn_finished":
-            self._turn_finished(data["report"])
-        elif kind == "ha_transcript":
-            self._ha_turn["transcript"] = data["text"]
-        elif kind == "ha_reply":
-            self._ha_turn["reply"] = data["text"]
-        elif kind == "played" and data.get("what") == "tts" and self._ha_turn:
-            turn = {"mode": "ha", "transcript": None, "reply": "", **self._ha_turn}
-            self._ha_turn = {}
-            self.event("turn_finished", **turn)
-            self.link.publish(self.topics.last_turn, turn, retain=True)
-        elif kind == "error":
-            self.event("error", where=data.get("where"), message=data.get("message"))
-        elif kind == "control_changed":
-            topic = "mute" if data["name"] == "muted" else data["name"]
-            if topic in CONTROL_TOPICS:
-                self.publish_state(topic)
+    def _on_daemon(self, event: events.DaemonEvent) -> None:
+        match event:
+            case events.WakeWordHeard():
+                self.event("wake_detected", wake_word=event.wake_word,
+                           probability=round(event.probability, 3))  # fmt: skip
+                self.event("turn_started", mode=self.daemon.mode)
+                self._ha_turn = {}
+            case events.TurnFinished():
+                self._turn_finished(event.report)
+            case events.HomeAssistantTranscript():
+                self._ha_turn["transcript"] = event.text
+            case events.HomeAssistantReply():
+                self._ha_turn["reply"] = event.text
+            case events.Played(what="tts") if self._ha_turn:
+                turn = {"mode": "ha", "transcript": None, "reply": "", **self._ha_turn}
+                self._ha_turn = {}
+                self.event("turn_finished", **turn)
+                self.link.publish(self.topics.last_turn, turn, retain=True)
+            case events.Failure():
+                self.event("error", where=event.where, message=event.message)
+            case events.ControlChanged():
+                topic = "mute" if event.name == "muted" else event.name
+                if topic in CONTROL_TOPICS:
+                    self.publish_state(topic)
 
     def _turn_finished(self, report: TurnReport) -> None:
         turn = {

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from satellite import __version__
+from satellite.daemon.events import DaemonEvent, Failure, TurnFinished
 from satellite.settings import HealthSettings
 from satellite.telemetry.stats import InterarrivalJitter, Window
 
@@ -84,10 +85,10 @@ class HealthMonitor:
         self.on_alert: list[Callable[[AlertChange], None]] = []
         self._cpu = (time.monotonic(), time.process_time())
 
-    def observe(self, kind: str, data: dict[str, Any]) -> None:
+    def observe(self, event: DaemonEvent) -> None:
         """A daemon observer: takes the figures of each finished turn."""
-        if kind == "turn_finished":
-            report = data["report"]
+        if isinstance(event, TurnFinished):
+            report = event.report
             self.turns += 1
             if report.time_to_first_audio is not None:
                 self.ttfa.add(report.time_to_first_audio * 1000)
@@ -104,7 +105,7 @@ class HealthMonitor:
             bad = bool(report.audio_problems)
             if bad != self.alerts["audio"]:
                 self._change(AlertChange("audio", bad, float(len(report.audio_problems)), 0.0))
-        elif kind == "error":
+        elif isinstance(event, Failure):
             self.errors += 1
 
     def check(self) -> list[AlertChange]:

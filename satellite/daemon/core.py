@@ -1,6 +1,12 @@
 """The satellite daemon: audio, wake word, endpointing, the local model and Home Assistant, on
 one asyncio loop.
 
+The turn's state lives in `satellite.daemon.machine` (states, events, the one transition
+function); `Daemon._step` is the one place a state changes and `Daemon._perform` the one place
+its actions are done. Around it: what plays (`playback`), timers (`timers`), the audio
+exchanged with Home Assistant's pipeline (`homeassistant`), the turn's report (`report`) and
+the news observers get (`events`).
+
 Every capture chunk goes through `Daemon.on_chunk` (quick and synchronous: the wake-word model
 and the VAD take well under a millisecond per 20 ms chunk):
 
@@ -14,6 +20,8 @@ and the VAD take well under a millisecond per 20 ms chunk):
   Assistant until the local endpointer hears the end of speech (`audio-stop`), or Home
   Assistant says it has heard enough (`voice-stopped`, `transcript`, `error`). Its reply comes
   back as `audio-start/chunk/stop` and is played, then `played` is sent.
+- **confirming**: a device action waits for a spoken yes (`satellite.mqtt.devices`); the
+  answer is heard without a wake word.
 - Announcements (`audio-start/chunk/stop` outside a turn) are played the same way; `timer-*`
   events keep a list of timers, and a finished one rings until the wake word is heard, Home
   Assistant cancels it, or `audio.timer_ring_seconds` pass.
@@ -25,13 +33,6 @@ gets no audio while the satellite plays (the mic is gated).
 Without speech `vad.no_speech_seconds` after the wake word, the turn is dropped. In `ha` mode a
 wake word while Home Assistant is not connected, or has paused the satellite, is logged and
 ignored. A `file` audio source that ends stops the daemon once the turn in progress is done.
-
-What happens is published to observers (`Daemon.observe`) as (kind, data) pairs: `wake`,
-`speech_started`, `utterance`, `turn_finished` (a `TurnReport`), `turn_interrupted`,
-`reply_text`, `timer_silenced`, `control_changed`, `pipeline_restarted`, `ha_transcript`,
-`ha_reply`, `played`,
-`ha_connected`, `ha_disconnected`, `timer_finished`, `error`, `ready` (started).
-
 """
 
 from __future__ import annotations
@@ -42,10 +43,9 @@ import dataclasses
 import logging
 import resource
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 import numpy as np
 from wyoming.asr import Transcript
@@ -53,20 +53,14 @@ from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.error import Error
 from wyoming.event import Event
 from wyoming.info import Info
-from wyoming.pipeline import PipelineStage, RunPipeline
 from wyoming.satellite import PauseSatellite, RunSatellite
 from wyoming.snd import Played
-from wyoming.timer import TimerCancelled, TimerFinished, TimerStarted, TimerUpdated
 from wyoming.tts import Synthesize
 from wyoming.vad import VoiceStarted, VoiceStopped
 from wyoming.wake import Detection
 
 from satellite.audio.backends import AudioBackend, Int16Array, open_backend
-from satellite.audio.convert import (
-    StreamResampler,
-    float_to_pcm16,
-    pcm_to_float,
-)
+from satellite.audio.convert import StreamResampler, float_to_pcm16, pcm_to_float, resample
 from satellite.audio.endpoint import (
     Endpointer,
     PauseEnded,
@@ -75,97 +69,41 @@ from satellite.audio.endpoint import (
     UtteranceEnded,
 )
 from satellite.audio.pacing import Pacer
-from satellite.audio.player import Generated, Item, PlaybackReport, ReplyPlayer, TextProgress
+from satellite.audio.player import Generated, Item, ReplyPlayer, TextProgress
 from satellite.audio.sounds import Sound, chime, load_sound
 from satellite.audio.wake import Detection as WakeDetection
 from satellite.audio.wake import WakeWordDetector
 from satellite.controls import Controls, ControlStore, default_state_file
+from satellite.daemon import events, machine
+from satellite.daemon.events import Observer
+from satellite.daemon.homeassistant import IncomingPlayer, PipelineStream
+from satellite.daemon.machine import Action, State
+from satellite.daemon.playback import Playback
+from satellite.daemon.report import TurnReport, turn_report
+from satellite.daemon.timers import Timer, TimerBell
 from satellite.engine import costmodel
 from satellite.engine.framebatch import BATCH_FRAMES
-from satellite.mqtt.devices import Entity, load_allowlist, tool_list
+from satellite.engine.template import INTERLEAVED_PROMPT
+from satellite.mqtt.bridge import MqttBridge
+from satellite.mqtt.devices import DeviceController, Entity, load_allowlist, tool_list
 from satellite.reply import ReplyAudio, ReplyDone, ReplyText, Responder
 from satellite.safety.audio import AudioCheck
 from satellite.safety.text import TextFilter
 from satellite.settings import Settings, WakeSettings
 from satellite.telemetry.stats import InterarrivalJitter
 from satellite.wyoming.announce import Announcer
-from satellite.wyoming.incoming import IncomingAudio, StreamFormatError
 from satellite.wyoming.info import MIC_FORMAT, SatelliteDescription, satellite_info
 from satellite.wyoming.satellite_server import SatelliteServer
 from satellite.wyoming.services import ServicesServer, start_services
 
-if TYPE_CHECKING:
-    from satellite.mqtt.bridge import MqttBridge
-
 _LOG = logging.getLogger("satellite.daemon")
 
-State = Literal["idle", "listening", "streaming", "responding", "confirming"]
-Observer = Callable[[str, dict[str, Any]], None]
 CAPTURE_STALL_SECONDS = 3.0
 """No capture chunk for this long: the audio loop is unhealthy."""
 ENGINE_STALL_SECONDS = 120.0
 """One turn in the engine's worker for longer than this: the engine is unhealthy."""
 SLOW_START_SECONDS = 0.1
 """A reply held longer than this before playing is logged with the engine's rate."""
-MAX_RINGS = 1000
-"""Upper bound on chime repetitions of one finished timer (besides the ring time)."""
-
-
-@dataclass(frozen=True)
-class TurnReport:
-    """What one local turn took (seconds; `time.monotonic()` clock)."""
-
-    wake_word: str
-    utterance_seconds: float
-    """Audio handed to the model, preroll and trailing silence included."""
-    end_reason: str
-    """Why listening stopped: `silence` or `max_length`."""
-    reply_text: str
-    reply_reason: str
-    """Why generation stopped: end_of_turn, max_new_tokens, context_full, cancelled, error."""
-    reply_audio_seconds: float
-    frames: int
-    skipped_frames: int
-    time_to_first_audio: float | None
-    """From the end of the utterance (the endpointer's decision) to the first reply audio
-    handed to the speaker."""
-    engine_first_audio: float | None
-    """The engine's part of that: from the worker taking the turn to its first samples."""
-    overhead: float | None
-    """`time_to_first_audio - engine_first_audio - start_delay`: the daemon's own share."""
-    engine_seconds: float
-    """The worker's whole time on the turn."""
-    total_seconds: float
-    """From the end of the utterance to the end of playback."""
-    error: str | None = None
-    audio_problems: tuple[str, ...] = ()
-    """What the audio integrity check fixed in the reply (safety.audio_integrity)."""
-    blocked_term: str | None = None
-    """The blocked term that stopped the reply (safety.blocked_terms), if one did."""
-    start_delay: float | None = None
-    """Seconds the first reply audio was held so the rest would keep up (the engine makes
-    audio more slowly than real time; 0 when it keeps up)."""
-    underruns: int = 0
-    """Breaks in the reply's playback the speaker met (0: it played without a break)."""
-    holds: int = 0
-    """Deliberate gaps: the start held (after a chime), or the middle held once."""
-    generation_rtf: float | None = None
-    """Wall seconds the engine took per second of reply audio (above 1: slower than real
-    time)."""
-
-    @property
-    def played_at_real_time(self) -> bool:
-        """The reply played without a break (none met, none held mid-reply)."""
-        return self.underruns == 0 and self.holds == 0
-
-
-@dataclass
-class Timer:
-    id: str
-    name: str | None
-    total_seconds: int
-    started: float = field(default_factory=time.monotonic)
-    active: bool = True
 
 
 class Daemon:
@@ -211,6 +149,9 @@ class Daemon:
         self.allowlist: dict[str, Entity] | None = None
         if control.enabled and control.allowlist_file:
             self.allowlist = load_allowlist(_resolve(control.allowlist_file, config_dir))
+        self.devices: DeviceController | None = None
+        """Device control from the model's replies (with an allowlist; commands go out over
+        MQTT, which the config requires with it)."""
         safety = settings.safety
         self.text_filter = TextFilter(safety.blocked_terms, safety.text_filter)
         self.audio_check = AudioCheck(24_000, safety.audio_integrity)
@@ -218,7 +159,13 @@ class Daemon:
         self.done_sound = load_sound(audio.done_sound, "audio.done_sound", config_dir)
         self.timer_sound = load_sound(audio.timer_sound, "audio.timer_sound", config_dir) or chime()
         self.state: State = "idle"
-        self.timers: dict[str, Timer] = {}
+        """Set only by `_step` (see `satellite.daemon.machine`)."""
+        self.playback = Playback(self.backend)
+        self.bell = TimerBell(self.playback, self.timer_sound, audio.timer_ring_seconds, self._notify)
+        self.incoming = IncomingPlayer(self.playback, self.server.send, self._notify)
+        """What Home Assistant streams to be played."""
+        self.pipeline = PipelineStream(self.server.send)
+        """The microphone streamed to Home Assistant's pipeline (`ha` mode)."""
         self.turns: list[TurnReport] = []
         """Local turns that finished (interrupted ones are counted in `interrupted`)."""
         self.interrupted = 0
@@ -228,16 +175,6 @@ class Daemon:
         self._capture: asyncio.Task[None] | None = None
         self._turn: asyncio.Task[None] | None = None
         self._reply_cancel: Callable[[], None] | None = None
-        self._playback: asyncio.Task[None] | None = None
-        self._playback_kind = ""
-        self._ha_audio: IncomingAudio | None = None
-        """The stream Home Assistant is sending to play, until its audio-stop."""
-        self._ring: asyncio.Task[None] | None = None
-        self.most_queued_seconds = 0.0
-        """The most audio a stream from Home Assistant held at once (bounded by
-        `satellite.wyoming.incoming.AHEAD_SECONDS` plus a chunk)."""
-        self._chime: asyncio.Task[None] | None = None
-        """One ring of a finished timer's chime, while it plays."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._wake_word = ""
         self._turn_audio = 0
@@ -246,7 +183,6 @@ class Daemon:
         self._speculating = False
         """Speculative work on the utterance (a pause) is in the engine's worker."""
         self._speculate_on = settings.vad.speculative
-        self._stream_ts = 0
         self.last_chunk = 0.0
         """`time.monotonic()` of the last capture chunk."""
         self.chunks = 0
@@ -265,6 +201,77 @@ class Daemon:
         self._mic_resampler = (
             None if rate == MIC_FORMAT.rate else StreamResampler(rate, MIC_FORMAT.rate)
         )
+
+    # -- the state machine ------------------------------------------------------------------
+
+    def _step(self, event: machine.Event, cause: Any = None) -> None:
+        """The one place the state changes: the machine's step for `event`, its actions done
+        in order (`cause`: what the actions need, e.g. the wake-word detection)."""
+        step = machine.transition(self.state, event)
+        if step is None:
+            return
+        for action in step.leaving:
+            self._perform(action, cause)
+        if step.state != self.state:
+            _LOG.debug("state %s -> %s on %s", self.state, step.state, type(event).__name__)
+        self.state = step.state
+        for action in step.entering:
+            self._perform(action, cause)
+
+    def _perform(self, action: Action, cause: Any) -> None:
+        if action is Action.INTERRUPT:
+            self._interrupt()
+        elif action is Action.BARGE_IN:
+            _LOG.info("wake word: barge-in, stopping the %s", self._busy_with())
+            self._interrupt()
+        elif action is Action.SILENCE_TIMER:
+            _LOG.info("wake word: silencing the timer")
+            self.bell.silence()
+        elif action is Action.IGNORE_WAKE:
+            _LOG.warning(
+                "wake word heard, but Home Assistant is not connected; nothing to stream to "
+                "(satellite.mode: local answers with the local model)"
+            )
+        elif action is Action.GREET:
+            self._greet(cause)
+        elif action is Action.OPEN_TURN:
+            self._turn_audio = 0
+            self._speech_started = False
+            self.endpointer.restart()
+        elif action is Action.RUN_PIPELINE:
+            self.pipeline.start(self._wake_word)
+        elif action is Action.STOP_STREAM:
+            self.pipeline.stop()
+        elif action is Action.VOICE_STOPPED:
+            self.server.send(VoiceStopped().event())
+        elif action is Action.RESPOND:
+            ended, decided = cause
+            speculated = self._speculating and ended.reason == "silence"
+            if not speculated:
+                self._drop_speculation()
+            self._speculating = False
+            self._turn = asyncio.create_task(self._respond(ended, decided, speculated))
+        elif action is Action.HEAR_ANSWER:
+            ended = cause[0] if cause is not None else None
+            self._turn = asyncio.create_task(self._answered(ended))
+
+    def _interrupt(self) -> None:
+        """Stop the reply being generated, the turn's task and whatever plays."""
+        self._drop_speculation()
+        if self._reply_cancel is not None:
+            self._reply_cancel()
+        if self._turn is not None and not self._turn.done():
+            self._turn.cancel()
+        self.playback.stop()
+
+    def _greet(self, detection: WakeDetection) -> None:
+        self._wake_word = detection.model
+        _LOG.info("wake word %r (p=%.2f)", detection.wake_word, detection.probability)
+        self._notify(events.WakeWordHeard(detection.model, detection.probability))
+        millis = int(detection.seconds * 1000)
+        self.server.send(Detection(name=detection.model, timestamp=millis).event())
+        if self.awake_sound is not None:
+            self.playback.play_sound(self.awake_sound)
 
     # -- live controls ----------------------------------------------------------------------
 
@@ -288,41 +295,39 @@ class Daemon:
             self.wake = detector
         elif new.sensitivity != old.sensitivity:
             self.wake.set_sensitivity(new.sensitivity)
-        changed_course = new.mode != old.mode or (new.muted and not old.muted)
-        if changed_course and (self.state != "idle" or self.playing):
-            self._interrupt()
+        if new.mode != old.mode or (new.muted and not old.muted):
+            self._step(machine.ChangeCourse(playing=self.playing))
         self.mode = new.mode
         self.backend.volume = new.volume
         self.controls = new
         self.store.save(new)
         _LOG.info("%s set to %r", name, getattr(new, name))
-        self._notify("control_changed", name=name, value=getattr(new, name))
+        self._notify(events.ControlChanged(name=name, value=getattr(new, name)))
         return new
 
     def restart_pipeline(self) -> None:
         """Start listening afresh: stop any turn, playback and ringing; forget the
         conversation and the detectors' state."""
         _LOG.info("restarting the pipeline")
-        self._interrupt()
-        if self._ring is not None and not self._ring.done():
-            self._ring.cancel()
+        self._step(machine.ChangeCourse(playing=self.playing, force=True))
+        self.bell.silence()
         self.wake.reset()
         self.endpointer.reset()
         if self.responder is not None:
             self.responder.reset()
-        self._notify("pipeline_restarted")
+        self._notify(events.PipelineRestarted())
 
     # -- observers --------------------------------------------------------------------------
 
     def observe(self, observer: Observer) -> None:
         self._observers.append(observer)
 
-    def _notify(self, kind: str, **data: Any) -> None:
+    def _notify(self, event: events.DaemonEvent) -> None:
         for observer in self._observers:
             try:
-                observer(kind, data)
+                observer(event)
             except Exception:
-                _LOG.exception("observer failed on %s", kind)
+                _LOG.exception("observer failed on %s", event.kind)
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -332,9 +337,25 @@ class Daemon:
         model may control devices."""
         if not self.allowlist:
             return None
-        from satellite.engine.template import INTERLEAVED_PROMPT
-
         return f"{INTERLEAVED_PROMPT}\n{tool_list(self.allowlist)}"
+
+    @property
+    def model_name(self) -> str:
+        """`name (variant)` of the loaded model, or `not loaded`."""
+        if self.responder is None:
+            return "not loaded"
+        manifest = self.responder.model.manifest
+        return f"{manifest.name} ({manifest.variant})"
+
+    @property
+    def timers(self) -> dict[str, Timer]:
+        """The timers Home Assistant keeps on this satellite, by id."""
+        return self.bell.timers
+
+    @property
+    def most_queued_seconds(self) -> float:
+        """The most audio a stream from Home Assistant held at once."""
+        return self.incoming.most_queued_seconds
 
     def info(self) -> Info:
         s = self.settings
@@ -392,7 +413,7 @@ class Daemon:
 
     @property
     def playing(self) -> bool:
-        return self._playback is not None and not self._playback.done()
+        return self.playback.playing
 
     async def start(self) -> None:
         """Load the model, open the audio, listen for Home Assistant, announce; then capture."""
@@ -425,10 +446,15 @@ class Daemon:
             self.settings, responder.model, responder.tokens, home_control=bool(self.allowlist)
         )
         if self.settings.mqtt.enabled:
-            from satellite.mqtt.bridge import MqttBridge
-
-            self.mqtt = MqttBridge(self)
-            await self.mqtt.start()
+            self.mqtt = bridge = MqttBridge(self)
+            if self.allowlist is not None:
+                self.devices = DeviceController(
+                    self.allowlist,
+                    publish=bridge.publish_command,
+                    event=bridge.event,
+                    confirm_seconds=self.settings.device_control.confirm_seconds,
+                )
+            await bridge.start()
         self.last_chunk = time.monotonic()
         self._capture = asyncio.create_task(self._capture_loop())
         _LOG.info(
@@ -437,7 +463,7 @@ class Daemon:
             self.mode,
             self.wake.wake_word,
         )
-        self._notify("ready", port=self.server.bound_port)  # sd_notify READY=1 (sdnotify.py)
+        self._notify(events.Ready(port=self.server.bound_port))  # READY=1 (sdnotify.py)
 
     def _expected_speed(self, bandwidth: float) -> float | None:
         """This machine's expected real-time factor with the model, its memory reading
@@ -475,13 +501,12 @@ class Daemon:
         self._stop.set()
         if self._reply_cancel is not None:
             self._reply_cancel()
-        for task in [self._capture, self._turn, self._playback, self._ring, self._chime,
-                     *self._tasks]:  # fmt: skip
-            if task is not None and not task.done():
+        tasks = [t for t in (self._capture, self._turn, self.bell.task) if t is not None]
+        for task in [*tasks, *self._tasks]:
+            if not task.done():
                 task.cancel()
-        pending = [t for t in [self._capture, self._turn, self._playback, self._ring,
-                               self._chime] if t]  # fmt: skip
-        await asyncio.gather(*pending, *self._tasks, return_exceptions=True)
+        tasks += self.playback.cancel_all()
+        await asyncio.gather(*tasks, *self._tasks, return_exceptions=True)
         if self.mqtt is not None:
             await self.mqtt.stop()
         if self.announcer is not None:
@@ -504,7 +529,7 @@ class Daemon:
             raise
         except Exception as err:
             _LOG.error("audio capture failed: %s", err)
-            self._notify("error", where="audio", message=str(err))
+            self._notify(events.Failure(where="audio", message=str(err)))
         self._input_ended = True
         if self._stop.is_set():
             return
@@ -516,7 +541,8 @@ class Daemon:
         """Until no turn, stream or playback is in progress (bounded by `timeout`)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            busy = [t for t in (self._turn, self._playback, self._ring) if t and not t.done()]
+            busy = [t for t in (self._turn, self.playback.task, self.bell.task)
+                    if t and not t.done()]  # fmt: skip
             if self.state in ("listening", "streaming") and not self._input_ended:
                 await asyncio.sleep(0.02)
                 continue
@@ -524,7 +550,7 @@ class Daemon:
                 return
             await asyncio.wait(busy, timeout=max(0.0, deadline - time.monotonic()))
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -538,22 +564,26 @@ class Daemon:
         self.chunks += 1
         self.input_jitter.add(chunk.shape[0], now)
         pcm = self._to_16k(chunk)
-        if self.controls.muted:
-            return
-        gated = self.playing and not self.settings.audio.barge_in
-        if not gated:
+        route = machine.routing(
+            muted=self.controls.muted,
+            playing=self.playing,
+            barge_in=self.settings.audio.barge_in,
+        )
+        if route.wake_word:
             for detection in self.wake.process(pcm):
                 self._on_wake(detection)
-        events = self.endpointer.process(pcm)
-        if self.state not in ("listening", "streaming", "confirming"):
+        if not route.endpointer:
+            return
+        found = self.endpointer.process(pcm)
+        if self.state not in machine.LISTENING_STATES:
             return
         self._turn_audio += len(pcm) // 2
         if self.state == "streaming":
-            self._stream_chunk(pcm)
-        for event in events:
+            self.pipeline.chunk(pcm)
+        for event in found:
             if isinstance(event, SpeechStarted):
                 self._speech_started = True
-                self._notify("speech_started")
+                self._notify(events.SpeechStarted())
                 if self.mode == "local":
                     self.server.send(VoiceStarted().event())
             elif isinstance(event, PauseStarted):
@@ -574,11 +604,7 @@ class Daemon:
         if not self._speech_started and self._turn_audio > 16000 * wait:
             _LOG.info("no speech %.0f s after the %s; listening for the wake word again",
                       wait, "question" if confirming else "wake word")  # fmt: skip
-            if self.state == "streaming":
-                self.server.send(AudioStop().event())
-            self.state = "idle"
-            if confirming:
-                self._turn = asyncio.create_task(self._answered(None))
+            self._step(machine.NoSpeech())
 
     def _to_16k(self, chunk: Int16Array) -> bytes:
         if self._mic_resampler is None:
@@ -587,93 +613,27 @@ class Daemon:
         return float_to_pcm16(self._mic_resampler.process(audio))
 
     def _on_wake(self, detection: WakeDetection) -> None:
-        if self._ring is not None and not self._ring.done():
-            _LOG.info("wake word: silencing the timer")
-            self._ring.cancel()  # its chime stops with it; other sound plays on
-            return
-        if self.mode == "ha" and not self.server.connected:
-            _LOG.warning(
-                "wake word heard, but Home Assistant is not connected; nothing to stream to "
-                "(satellite.mode: local answers with the local model)"
-            )
-            return
-        if self.state != "idle" or self.playing:
-            _LOG.info("wake word: barge-in, stopping the %s", self._busy_with())
-            self._interrupt()
-        self._wake_word = detection.model
-        self._turn_audio = 0
-        self._speech_started = False
-        self.endpointer.restart()
-        _LOG.info("wake word %r (p=%.2f)", detection.wake_word, detection.probability)
-        self._notify("wake", wake_word=detection.model, probability=detection.probability)
-        millis = int(detection.seconds * 1000)
-        self.server.send(Detection(name=detection.model, timestamp=millis).event())
-        if self.awake_sound is not None:
-            self._play_sound(self.awake_sound)
-        if self.mode == "ha":
-            self.state = "streaming"
-            self._stream_ts = 0
-            self.server.send(
-                RunPipeline(
-                    start_stage=PipelineStage.ASR,
-                    end_stage=PipelineStage.TTS,
-                    wake_word_name=detection.model,
-                    restart_on_end=False,
-                ).event()
-            )
-        else:
-            self.state = "listening"
+        wake = machine.WakeWord(
+            mode=self.mode,
+            ha_connected=self.server.connected,
+            ringing=self.bell.ringing,
+            playing=self.playing,
+        )
+        self._step(wake, detection)
 
     def _busy_with(self) -> str:
-        if self.state == "responding" or self._playback_kind == "reply":
+        if self.state == "responding" or self.playback.kind == "reply":
             return "reply"
         if self.state == "streaming":
             return "stream to Home Assistant"
-        return self._playback_kind or "turn"
-
-    def _interrupt(self) -> None:
-        """Stop the turn, the reply being generated and whatever plays."""
-        self._drop_speculation()
-        if self.state == "streaming":
-            self.server.send(AudioStop().event())
-        if self._reply_cancel is not None:
-            self._reply_cancel()
-        if self._turn is not None and not self._turn.done():
-            self._turn.cancel()
-        self._stop_playback()
-        self.state = "idle"
-
-    def _stream_chunk(self, pcm: bytes) -> None:
-        chunk = AudioChunk(
-            rate=MIC_FORMAT.rate,
-            width=MIC_FORMAT.width,
-            channels=MIC_FORMAT.channels,
-            audio=pcm,
-            timestamp=self._stream_ts,
-        )
-        self._stream_ts += len(pcm) * 1000 // (2 * MIC_FORMAT.rate)
-        self.server.send(chunk.event())
+        return self.playback.kind or "turn"
 
     def _on_utterance(self, ended: UtteranceEnded) -> None:
         decided = time.monotonic()
         seconds = len(ended.audio) / 2 / MIC_FORMAT.rate
         _LOG.info("utterance: %.2f s (%s)", seconds, ended.reason)
-        self._notify("utterance", seconds=seconds, reason=ended.reason)
-        if self.state == "streaming":
-            self.server.send(AudioStop(timestamp=self._stream_ts).event())
-            self.state = "idle"
-            return
-        self.server.send(VoiceStopped().event())
-        if self.state == "confirming":
-            self.state = "responding"
-            self._turn = asyncio.create_task(self._answered(ended))
-            return
-        self.state = "responding"
-        speculated = self._speculating and ended.reason == "silence"
-        if not speculated:
-            self._drop_speculation()
-        self._speculating = False
-        self._turn = asyncio.create_task(self._respond(ended, decided, speculated))
+        self._notify(events.UtteranceHeard(seconds=seconds, reason=ended.reason))
+        self._step(machine.UtteranceEnd(), (ended, decided))
 
     # -- local turn -------------------------------------------------------------------------
 
@@ -692,7 +652,7 @@ class Daemon:
             assert self.responder is not None and pause is not None
             self.responder.speculate(pcm_to_float(pcm, 2, 1))
             await asyncio.sleep(pause)
-        self.state = "responding"
+        self._step(machine.Speak())
         self._turn = asyncio.create_task(self._respond(ended, time.monotonic(), speculated))
         await self._turn
         return self.turns[-1]
@@ -727,14 +687,14 @@ class Daemon:
                     said += event.text
                     queue.put_nowait(TextProgress(len(said), event.complete))
                     if event.text:
-                        self._notify("reply_text", text=event.text)
+                        self._notify(events.ReplyText(text=event.text))
                     if blocked is None and (term := self.text_filter.blocked(said)):
                         blocked = term
                         reply.cancel()
-                        self._stop_playback()
+                        self.playback.stop()
                         _LOG.warning("reply stopped: it contained the blocked term %r", term)
-                        self._notify("error", where="safety",
-                                     message=f"reply stopped: blocked term {term!r}")  # fmt: skip
+                        self._notify(events.Failure(where="safety",
+                                     message=f"reply stopped: blocked term {term!r}"))  # fmt: skip
                 elif isinstance(event, ReplyDone):
                     done = event
             queue.put_nowait(None)
@@ -742,15 +702,13 @@ class Daemon:
         except asyncio.CancelledError:
             reply.cancel()
             self.interrupted += 1
-            self._notify("turn_interrupted")
+            self._notify(events.TurnInterrupted())
             raise
         finally:
             self._reply_cancel = None
-            if self.state == "responding":
-                self.state = "idle"
+            self._step(machine.Spoken())
         assert done is not None
-        played = _result(playback)
-        self._finish_turn(ended, decided, played, done, blocked)
+        self._finish_turn(ended, decided, playback, done, blocked)
         if done.error is None and blocked is None:
             await self.act_on(done.text)
 
@@ -760,28 +718,22 @@ class Daemon:
         """The tool calls in a reply's text: each is sent, refused or held for a spoken yes
         (see `satellite.mqtt.devices`), and the outcome is said. With one held, the satellite
         listens for the answer without a wake word."""
-        devices = self.mqtt.devices if self.mqtt is not None else None
+        devices = self.devices
         if devices is None:
             return
-        self.state = "responding"
+        self._step(machine.Speak())
+        confirm = False
         try:
             for outcome in devices.handle(text):
                 _LOG.info("device control: %s (%s)", outcome.kind, outcome.reason or outcome.say)
                 await self.say(outcome.say)
+            confirm = devices.waiting
         finally:
-            if self.state == "responding":
-                self.state = "idle"
-        if devices.waiting and self.state == "idle":
-            self.state = "confirming"
-            self._turn_audio = 0
-            self._speech_started = False
-            self.endpointer.restart()
+            self._step(machine.Spoken(confirm=confirm))
 
     async def _answered(self, ended: UtteranceEnded | None) -> None:
         """The user's answer to a confirmation question (None: none came in time)."""
-        assert self.responder is not None and self.mqtt is not None
-        devices = self.mqtt.devices
-        assert devices is not None
+        assert self.responder is not None and self.devices is not None
         text = ""
         if ended is not None:
             heard = self.responder.transcribe(pcm_to_float(ended.audio, 2, 1))
@@ -789,21 +741,20 @@ class Daemon:
                 pass
             text = heard.done.text if heard.done is not None else ""
         _LOG.info("confirmation answer: %r", text)
-        self._notify("confirmation", transcript=text)
-        self.state = "responding"
+        self._notify(events.ConfirmationHeard(transcript=text))
+        self._step(machine.Speak())
         try:
-            for outcome in devices.confirm(text):
+            for outcome in self.devices.confirm(text):
                 await self.say(outcome.say)
         finally:
-            if self.state == "responding":
-                self.state = "idle"
+            self._step(machine.Spoken())
 
     async def say(self, text: str) -> None:
         """Speak `text` with the model's text to speech (the current voice), streamed."""
         if not text or self.responder is None:
             return
         _LOG.info("saying: %r", text)
-        self._notify("said", text=text)
+        self._notify(events.Said(text=text))
         reply = self.responder.speak(text, self.controls.voice)
         self._reply_cancel = reply.cancel
         queue: asyncio.Queue[Item] = asyncio.Queue()
@@ -825,83 +776,49 @@ class Daemon:
         self,
         ended: UtteranceEnded,
         decided: float,
-        played: PlaybackReport | None,
+        playback: asyncio.Task[Any],
         done: ReplyDone,
         blocked: str | None = None,
     ) -> None:
         problems = tuple(self.audio_check.reply_problems())
         if problems:
             _LOG.warning("generated audio fixed before playback: %s", "; ".join(problems))
-        played = played or PlaybackReport()
-        first_audio = played.first_played
-        ttfa = None if first_audio is None else first_audio - decided
-        engine = done.engine_first_audio
-        delay = played.start_delay
-        report = TurnReport(
-            wake_word=self._wake_word,
-            utterance_seconds=len(ended.audio) / 2 / MIC_FORMAT.rate,
-            end_reason=ended.reason,
-            reply_text=done.text,
-            reply_reason="blocked" if blocked else done.reason,
-            reply_audio_seconds=done.audio_seconds,
-            frames=done.frames,
-            skipped_frames=done.skipped,
-            time_to_first_audio=ttfa,
-            engine_first_audio=engine,
-            overhead=None if ttfa is None or engine is None else ttfa - engine - (delay or 0.0),
-            engine_seconds=done.engine_seconds,
-            total_seconds=time.monotonic() - decided,
-            error=done.error,
-            audio_problems=problems,
-            blocked_term=blocked,
-            start_delay=delay,
-            underruns=played.underruns,
-            holds=played.holds,
-            generation_rtf=played.rtf,
+        played = _result(playback)
+        report = turn_report(
+            self._wake_word, ended, decided, time.monotonic(), played, done, blocked, problems
         )
         self.turns.append(report)
         if done.error:
             _LOG.error("the local model failed on this turn: %s", done.error)
-            self._notify("error", where="engine", message=done.error)
+            self._notify(events.Failure(where="engine", message=done.error))
         _LOG.info(
             "reply: %r (%s); %.2f s of audio, first audio after %s (engine %s)",
             done.text,
             done.reason,
             done.audio_seconds,
-            _ms(ttfa),
-            _ms(engine),
+            _ms(report.time_to_first_audio),
+            _ms(report.engine_first_audio),
         )
-        if played.underruns:
+        if report.underruns:
             _LOG.warning(
-                "the reply broke up %d time(s) while playing (underruns)", played.underruns
+                "the reply broke up %d time(s) while playing (underruns)", report.underruns
             )
-        if delay and delay > SLOW_START_SECONDS and played.rtf is not None:
+        delay, rtf = report.start_delay, report.generation_rtf
+        if delay and delay > SLOW_START_SECONDS and rtf is not None:
             _LOG.info("the reply waited %s before playing: the model made its audio at %.2fx "
-                      "real time on this machine", _ms(delay), played.rtf)  # fmt: skip
-        if played.rtf is not None and played.rtf > 1.0 and not self._slow_told:
+                      "real time on this machine", _ms(delay), rtf)  # fmt: skip
+        if rtf is not None and rtf > 1.0 and not self._slow_told:
             self._slow_told = True
             variant = self.responder.model.manifest.variant if self.responder else None
-            _LOG.warning("measured: %s", costmodel.advice(played.rtf, variant, measured=True))
+            _LOG.warning("measured: %s", costmodel.advice(rtf, variant, measured=True))
         self.server.send(Played().event())
-        self._notify("turn_finished", report=report)
+        self._notify(events.TurnFinished(report=report))
 
     # -- playback ---------------------------------------------------------------------------
 
     def _sound_at_output(self, sound: Sound) -> np.ndarray:
-        from satellite.audio.convert import resample
-
         rate = self.responder.sample_rate if self.responder is not None else sound.rate
         return resample(sound.samples, sound.rate, rate)
-
-    def _start_playback(self, kind: str, coro: Any) -> asyncio.Task[Any]:
-        """Play `coro` in place of what plays now. A timer's chime ring playing now is cut
-        (the ring goes on after): overlapping sounds follow one rule, a chime never plays
-        over other sound and never cuts it (`_ring_timer`)."""
-        self._stop_playback()
-        self._cut_chime()
-        self._playback_kind = kind
-        self._playback = task = asyncio.create_task(coro)
-        return task
 
     def _start_player(
         self, kind: str, queue: asyncio.Queue[Item], chunk: float = 0.0
@@ -917,34 +834,13 @@ class Daemon:
             chunk=chunk,
             jitter=self.playback_jitter,
         )
-        return self._start_playback(kind, player.run(queue))
-
-    def _stop_playback(self) -> None:
-        if self._playback is not None and not self._playback.done():
-            self._playback.cancel()
-            self.backend.stop_playback()
-        self._playback = None
-        self._playback_kind = ""
-
-    def _cut_chime(self) -> None:
-        if self._chime is not None and not self._chime.done():
-            self._chime.cancel()
-            self.backend.stop_playback()
-        self._chime = None
-
-    def _play_sound(self, sound: Sound) -> None:
-        async def play() -> None:
-            await self.backend.play(sound.samples, sound.rate)
-            await self.backend.drain()
-
-        if not self.playing:
-            self._start_playback("sound", play())
+        return self.playback.start(kind, player.run(queue))
 
     # -- Home Assistant ---------------------------------------------------------------------
 
     def on_connected(self) -> None:
         self._unmute_from_home_assistant()
-        self._notify("ha_connected")
+        self._notify(events.HomeAssistantConnected())
 
     def _unmute_from_home_assistant(self) -> None:
         """`run-satellite`: Home Assistant's Mute switch is off (it connects only then). A
@@ -956,17 +852,14 @@ class Daemon:
     def on_disconnected(self, reason: str) -> None:
         if self.state == "streaming":
             _LOG.warning("Home Assistant went away while audio was streaming to it")
-            self.state = "idle"
-        if self._ha_audio is not None:
-            self._ha_audio.end("disconnected")
-            self._ha_audio = None
-        self._notify("ha_disconnected", reason=reason)
+        self._step(machine.PipelineEnd())
+        self.incoming.end("disconnected")
+        self._notify(events.HomeAssistantDisconnected(reason=reason))
 
     async def room(self) -> None:
         """Return once the stream Home Assistant is sending can take more (the server does
         not read the connection meanwhile: backpressure, `satellite.wyoming.incoming`)."""
-        if self._ha_audio is not None:
-            await self._ha_audio.room()
+        await self.incoming.room()
 
     def on_event(self, event: Event) -> None:
         kind = event.type
@@ -979,148 +872,31 @@ class Daemon:
                           "satellite again or MQTT unmutes it")  # fmt: skip
                 self.set_control("muted", True, source="home_assistant")
         elif AudioStart.is_type(kind):
-            self._ha_audio_start(AudioStart.from_event(event))
+            self.incoming.start(
+                AudioStart.from_event(event), "tts" if self.mode == "ha" else "announcement"
+            )
         elif AudioChunk.is_type(kind):
-            self._ha_audio_chunk(AudioChunk.from_event(event))
+            self.incoming.chunk(AudioChunk.from_event(event))
         elif AudioStop.is_type(kind):
-            if self._ha_audio is not None:
-                self._ha_audio.end("complete")
-                self._ha_audio = None
+            self.incoming.end("complete")
         elif VoiceStopped.is_type(kind) or Transcript.is_type(kind) or Error.is_type(kind):
             if Transcript.is_type(kind):
                 text = Transcript.from_event(event).text
                 _LOG.info("Home Assistant heard: %r", text)
-                self._notify("ha_transcript", text=text)
+                self._notify(events.HomeAssistantTranscript(text=text))
             elif Error.is_type(kind):
                 error = Error.from_event(event)
                 _LOG.warning("Home Assistant pipeline error: %s (%s)", error.text, error.code)
-                self._notify("error", where="home_assistant", message=error.text)
-            if self.state == "streaming":
-                self.server.send(AudioStop(timestamp=self._stream_ts).event())
-                self.state = "idle"
+                self._notify(events.Failure(where="home_assistant", message=error.text))
+            self._step(machine.PipelineEnd())
         elif Synthesize.is_type(kind):
             text = Synthesize.from_event(event).text
             _LOG.info("Home Assistant replies: %r", text)
-            self._notify("ha_reply", text=text)
+            self._notify(events.HomeAssistantReply(text=text))
         elif kind.startswith("timer-"):
-            self._on_timer(event)
+            self.bell.on_event(event)
         else:
             _LOG.debug("from Home Assistant: %s", kind)
-
-    def _ha_audio_start(self, start: AudioStart) -> None:
-        if self._ha_audio is not None:
-            self._ha_audio.end("replaced")
-            self._ha_audio = None
-        kind = "tts" if self.mode == "ha" else "announcement"
-        try:
-            incoming = IncomingAudio(start.rate, start.width, start.channels)
-        except StreamFormatError as err:
-            _LOG.warning("Home Assistant's %s not played: %s", kind, err)
-            self.server.send(Error(text=f"{err}; not played", code="audio-format").event())
-            return
-        self._ha_audio = incoming
-        self._start_playback(kind, self._play_incoming(kind, incoming))
-
-    async def _play_incoming(self, kind: str, incoming: IncomingAudio) -> None:
-        lost_before = self.backend.stats().lost
-        try:
-            async for samples in incoming.samples():
-                await self.backend.play(samples, incoming.rate)
-                # the speaker's queue, too, holds at most `ahead_seconds`: what is queued
-                # beyond it plays out first (a speaker's buffer can be far larger)
-                excess = self.backend.queued / self.backend.output_rate - incoming.ahead_seconds
-                if excess > 0:
-                    await asyncio.sleep(excess)
-            await self.backend.drain()
-        finally:
-            incoming.end("stopped")  # cut (barge-in, another sound): the rest is dropped
-            self.most_queued_seconds = max(self.most_queued_seconds, incoming.most_queued_seconds)
-            if self._ha_audio is incoming:
-                self._ha_audio = None
-        played = f"{incoming.received_seconds:.1f} s"
-        if incoming.ending == "stalled":
-            _LOG.warning("Home Assistant's %s stopped arriving (no audio for %g s); ended "
-                         "after %s", kind, incoming.stall_seconds, played)  # fmt: skip
-        elif incoming.ending == "disconnected":
-            _LOG.warning("Home Assistant disconnected during its %s; played the %s that had "
-                         "arrived", kind, played)  # fmt: skip
-        else:
-            self.server.send(Played().event())
-        lost = (self.backend.stats().lost - lost_before) / self.backend.output_rate
-        if lost:
-            _LOG.warning("%.1f s of Home Assistant's %s was lost: the audio output died while "
-                         "it played", lost, kind)  # fmt: skip
-        self._notify("played", what=kind, seconds=round(incoming.received_seconds, 2),
-                     ending=incoming.ending, lost_seconds=round(lost, 2))  # fmt: skip
-
-    def _ha_audio_chunk(self, chunk: AudioChunk) -> None:
-        incoming = self._ha_audio
-        if incoming is None:
-            return  # stopped (barge-in) or no audio-start: dropped
-        if not incoming.put(chunk.audio, chunk.width, chunk.channels):
-            text = f"audio longer than {incoming.most_seconds:g} s: the rest is not played"
-            _LOG.warning("Home Assistant's audio stream: %s", text)
-            self.server.send(Error(text=text, code="audio-too-long").event())
-
-    def _on_timer(self, event: Event) -> None:
-        kind = event.type
-        _check_timer(kind, event.data)
-        if TimerStarted.is_type(kind):
-            started = TimerStarted.from_event(event)
-            self.timers[started.id] = Timer(started.id, started.name, started.total_seconds)
-            _LOG.info("timer %s started: %d s", started.name or started.id, started.total_seconds)
-        elif TimerUpdated.is_type(kind):
-            updated = TimerUpdated.from_event(event)
-            timer = self.timers.get(updated.id)
-            if timer is not None:
-                timer.active, timer.total_seconds = updated.is_active, updated.total_seconds
-        elif TimerCancelled.is_type(kind):
-            cancelled = TimerCancelled.from_event(event)
-            self.timers.pop(cancelled.id, None)
-            if self._ring is not None and getattr(self._ring, "timer_id", None) == cancelled.id:
-                self._ring.cancel()  # its chime stops with it; other sound plays on
-        elif TimerFinished.is_type(kind):
-            finished = TimerFinished.from_event(event)
-            timer = self.timers.pop(finished.id, None)
-            name = timer.name if timer is not None and timer.name else finished.id
-            _LOG.info("timer %s finished; ringing until the wake word is heard", name)
-            self._notify("timer_finished", id=finished.id, name=name)
-            if self._ring is not None and not self._ring.done():
-                self._ring.cancel()
-            self._ring = asyncio.create_task(self._ring_timer())
-            self._ring.timer_id = finished.id  # type: ignore[attr-defined]
-
-    async def _ring_timer(self) -> None:
-        """The chime, once per its own length, until cancelled, or until it has rung for
-        `timer_ring_seconds` or MAX_RINGS times (paced by the clock, so a backend that plays
-        faster than real time does not ring any more often). A ring waits for whatever else
-        plays to end; something that starts playing cuts the ring playing then
-        (`_start_playback`), and the ring after it comes once that has played."""
-        ring_seconds = self.settings.audio.timer_ring_seconds
-        sound = self.timer_sound
-        period = max(sound.seconds, 0.1)
-        rung = 0.0
-        try:
-            for _ in range(MAX_RINGS):
-                if rung >= ring_seconds:
-                    _LOG.info("the timer rang for %.0f s; stopping", ring_seconds)
-                    break
-                if self._playback is not None and not self._playback.done():
-                    _LOG.info("the timer's chime waits for the %s to end", self._playback_kind)
-                    await asyncio.wait([self._playback])
-                    continue
-                started = time.monotonic()
-                self._chime = asyncio.create_task(self._play_chime(sound))
-                await asyncio.wait([self._chime])
-                rung += period
-                await asyncio.sleep(max(0.0, started + period - time.monotonic()))
-        finally:
-            self._cut_chime()
-            self._notify("timer_silenced")
-
-    async def _play_chime(self, sound: Sound) -> None:
-        await self.backend.play(sound.samples, sound.rate)
-        await self.backend.drain()
 
 
 OPEN_FILES = 4096
@@ -1140,20 +916,6 @@ def raise_open_files_limit(want: int = OPEN_FILES) -> int:
         except (OSError, ValueError) as err:
             _LOG.debug("open-file limit stays at %d: %s", soft, err)
     return soft
-
-
-def _check_timer(kind: str, data: dict[str, Any]) -> None:
-    """A timer event's `id` is text and its `total_seconds` (where it has one) a whole number
-    of seconds; ValueError naming the field if not (the server answers with an `error`)."""
-    timer_id = data.get("id")
-    if not isinstance(timer_id, str) or not 0 < len(timer_id) <= 200:
-        raise ValueError(f"{kind}: id must be text (1 to 200 characters), "
-                         f"not {str(timer_id)[:40]!r}")  # fmt: skip
-    if kind in ("timer-started", "timer-updated"):
-        value = data.get("total_seconds")
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10**9:
-            raise ValueError(f"{kind}: total_seconds must be a whole number of seconds, "
-                             f"not {str(value)[:40]!r}")  # fmt: skip
 
 
 def _result(task: asyncio.Task[Any]) -> Any:

@@ -1,0 +1,210 @@
+"""The daemon's turn state machine on its own (`satellite.daemon.machine`): barge-in, mic
+gating, pause, confirmation and Home Assistant streaming, driven event by event without
+audio, sockets or a clock. The real-time tests beside it (test_satellite_daemon,
+test_satellite_wyoming, test_device_control, test_satellite_faults) drive the same paths
+through a running daemon."""
+
+from __future__ import annotations
+
+import itertools
+from typing import get_args
+
+import pytest
+
+from satellite.daemon.machine import (
+    ENTRY,
+    EXIT,
+    LISTENING_STATES,
+    Action,
+    ChangeCourse,
+    Event,
+    NoSpeech,
+    PipelineEnd,
+    Speak,
+    Spoken,
+    State,
+    Step,
+    UtteranceEnd,
+    WakeWord,
+    routing,
+    transition,
+)
+
+A = Action
+STATES: tuple[State, ...] = get_args(State)
+
+
+def wake(mode: str = "local", *, connected: bool = True, ringing: bool = False,
+         playing: bool = False) -> WakeWord:  # fmt: skip
+    return WakeWord(mode=mode, ha_connected=connected, ringing=ringing, playing=playing)
+
+
+EVENTS: list[Event] = [
+    wake(),
+    wake("ha"),
+    wake("ha", connected=False),
+    wake(ringing=True),
+    wake(playing=True),
+    UtteranceEnd(),
+    NoSpeech(),
+    PipelineEnd(),
+    Speak(),
+    Spoken(),
+    Spoken(confirm=True),
+    ChangeCourse(playing=False),
+    ChangeCourse(playing=True),
+    ChangeCourse(playing=False, force=True),
+]
+
+
+def run(state: State, *events: Event) -> tuple[State, list[Action]]:
+    """Drive the machine; the state reached and every action, in order."""
+    done: list[Action] = []
+    for event in events:
+        step = transition(state, event)
+        if step is not None:
+            state = step.state
+            done += step.actions
+    return state, done
+
+
+def test_the_wake_word_opens_a_local_turn() -> None:
+    assert transition("idle", wake()) == Step("listening", (A.GREET,), (A.OPEN_TURN,))
+
+
+def test_the_wake_word_in_ha_mode_starts_the_pipeline() -> None:
+    step = transition("idle", wake("ha"))
+    assert step == Step("streaming", (A.GREET,), (A.OPEN_TURN, A.RUN_PIPELINE))
+
+
+def test_without_home_assistant_the_wake_word_in_ha_mode_is_ignored() -> None:
+    for state in STATES:
+        assert transition(state, wake("ha", connected=False)) == Step(state, (A.IGNORE_WAKE,), ())
+
+
+def test_a_ringing_timer_is_only_silenced() -> None:
+    for state, mode in itertools.product(STATES, ("local", "ha")):
+        event = wake(mode, ringing=True, playing=True)
+        assert transition(state, event) == Step(state, (A.SILENCE_TIMER,), ())
+
+
+@pytest.mark.parametrize("state", ["listening", "responding", "confirming"])
+def test_barge_in_stops_what_is_going_on_then_opens_a_turn(state: State) -> None:
+    step = transition(state, wake())
+    assert step == Step("listening", (A.BARGE_IN, A.GREET), (A.OPEN_TURN,))
+
+
+def test_barge_in_over_something_playing_while_idle() -> None:
+    assert transition("idle", wake(playing=True)).actions == (A.BARGE_IN, A.GREET, A.OPEN_TURN)
+    assert A.BARGE_IN not in transition("idle", wake(playing=False)).actions
+
+
+def test_barge_in_while_streaming_stops_that_stream_and_starts_another() -> None:
+    step = transition("streaming", wake("ha"))
+    assert step == Step(
+        "streaming",
+        (A.STOP_STREAM, A.BARGE_IN, A.GREET),
+        (A.OPEN_TURN, A.RUN_PIPELINE),
+    )
+
+
+def test_leaving_streaming_always_tells_home_assistant_the_audio_stopped() -> None:
+    left = 0
+    for event in EVENTS:
+        step = transition("streaming", event)
+        if step is None or step.actions in ((A.IGNORE_WAKE,), (A.SILENCE_TIMER,)):
+            continue
+        left += 1
+        assert step.leaving[0] is A.STOP_STREAM, event
+        assert step.actions.count(A.STOP_STREAM) == 1, event
+    assert left >= 6
+
+
+def test_audio_stop_is_sent_only_when_leaving_streaming() -> None:
+    for state, event in itertools.product(STATES, EVENTS):
+        step = transition(state, event)
+        if step is not None and A.STOP_STREAM in step.actions:
+            assert state == "streaming", (state, event)
+
+
+def test_entering_a_listening_state_always_opens_the_turn() -> None:
+    for state, event in itertools.product(STATES, EVENTS):
+        step = transition(state, event)
+        if step is None or step.leaving in ((A.IGNORE_WAKE,), (A.SILENCE_TIMER,)):
+            continue
+        assert step.entering == ENTRY[step.state], (state, event)
+        assert (A.OPEN_TURN in step.entering) == (step.state in LISTENING_STATES)
+        assert step.leaving[: len(EXIT[state])] == EXIT[state]
+
+
+def test_the_end_of_speech() -> None:
+    assert transition("listening", UtteranceEnd()) == Step(
+        "responding", (A.VOICE_STOPPED, A.RESPOND), ()
+    )
+    assert transition("streaming", UtteranceEnd()) == Step("idle", (A.STOP_STREAM,), ())
+    assert transition("confirming", UtteranceEnd()) == Step(
+        "responding", (A.VOICE_STOPPED, A.HEAR_ANSWER), ()
+    )
+    for state in ("idle", "responding"):
+        assert transition(state, UtteranceEnd()) is None
+
+
+def test_no_speech_drops_the_turn() -> None:
+    assert transition("listening", NoSpeech()) == Step("idle", (), ())
+    assert transition("streaming", NoSpeech()) == Step("idle", (A.STOP_STREAM,), ())
+    # a confirmation nobody answered is answered "no" (the held action is dropped)
+    assert transition("confirming", NoSpeech()) == Step("idle", (A.HEAR_ANSWER,), ())
+    assert transition("responding", NoSpeech()) is None
+
+
+def test_home_assistant_ends_the_stream() -> None:
+    assert transition("streaming", PipelineEnd()) == Step("idle", (A.STOP_STREAM,), ())
+    for state in ("idle", "listening", "responding", "confirming"):
+        assert transition(state, PipelineEnd()) is None
+
+
+def test_a_reply_ends_in_idle_unless_a_barge_in_moved_on() -> None:
+    assert run("listening", UtteranceEnd(), Spoken()) == ("idle", [A.VOICE_STOPPED, A.RESPOND])
+    # the wake word during the reply: the end of the cut reply changes nothing
+    state, actions = run("responding", wake(), Spoken())
+    assert state == "listening" and actions[-1] is A.OPEN_TURN
+
+
+def test_a_confirmation_round() -> None:
+    state, actions = run(
+        "idle",
+        wake(),  # "turn on the kitchen light... and unlock the front door"
+        UtteranceEnd(),
+        Spoken(),  # the reply played; then the device actions are said
+        Speak(),
+        Spoken(confirm=True),  # "do you really want to unlock the front door?"
+    )
+    assert state == "confirming" and actions[-1] is A.OPEN_TURN
+    state, actions = run(state, UtteranceEnd(), Speak(), Spoken())  # "yes"; "done"
+    assert state == "idle" and actions == [A.VOICE_STOPPED, A.HEAR_ANSWER]
+
+
+def test_a_change_of_course_interrupts_only_a_busy_satellite() -> None:
+    """Muting (Home Assistant's pause), a new mode: interrupt when something goes on."""
+    assert transition("idle", ChangeCourse(playing=False)) is None
+    assert transition("idle", ChangeCourse(playing=True)) == Step("idle", (A.INTERRUPT,), ())
+    assert transition("responding", ChangeCourse(playing=False)) == Step("idle", (A.INTERRUPT,), ())
+    assert transition("streaming", ChangeCourse(playing=False)) == Step(
+        "idle", (A.STOP_STREAM, A.INTERRUPT), ()
+    )
+    # a pipeline restart always clears the decks
+    assert transition("idle", ChangeCourse(playing=False, force=True)) == Step(
+        "idle", (A.INTERRUPT,), ()
+    )
+
+
+def test_mic_gating_and_mute() -> None:
+    assert routing(muted=True, playing=False, barge_in=True) == routing(
+        muted=True, playing=True, barge_in=False
+    )
+    muted = routing(muted=True, playing=False, barge_in=True)
+    assert not muted.wake_word and not muted.endpointer
+    gated = routing(muted=False, playing=True, barge_in=False)
+    assert not gated.wake_word and gated.endpointer
+    assert routing(muted=False, playing=True, barge_in=True).wake_word
+    assert routing(muted=False, playing=False, barge_in=False).wake_word
