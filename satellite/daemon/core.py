@@ -161,7 +161,9 @@ class Daemon:
         self.state: State = "idle"
         """Set only by `_step` (see `satellite.daemon.machine`)."""
         self.playback = Playback(self.backend)
-        self.bell = TimerBell(self.playback, self.timer_sound, audio.timer_ring_seconds, self._notify)
+        self.bell = TimerBell(
+            self.playback, self.timer_sound, audio.timer_ring_seconds, self._notify
+        )
         self.incoming = IncomingPlayer(self.playback, self.server.send, self._notify)
         """What Home Assistant streams to be played."""
         self.pipeline = PipelineStream(self.server.send)
