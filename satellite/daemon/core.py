@@ -20,7 +20,7 @@ and the VAD take well under a millisecond per 20 ms chunk):
   Assistant until the local endpointer hears the end of speech (`audio-stop`), or Home
   Assistant says it has heard enough (`voice-stopped`, `transcript`, `error`). Its reply comes
   back as `audio-start/chunk/stop` and is played, then `played` is sent.
-- **confirming**: a device action waits for a spoken yes (`satellite.mqtt.devices`); the
+- **confirming**: a device action waits for a spoken yes (`satellite.devices.control`); the
   answer is heard without a wake word.
 - Announcements (`audio-start/chunk/stop` outside a turn) are played the same way; `timer-*`
   events keep a list of timers, and a finished one rings until the wake word is heard, Home
@@ -81,11 +81,11 @@ from satellite.daemon.machine import Action, State
 from satellite.daemon.playback import Playback
 from satellite.daemon.report import TurnReport, turn_report
 from satellite.daemon.timers import Timer, TimerBell
+from satellite.devices.control import DeviceController, Entity, load_allowlist, tool_list
 from satellite.engine import costmodel
 from satellite.engine.framebatch import BATCH_FRAMES
 from satellite.engine.template import INTERLEAVED_PROMPT
 from satellite.mqtt.bridge import MqttBridge
-from satellite.mqtt.devices import DeviceController, Entity, load_allowlist, tool_list
 from satellite.reply import ReplyAudio, ReplyDone, ReplyText, Responder
 from satellite.safety.audio import AudioCheck
 from satellite.safety.text import TextFilter
@@ -718,7 +718,7 @@ class Daemon:
 
     async def act_on(self, text: str) -> None:
         """The tool calls in a reply's text: each is sent, refused or held for a spoken yes
-        (see `satellite.mqtt.devices`), and the outcome is said. With one held, the satellite
+        (see `satellite.devices.control`), and the outcome is said. With one held, the satellite
         listens for the answer without a wake word."""
         devices = self.devices
         if devices is None:

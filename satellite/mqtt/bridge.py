@@ -151,7 +151,7 @@ class MqttBridge:
         self.link.publish(self.topics.event, {"event_type": event_type, **data}, qos=1)
 
     def publish_command(self, topic: str, payload: str) -> None:
-        """A device command (`satellite.mqtt.devices`), at least once."""
+        """A device command (`satellite.devices.control`), at least once."""
         self.link.publish(topic, payload, qos=1)
 
     async def _health_loop(self) -> None:

@@ -39,8 +39,8 @@ from typing import Any, Literal
 
 import yaml
 
+from satellite.devices.toolcalls import ToolCall, parse_tool_calls
 from satellite.errors import UserError
-from satellite.mqtt.toolcalls import ToolCall, parse_tool_calls
 
 SENSITIVE_DOMAINS = ("lock", "alarm_control_panel")
 SENSITIVE_COVERS = ("garage", "door", "gate")
