@@ -20,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from models.build import build_model
 from models.config import config_for
 from satellite.modeldir import manifest as manifest_module
 from satellite.modeldir.manifest import MANIFEST_NAME
@@ -81,7 +82,6 @@ def cached_model(
     size: str = "tiny", variant: str = "fp32", seed: int = 0, root: Path | None = None, **extra: Any
 ) -> Path:
     """The directory of a model built with these arguments, building it on first use."""
-    from models.build import build_model
 
     root = root or cache_root()
     key = build_key(size, variant, seed, **extra)

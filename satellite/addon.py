@@ -32,8 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from wyoming.client import AsyncTcpClient
+from wyoming.info import Describe, Info
 
+from satellite.config import ConfigError, load_config
 from satellite.errors import UserError
+from satellite.logs import setup_logging
 from satellite.settings import VOICE_NAMES
 
 _LOG = logging.getLogger("satellite.addon")
@@ -304,8 +308,6 @@ class Supervisor:
 
 async def answers_describe(host: str, port: int, timeout: float = DESCRIBE_TIMEOUT) -> bool:
     """Whether a Wyoming server at host:port answers `describe` with `info`."""
-    from wyoming.client import AsyncTcpClient
-    from wyoming.info import Describe, Info
 
     try:
         async with asyncio.timeout(timeout), AsyncTcpClient(host, port) as client:
@@ -355,7 +357,6 @@ async def announce(
 
 def prepare(data_dir: Path, supervisor: Supervisor) -> tuple[Path, dict[str, Any]]:
     """Options -> checked config file in `data_dir`; returns its path and the options."""
-    from satellite.config import load_config
 
     options_file = data_dir / "options.json"
     try:
@@ -412,8 +413,6 @@ async def run(data_dir: Path, supervisor: Supervisor, advertised_host: str) -> i
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from satellite.config import ConfigError
-    from satellite.logs import setup_logging
 
     setup_logging("info", "text")
     args = list(sys.argv[1:] if argv is None else argv)

@@ -37,24 +37,26 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from satellite.engine.asr import transcribe_one
-from satellite.engine.events import FRAME_SECONDS, FRAMES_PER_SECOND
+from satellite.engine.chat import Chat, ContextReset, Speech, system_prefix, user_turn
+from satellite.engine.decoder import DecoderState
+from satellite.engine.detokenize import StreamingDetokenizer
+from satellite.engine.detokenizers import from_model
+from satellite.engine.events import FRAME_SECONDS, FRAMES_PER_SECOND, AudioFrame, TextToken, TurnEnd
 from satellite.engine.framebatch import BATCH_FRAMES, Step, decoded
-from satellite.engine.template import VOICES
+from satellite.engine.generation import TEXT_END
+from satellite.engine.load import model_directory
+from satellite.engine.model import Model
+from satellite.engine.sessions import SessionConfig
+from satellite.engine.template import ASR_PROMPT, INTERLEAVED_PROMPT, VOICES, Tokens, tts_prompt
+from satellite.engine.tts import SpeechStream
 from satellite.handoff import Handoff
-
-if TYPE_CHECKING:
-    from satellite.engine.chat import Chat
-    from satellite.engine.decoder import DecoderState
-    from satellite.engine.detokenize import StreamingDetokenizer
-    from satellite.engine.model import Model
-    from satellite.engine.template import Tokens
-    from satellite.settings import Settings
+from satellite.settings import Settings
 
 _LOG = logging.getLogger("satellite.reply")
 
@@ -234,9 +236,6 @@ class Responder:
     ) -> Responder:
         """The model `spec` (a directory or catalog name) or else the one the settings name,
         with its sessions opened (blocking: seconds)."""
-        from satellite.engine.load import model_directory
-        from satellite.engine.model import Model
-        from satellite.engine.sessions import SessionConfig
 
         choice = model_directory(spec, settings.model, config_dir)
         model = Model.load(choice.directory, SessionConfig.from_settings(settings.model))
@@ -262,9 +261,6 @@ class Responder:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._prepare)
 
     def _prepare(self) -> None:
-        from satellite.engine.chat import Chat, system_prefix
-        from satellite.engine.detokenize import from_model
-        from satellite.engine.template import INTERLEAVED_PROMPT
 
         if self._chat is not None:
             return
@@ -298,7 +294,6 @@ class Responder:
         self._executor.submit(self._abandon)
 
     def _speculate(self, samples: FloatArray) -> None:
-        from satellite.engine.chat import Speech, user_turn
 
         try:
             self._prepare()
@@ -400,13 +395,10 @@ class Responder:
         reply.post(done)
 
     def _side_chat(self, prompt: str) -> Chat:
-        from satellite.engine.chat import Chat, system_prefix
 
         return Chat(self.model, prefix=system_prefix(self.tokens, prompt), seed=self.seed)
 
     def _speak(self, reply: Reply, text: str, voice: str, start: float) -> ReplyDone:
-        from satellite.engine.template import tts_prompt
-        from satellite.engine.tts import SpeechStream
 
         self._abandon()  # the detokenizer is shared
         accent, gender = VOICES.get(voice, ("US", "female"))
@@ -433,7 +425,6 @@ class Responder:
         )  # fmt: skip
 
     def _transcribe(self, reply: Reply, samples: FloatArray, start: float) -> ReplyDone:
-        from satellite.engine.template import ASR_PROMPT
 
         if self._asr is None:
             self._asr = self._side_chat(ASR_PROMPT)
@@ -464,9 +455,6 @@ class Responder:
     def _turn(
         self, reply: Reply, samples: FloatArray, start: float, speculated: bool = False
     ) -> ReplyDone:
-        from satellite.engine.chat import ContextReset, Speech, user_turn
-        from satellite.engine.events import AudioFrame, TextToken, TurnEnd
-        from satellite.engine.generation import TEXT_END
 
         chat, detokenizer = self._chat, self._detokenizer
         assert chat is not None and detokenizer is not None

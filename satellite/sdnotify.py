@@ -27,7 +27,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from satellite.daemon.events import (
+from satellite.events import (
     DaemonEvent,
     HomeAssistantConnected,
     HomeAssistantDisconnected,

@@ -14,9 +14,9 @@ import pytest
 
 from satellite.config import ConfigError, load_config
 from satellite.daemon.core import Daemon
-from satellite.daemon.events import Said
 from satellite.devices.control import AllowlistError, DeviceController, load_allowlist
 from satellite.devices.toolcalls import parse_tool_calls
+from satellite.events import Said
 from satellite.settings import DeviceControlSettings, MqttSettings
 from tests.broker import Broker, Watcher
 from tests.satellite_support import daemon_settings, tiny_model

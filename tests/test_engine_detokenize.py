@@ -35,9 +35,8 @@ from satellite.engine.detokenize import (
     WindowedDecoder,
     bind,
     choose_role,
-    from_model,
-    open_detokenizer,
 )
+from satellite.engine.detokenizers import from_model, open_detokenizer
 from satellite.engine.sessions import plain_session_options
 from satellite.modeldir.manifest import read_manifest
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from models.cache import cached_model
-from satellite.engine.detokenize import StreamingDetokenizer, open_detokenizer
+from satellite.engine.detokenize import StreamingDetokenizer
+from satellite.engine.detokenizers import open_detokenizer
 from satellite.engine.events import AudioFrame, TextToken, TurnEnd
 from satellite.engine.framebatch import decoded
 from satellite.reply import ReplyDone, next_batch

@@ -34,7 +34,7 @@ from models.mimi import (
 from models.onnx_graph import ExternalData, GraphBuilder, save
 from satellite.engine.detokenize import CodeError, DetokenizerError, bind
 from satellite.engine.mimi import MimiDecoder, mimi_detokenizer
-from satellite.engine.sessions import plain_session_options
+from satellite.engine.sessions import open_to_check, plain_session_options
 from satellite.modeldir.manifest import read_manifest
 
 PARITY = 1e-4
@@ -263,7 +263,7 @@ def test_lfm2_audio_model_directory(tmp_path: Path, oneshot: Any) -> None:
     assert {"mimi_decoder", CACHED_ROLE} <= set(manifest.graphs)
     assert not {"audio_detokenizer", "audio_detokenizer_cached"} & set(manifest.graphs)
     assert manifest.graphs["mimi_decoder"].options["frame_samples"] == 1920
-    report = verify(out, load=True)
+    report = verify(out, load=open_to_check)
     assert [str(f) for f in report.errors] == []
 
     def open_graph(role: str) -> tuple[Any, str]:

@@ -13,7 +13,7 @@ import torch
 from reference import TINY_SEED, tiny_reference
 
 from models.build import BuildError, build_model
-from satellite.engine.sessions import plain_session_options
+from satellite.engine.sessions import open_to_check, plain_session_options
 from satellite.modeldir.manifest import REQUIRED_CONFIG, read_manifest, sha256_file
 
 
@@ -64,7 +64,7 @@ def test_satellite_verify_accepts_the_graphs(model_dir: Path) -> None:
     """The daemon's own checker finds every role and binds each graph to its contract."""
     from satellite.modeldir.verify import verify
 
-    report = verify(model_dir, load=True)
+    report = verify(model_dir, load=open_to_check)
     assert [str(f) for f in report.errors] == []
     assert set(report.bindings) == set(read_manifest(model_dir).graphs)
 

@@ -16,7 +16,7 @@ import pytest
 from onnx import helper
 
 from satellite.cli import main
-from satellite.engine.sessions import plain_session_options
+from satellite.engine.sessions import open_to_check, plain_session_options
 from satellite.modeldir.manifest import read_manifest, sha256_file
 from satellite.modeldir.verify import Report, verify
 
@@ -56,7 +56,7 @@ def flip_byte(path: Path, offset: int) -> None:
 
 
 def test_good_directory_passes_and_binds_every_role(model_dir: Path) -> None:
-    report = verify(model_dir, load=True)
+    report = verify(model_dir, load=open_to_check)
     assert report.findings == ()
     assert set(report.bindings) == {
         "decoder",
@@ -296,7 +296,7 @@ def test_load_finds_graphs_onnxruntime_refuses(model_dir: Path) -> None:
     model.graph.node.append(helper.make_node("NoSuchOperator", ["audio_codes"], ["unused"]))
     replace_graph(model_dir, "audio_detokenizer", model)
     assert verify(model_dir).ok  # the interface still fits
-    found = errors(verify(model_dir, load=True))
+    found = errors(verify(model_dir, load=open_to_check))
     assert len(found) == 1
     assert found[0].startswith(
         f"{model_dir}/onnx/audio_detokenizer.onnx: onnxruntime cannot load it:"

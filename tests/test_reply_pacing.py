@@ -34,11 +34,10 @@ from satellite.audio.wake import Detection
 from satellite.bench.query import spoken_query
 from satellite.cli.demo import playback_summary
 from satellite.daemon.core import Daemon
-from satellite.daemon.events import TurnFinished
-from satellite.daemon.report import TurnReport
 from satellite.engine import costmodel
 from satellite.engine.events import AudioFrame
 from satellite.engine.framebatch import BATCH_FRAMES
+from satellite.events import TurnFinished, TurnReport
 from satellite.modeldir.manifest import read_manifest
 from satellite.settings import AudioSettings, HealthSettings, Settings
 from satellite.telemetry.health import HealthMonitor

@@ -9,8 +9,7 @@ import numpy as np
 
 from satellite.bench.query import spoken_query
 from satellite.daemon.core import Daemon
-from satellite.daemon.events import TurnFinished
-from satellite.daemon.report import TurnReport
+from satellite.events import TurnFinished, TurnReport
 from satellite.reply import Responder
 from satellite.safety.audio import SILENCE_RUN_SECONDS, AudioCheck
 from satellite.safety.text import TextFilter

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from satellite.daemon.core import Daemon
-from satellite.daemon.events import HomeAssistantConnected, Ready, TurnFinished
+from satellite.events import HomeAssistantConnected, Ready, TurnFinished
 from satellite.sdnotify import Notifier, ServiceNotifier, attach, notify_address, watchdog_interval
 from tests.satellite_support import daemon_settings, tiny_model
 
@@ -186,7 +186,7 @@ async def test_pings_follow_health(systemd: SystemdSocket) -> None:
 
 
 async def test_status_names_connection_and_last_turn(systemd: SystemdSocket) -> None:
-    from satellite.daemon.report import TurnReport
+    from satellite.events import TurnReport
 
     stopped = asyncio.Event()
     service = ServiceNotifier.from_env(

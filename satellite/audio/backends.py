@@ -115,7 +115,7 @@ class AudioStats:
 def load_sounddevice() -> ModuleType:
     """Import sounddevice; a missing PortAudio library or package is a PortAudioMissingError."""
     try:
-        import sounddevice
+        import sounddevice  # noqa: PLC0415 (PortAudio missing is an error for this backend only)
     except OSError as err:
         raise PortAudioMissingError(
             f"the PortAudio library (libportaudio) was not found ({err}); {PORTAUDIO_HINT}, "

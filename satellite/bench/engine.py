@@ -33,6 +33,7 @@ bytes (`satellite.bench.floor`).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import sys
 import tempfile
@@ -61,14 +62,22 @@ from satellite.bench.harness import (
 )
 from satellite.bench.query import INPUT_RATE, PromptIds, prompt_ids, spoken_query
 from satellite.bench.system import current_rss_mb, memory_bandwidth, peak_rss_mb
+from satellite.engine.backbone import open_backbone
+from satellite.engine.chat import Chat, Speech
+from satellite.engine.depthformer import Depthformer
+from satellite.engine.detokenizers import from_model
+from satellite.engine.encoder import AudioEncoder
+from satellite.engine.events import AudioFrame, TextToken, TurnEnd
 from satellite.engine.framebatch import BATCH_FRAMES, decoded
+from satellite.engine.model import BoundGraph, Model
+from satellite.engine.sampling import INTERLEAVED_AUDIO, Sampler
+from satellite.engine.sessions import SessionConfig
 from satellite.settings import Backbone
 
 
 def _timed_model_class() -> type[Any]:
     """`satellite.engine.model.Model` whose sessions are wrapped in TimedSession (imported
     lazily: the parent process never loads onnxruntime sessions)."""
-    from satellite.engine.model import BoundGraph, Model
 
     class TimedModel(Model):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -95,7 +104,6 @@ ENGINE_ROLES = ("decoder", "audio_encoder", "depthformer", "embed_tokens", "audi
 
 def measure_engine(settings: BenchSettings, samples: FloatArray) -> dict[str, Any]:
     """Every figure of our engine for the query `samples` (see the module docstring)."""
-    from satellite.engine.sessions import SessionConfig
 
     figures: dict[str, Any] = {}
     started = time.perf_counter()
@@ -124,7 +132,6 @@ def measure_engine(settings: BenchSettings, samples: FloatArray) -> dict[str, An
         before = current_rss_mb()
         model.graph(role)  # what the engine runs; a lookup read as a table opens no session
         grown(role, before)
-    from satellite.engine.detokenize import from_model
 
     before = current_rss_mb()
     detokenizer = from_model(model)
@@ -154,7 +161,6 @@ def _measure_encoder(
     model: Any, settings: BenchSettings, samples: FloatArray, figures: dict[str, Any]
 ) -> FloatArray:
     """Log-mel and encoder times; returns the query's audio embeddings."""
-    from satellite.engine.encoder import AudioEncoder
 
     seconds_in = samples.size / INPUT_RATE
     encoder = AudioEncoder(model.graph("audio_encoder"), model.manifest.config)
@@ -180,7 +186,6 @@ def _measure_prefill(
 ) -> tuple[Any, Any]:
     """The whole prompt (system, user header, audio embeddings, closing and assistant header)
     on a fresh cache; returns the last run's decoder and its output."""
-    from satellite.engine.backbone import open_backbone
 
     text = model.embeddings.text
     parts = [text(list(prompt.system)), text(list(prompt.user_open)), embeds]
@@ -259,8 +264,6 @@ def _measure_depthformer(
     model: Any, settings: BenchSettings, hidden: FloatArray, figures: dict[str, Any]
 ) -> None:
     """Whole frames (8 codebook steps, interleaved-mode sampling) for one hidden state."""
-    from satellite.engine.depthformer import Depthformer
-    from satellite.engine.sampling import INTERLEAVED_AUDIO, Sampler
 
     depthformer = Depthformer(model.graph("depthformer"), model.manifest.config)
     sampler = Sampler(settings.seed)
@@ -300,7 +303,6 @@ def _measure_detokenizer(
 
 
 def _user_turn(prompt: PromptIds, samples: FloatArray) -> list[Any]:
-    from satellite.engine.chat import Speech
 
     return [list(prompt.user_open), Speech(samples), list(prompt.user_close)]
 
@@ -315,7 +317,6 @@ def _measure_first_audio(
 ) -> None:
     """Time-to-first-audio with the system prompt run beforehand (`ttfa_ms`) and cold (the
     system prompt in the same prefill: `ttfa_cold_ms`); the breakdown is the median run's."""
-    from satellite.engine.chat import Chat
 
     system: list[Any] = [list(prompt.system)]
     user = _user_turn(prompt, samples)
@@ -377,8 +378,6 @@ def _real_time_turn(
     detok_role: str,
     batch: int,
 ) -> dict[str, Any]:
-    from satellite.engine.chat import Chat
-    from satellite.engine.events import AudioFrame, TextToken, TurnEnd
 
     chat = Chat(model, prefix=[list(prompt.system)], turn_end=prompt.turn_end, seed=settings.seed)
     config = chat.generation_config("interleaved", max_new_tokens=settings.max_new_tokens)
@@ -428,7 +427,6 @@ def _backend_name(decoder: Any) -> str:
 
 def _first_audio(events: Iterator[Any], detokenizer: Any) -> FirstAudio:
     """Run a turn until the detokenizer gives its first samples; closes the turn there."""
-    from satellite.engine.events import AudioFrame, TextToken
 
     t0 = time.monotonic()
     first_text = first_frame = None
@@ -461,7 +459,6 @@ def _first_audio(events: Iterator[Any], detokenizer: Any) -> FirstAudio:
 
 def reference_available() -> str | None:
     """None when the reference can run here, else why not (one line)."""
-    import importlib.util
 
     missing = [
         m
@@ -524,7 +521,6 @@ def bench_engine(
 ) -> dict[str, Any]:
     """Measure the engine on the model directory `model` (and the reference, when asked);
     returns the report (see `format_report`)."""
-    from satellite.engine.model import Model
 
     if reference:
         why = reference_available()

@@ -13,6 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import onnx
+from onnx import numpy_helper
+
+from satellite.modeldir.contract import config_dims, layer_indices
+from satellite.modeldir.manifest import read_manifest
+
 MATMUL_OPS = frozenset(
     {
         "MatMul",
@@ -49,25 +55,15 @@ def _tensor_bytes(tensor: Any) -> int:
         return int(info.get("length", 0))
     if tensor.raw_data:
         return len(tensor.raw_data)
-    from onnx import numpy_helper
 
     return int(numpy_helper.to_array(tensor).nbytes)
 
 
 def decoder_bytes(directory: Path) -> DecoderBytes:
-    """Classify the decoder graph's constants by how a decoding step reads them. Uses the
-    `onnx` package (graph only, external weights not loaded); without it, the graph's files'
-    sizes stand in for the weights (an upper bound: RoPE tables included)."""
-    from satellite.modeldir.manifest import read_manifest
-
+    """Classify the decoder graph's constants by how a decoding step reads them (the graph
+    only, external weights not loaded)."""
     manifest = read_manifest(directory)
     entry = manifest.graphs["decoder"]
-    try:
-        import onnx
-    except ImportError:
-        names = [entry.file, *entry.data_files]
-        total = sum((directory / n).stat().st_size for n in names)
-        return DecoderBytes(total, 0, 0, 0, "file sizes (onnx not installed: an upper bound)")
     graph = onnx.load(str(directory / entry.file), load_external_data=False).graph
     sizes = {t.name: _tensor_bytes(t) for t in graph.initializer}
     consumers: dict[str, set[str]] = {name: set() for name in sizes}
@@ -96,7 +92,6 @@ def decoder_bytes(directory: Path) -> DecoderBytes:
 def cache_bytes(config: Mapping[str, Any], positions: int) -> int:
     """Bytes of the decoder's caches read per step at `positions` (float32 keys and values of
     every attention layer, conv states of every conv layer)."""
-    from satellite.modeldir.contract import config_dims, layer_indices
 
     dims = config_dims(dict(config))
     kv = len(layer_indices(dict(config), "attention")) * 2

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+import satellite
 from satellite.engine.events import FRAMES_PER_SECOND
 from satellite.errors import UserError
 from satellite.settings import Backbone
@@ -173,7 +174,6 @@ def rtf_figures(
 
 
 def _project_root() -> Path:
-    import satellite
 
     return Path(satellite.__file__).resolve().parent.parent
 

@@ -13,7 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from satellite.audio.convert import resample
+from satellite.audio.wavfile import read_wav
 from satellite.bench.harness import BenchError, FloatArray
+from satellite.engine.template import BOS, IM_END, IM_START, INTERLEAVED_PROMPT, Tokens
 
 QUERY_TEXT = "What will the weather be like tomorrow morning? Do I need an umbrella?"
 QUERY_SECONDS = 4.0
@@ -48,8 +51,6 @@ def spoken_query(
 ) -> Query:
     """`text` spoken by espeak-ng, resampled to `rate`, padded with silence (or cut) to
     `seconds`; a synthetic stand-in when espeak-ng is not installed (the source says which)."""
-    from satellite.audio.convert import resample
-    from satellite.audio.wavfile import read_wav
 
     n = round(seconds * rate)
     espeak = shutil.which("espeak-ng")
@@ -117,7 +118,6 @@ def prompt_ids(tokenizer: Any) -> PromptIds:
     """The template's ids from a `tokenizers.Tokenizer` (None: STAND_IN_PROMPT)."""
     if tokenizer is None:
         return STAND_IN_PROMPT
-    from satellite.engine.template import BOS, IM_END, IM_START, INTERLEAVED_PROMPT, Tokens
 
     tokens = Tokens(tokenizer)
     close = tokens.encode(f"{IM_END}\n")

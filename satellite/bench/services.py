@@ -27,8 +27,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from wyoming.asr import Transcribe, Transcript
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.client import AsyncTcpClient
+from wyoming.tts import Synthesize
 
+from satellite.bench.query import spoken_query
+from satellite.engine.mel import LogMel, StreamingLogMel
+from satellite.engine.model import Model
+from satellite.engine.sessions import SessionConfig
+from satellite.engine.template import Tokens
 from satellite.telemetry.stats import Window
+from satellite.wyoming.services import ServicesConfig, ServicesServer
+from satellite.wyoming.speech import Limits
 
 TTS_TEXT = "The kitchen lights are on, and the front door is locked."
 CHUNK = 1024
@@ -42,9 +53,6 @@ def _pcm(samples: np.ndarray) -> bytes:
 
 
 async def _transcribe(port: int, pcm: bytes) -> dict[str, float]:
-    from wyoming.asr import Transcribe
-    from wyoming.audio import AudioChunk, AudioStart, AudioStop
-    from wyoming.client import AsyncTcpClient
 
     marks: dict[str, float] = {}
     async with AsyncTcpClient("127.0.0.1", port) as client:
@@ -67,9 +75,6 @@ async def _transcribe(port: int, pcm: bytes) -> dict[str, float]:
 
 async def _synthesize(port: int) -> tuple[float | None, float, float]:
     """(ms to the first audio-chunk, audio seconds, total seconds)."""
-    from wyoming.audio import AudioChunk, AudioStart
-    from wyoming.client import AsyncTcpClient
-    from wyoming.tts import Synthesize
 
     first: float | None = None
     audio = 0
@@ -90,8 +95,6 @@ async def _synthesize(port: int) -> tuple[float | None, float, float]:
 
 
 async def _handle(port: int, n: int) -> float:
-    from wyoming.asr import Transcript
-    from wyoming.client import AsyncTcpClient
 
     async with AsyncTcpClient("127.0.0.1", port) as client:
         started = time.perf_counter()
@@ -104,11 +107,6 @@ async def _handle(port: int, n: int) -> float:
 def _serve(model: str, threads: int, workers: int, queue: int, conn: Connection) -> None:
     """In a child process (as Home Assistant is another process: the client's reads do not
     wait for the workers' hold on the GIL): serve until told to stop."""
-    from satellite.engine.model import Model
-    from satellite.engine.sessions import SessionConfig
-    from satellite.engine.template import Tokens
-    from satellite.wyoming.services import ServicesConfig, ServicesServer
-    from satellite.wyoming.speech import Limits
 
     async def serve() -> None:
         loaded = Model.load(Path(model), SessionConfig(threads=threads))
@@ -180,8 +178,6 @@ async def _concurrent(port: int, requests: int, pcm: bytes) -> float:
 
 
 def bench_services(model: Path, *, requests: int = 10, threads: int = 0) -> dict[str, Any]:
-    from satellite.bench.query import spoken_query
-    from satellite.engine.mel import LogMel, StreamingLogMel
 
     query = spoken_query()
     samples = query.samples

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import paho.mqtt.client as paho
@@ -45,12 +45,10 @@ from wyoming.tts import Synthesize
 
 from satellite.bench.fuzz import FuzzReport, fuzz_port, malformed_frames
 from satellite.bench.system import current_rss_mb, peak_rss_mb
+from satellite.daemon.core import Daemon
 from satellite.errors import UserError
 from satellite.mqtt.localbroker import LocalBroker, mosquitto_program
 from satellite.settings import Settings, loopback_wyoming
-
-if TYPE_CHECKING:
-    from satellite.daemon.core import Daemon
 
 RECOVERY_LIMIT = 30.0
 """A step that has not recovered after this many seconds is a wedge."""
@@ -345,7 +343,6 @@ async def run_soak(
 ) -> SoakReport:  # fmt: skip
     """Rounds of every step until `rounds` are done or `minutes` have passed (whichever
     comes first; at least one round). UserError when mosquitto is not installed."""
-    from satellite.daemon.core import Daemon
 
     program = mosquitto_program()
     if program is None:

@@ -33,6 +33,7 @@ from typing import Any
 
 from satellite.bench.query import QUERY_TEXT, Query, spoken_query
 from satellite.bench.system import peak_rss_mb
+from satellite.daemon.core import Daemon
 from satellite.settings import Backbone, Settings, loopback_wyoming
 from satellite.telemetry.stats import Window
 
@@ -49,7 +50,6 @@ WINDOWS = {
 async def _run(
     settings: Settings, turns: int, query: Query, pause: float | None = None
 ) -> list[Any]:
-    from satellite.daemon.core import Daemon
 
     daemon = Daemon(settings)
     await daemon.start()

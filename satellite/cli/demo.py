@@ -35,7 +35,7 @@ from satellite.mqtt.localbroker import LocalBroker, mosquitto_program
 from satellite.settings import Settings, loopback_wyoming
 
 if TYPE_CHECKING:
-    from satellite.daemon.report import TurnReport
+    from satellite.events import TurnReport
 
 REAL_MODEL = "LiquidAI/LFM2.5-Audio-1.5B-ONNX"
 DEMO_QUESTION = "What is the weather like tomorrow?"
@@ -206,7 +206,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 async def _demo(settings: Settings, model: Path, args: argparse.Namespace) -> int:
-    from satellite.daemon import events
+    from satellite import events
     from satellite.daemon.core import Daemon
 
     started = time.monotonic()

@@ -486,7 +486,7 @@ class AudioOut:
     def __init__(self, model: Model, path: Path, rate: int | None) -> None:
         from satellite.audio.convert import StreamResampler
         from satellite.audio.wavfile import WavWriter
-        from satellite.engine.detokenize import from_model
+        from satellite.engine.detokenizers import from_model
 
         self.detokenizer = from_model(model)
         self.rate = rate or self.detokenizer.sample_rate

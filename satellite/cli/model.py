@@ -302,7 +302,11 @@ def cmd_fetch_backbone(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    report = verify(args.directory, checksums=not args.quick, load=args.load)
+    from satellite.engine.sessions import open_to_check  # onnxruntime: only when it runs
+
+    report = verify(
+        args.directory, checksums=not args.quick, load=open_to_check if args.load else None
+    )
     _print_report(report)
     if not report.ok:
         return 1

@@ -59,6 +59,7 @@ from wyoming.tts import Synthesize
 from wyoming.vad import VoiceStarted, VoiceStopped
 from wyoming.wake import Detection
 
+from satellite import events
 from satellite.audio.backends import AudioBackend, Int16Array, open_backend
 from satellite.audio.convert import StreamResampler, float_to_pcm16, pcm_to_float, resample
 from satellite.audio.endpoint import (
@@ -74,17 +75,17 @@ from satellite.audio.sounds import Sound, chime, load_sound
 from satellite.audio.wake import Detection as WakeDetection
 from satellite.audio.wake import WakeWordDetector
 from satellite.controls import Controls, ControlStore, default_state_file
-from satellite.daemon import events, machine
-from satellite.daemon.events import Observer
+from satellite.daemon import machine
 from satellite.daemon.homeassistant import IncomingPlayer, PipelineStream
 from satellite.daemon.machine import Action, State
 from satellite.daemon.playback import Playback
-from satellite.daemon.report import TurnReport, turn_report
+from satellite.daemon.report import turn_report
 from satellite.daemon.timers import Timer, TimerBell
 from satellite.devices.control import DeviceController, Entity, load_allowlist, tool_list
 from satellite.engine import costmodel
 from satellite.engine.framebatch import BATCH_FRAMES
 from satellite.engine.template import INTERLEAVED_PROMPT
+from satellite.events import Observer, TurnReport
 from satellite.mqtt.bridge import MqttBridge
 from satellite.reply import ReplyAudio, ReplyDone, ReplyText, Responder
 from satellite.safety.audio import AudioCheck

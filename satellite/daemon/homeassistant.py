@@ -14,7 +14,7 @@ from wyoming.event import Event
 from wyoming.pipeline import PipelineStage, RunPipeline
 from wyoming.snd import Played
 
-from satellite.daemon import events
+from satellite import events
 from satellite.daemon.playback import Playback
 from satellite.wyoming.incoming import Ending, IncomingAudio, StreamFormatError
 from satellite.wyoming.info import MIC_FORMAT

@@ -14,8 +14,8 @@ from typing import Any
 from wyoming.event import Event
 from wyoming.timer import TimerCancelled, TimerFinished, TimerStarted, TimerUpdated
 
+from satellite import events
 from satellite.audio.sounds import Sound
-from satellite.daemon import events
 from satellite.daemon.playback import Playback
 
 _LOG = logging.getLogger("satellite.daemon")

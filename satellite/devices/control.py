@@ -30,6 +30,7 @@ Each outcome carries the sentence to speak.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable
@@ -134,7 +135,6 @@ def load_allowlist(path: Path) -> dict[str, Entity]:
 
 def tool_list(entities: dict[str, Entity]) -> str:
     """The tools as LFM2's system prompt lists them (JSON), one function per action."""
-    import json
 
     actions = sorted({a for e in entities.values() for a in e.actions})
     tools = [

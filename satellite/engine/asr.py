@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from satellite.engine.chat import Chat, Embeds, Speech, user_turn
+from satellite.engine.events import AudioFrame, TextToken, TurnEnd
+from satellite.engine.generation import AUDIO_START
+from satellite.engine.model import FloatArray
+from satellite.engine.template import Tokens
 from satellite.engine.textstream import printable
-
-if TYPE_CHECKING:
-    from satellite.engine.chat import Chat, Embeds
-    from satellite.engine.model import FloatArray
-    from satellite.engine.template import Tokens
 
 
 @dataclass(frozen=True)
@@ -42,9 +41,6 @@ def transcribe_one(
     `on_text` gets each piece of text as it is generated (raw, as the model wrote it);
     `stop` is asked before each token and ends the turn early (reason `cancelled`).
     `samples` may also be the utterance already encoded (`Embeds`)."""
-    from satellite.engine.chat import Embeds, Speech, user_turn
-    from satellite.engine.events import AudioFrame, TextToken, TurnEnd
-    from satellite.engine.generation import AUDIO_START
 
     chat.reset()
     config = chat.generation_config("sequential", max_new_tokens=max_tokens)

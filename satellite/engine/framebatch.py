@@ -16,14 +16,12 @@ the earliest first audio, and batches then grow (1, 2, 4, ...) up to `most`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from satellite.engine.detokenize import StreamingDetokenizer
 from satellite.engine.events import AudioFrame, TextToken
-
-if TYPE_CHECKING:
-    from satellite.engine.detokenize import StreamingDetokenizer
 
 FloatArray = np.ndarray[Any, np.dtype[np.float32]]
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from tokenizers import Tokenizer
 
 from satellite.engine.sessions import SessionConfig, open_session, resolve_providers
 from satellite.engine.tables import BlockTable, EmbeddingTable, block_table
@@ -286,8 +287,6 @@ class Model:
         if self._tokenizer is None and self.manifest.tokenizer:
             path = self.directory / self.manifest.tokenizer
             if path.is_file():
-                from tokenizers import Tokenizer
-
                 try:
                     self._tokenizer = Tokenizer.from_file(str(path))
                 except Exception as err:  # tokenizers raises its own untyped errors

@@ -201,6 +201,15 @@ def plain_session_options() -> ort.SessionOptions:
     return options
 
 
+def open_to_check(path: Path) -> ort.InferenceSession:
+    """`path` opened as onnxruntime loads it, unoptimised, on the CPU (`model verify --load`);
+    onnxruntime's own errors pass through."""
+    options = plain_session_options()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 def session_options(config: SessionConfig) -> ort.SessionOptions:
     """SessionOptions for `config`: threads, optimisation level, pre-packing, spinning, arena."""
     if config.threads < 0:

@@ -27,6 +27,8 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any, Literal
 
+from tokenizers import Tokenizer
+
 from satellite.errors import UserError
 
 Role = Literal["system", "user", "assistant"]
@@ -169,7 +171,6 @@ class Tokens:
     @classmethod
     def load(cls, path: Path) -> Tokens:
         """Read a `tokenizer.json` (the `tokenizers` library's format)."""
-        from tokenizers import Tokenizer
 
         try:
             tokenizer = Tokenizer.from_file(str(path))

@@ -13,15 +13,15 @@ The chat is reset before and after: it keeps only its prompt's cache between tex
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
-if TYPE_CHECKING:
-    from satellite.engine.chat import Chat
-    from satellite.engine.detokenize import StreamingDetokenizer
-    from satellite.engine.template import Tokens
+from satellite.engine.chat import Chat, user_turn
+from satellite.engine.detokenize import StreamingDetokenizer
+from satellite.engine.events import AudioFrame, TextToken, TurnEnd
+from satellite.engine.generation import AUDIO_START
+from satellite.engine.template import Tokens
 
 FloatArray = npt.NDArray[np.float32]
 SPEAK_TEXT_ALLOWANCE = 64
@@ -52,9 +52,6 @@ class SpeechStream:
         self.reason = "max_new_tokens"
 
     def __iter__(self) -> Iterator[FloatArray]:
-        from satellite.engine.chat import user_turn
-        from satellite.engine.events import AudioFrame, TextToken, TurnEnd
-        from satellite.engine.generation import AUDIO_START
 
         chat, detokenizer = self.chat, self.detokenizer
         chat.reset()

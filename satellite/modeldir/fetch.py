@@ -30,6 +30,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import requests
+from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
 from satellite.errors import UserError
 from satellite.modeldir.catalog import BACKBONE_FILE, BACKBONE_REPO, CatalogEntry, KnownFile
 from satellite.modeldir.depthfold import fold_model
@@ -150,15 +162,6 @@ def _natural(name: str) -> tuple[str, int]:
 
 def list_repo(repo: str, revision: str, endpoint: str) -> tuple[str, dict[str, RemoteFile]]:
     """The commit `revision` resolves to and the repository's files with sizes and hashes."""
-    import requests
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
 
     api = HfApi(endpoint=endpoint)
     try:
@@ -471,13 +474,6 @@ def _download_all(
     attempts: int,
     sleep: Callable[[float], None],
 ) -> list[str]:
-    import requests
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-    )
 
     done: list[str] = []
     network = (

@@ -12,12 +12,13 @@ Checks, each finding naming the file it is about:
   depthformer's attention without rotary embeddings or with tables for the wrong theta (each
   refused with the command that corrects it; a directory carrying the fix says so), a decoder
   of the newer onnxruntime-genai export (conv state of 2);
-- optionally (`load=True`) that onnxruntime loads each graph with the same interface.
+- optionally (`load=engine.sessions.open_to_check`) that onnxruntime loads each graph with
+  the same interface.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -99,9 +100,14 @@ class Report:
         return not self.errors
 
 
-def verify(directory: Path, *, checksums: bool = True, load: bool = False) -> Report:
+Opener = Callable[[Path], Any]
+"""Opens a graph file in onnxruntime and returns the session (its errors pass through)."""
+
+
+def verify(directory: Path, *, checksums: bool = True, load: Opener | None = None) -> Report:
     """Check `directory` (see the module docstring). Never raises for a bad directory: every
-    problem becomes a finding."""
+    problem becomes a finding. With `load`, each graph is also opened with it and its
+    interface compared."""
     try:
         manifest = read_manifest(directory)
     except ManifestError as err:
@@ -110,7 +116,7 @@ def verify(directory: Path, *, checksums: bool = True, load: bool = False) -> Re
 
 
 def verify_manifest(
-    directory: Path, manifest: Manifest, *, checksums: bool = True, load: bool = False
+    directory: Path, manifest: Manifest, *, checksums: bool = True, load: Opener | None = None
 ) -> Report:
     """Check `directory` against `manifest` (which need not be written yet)."""
     check = _Checker(directory, manifest)
@@ -265,7 +271,7 @@ class _Checker:
 
     # -- graphs -------------------------------------------------------------------------
 
-    def graph(self, role: str, entry: GraphEntry, load: bool) -> None:
+    def graph(self, role: str, entry: GraphEntry, load: Opener | None) -> None:
         if entry.file in self.absent:
             return  # already reported
         try:
@@ -285,8 +291,8 @@ class _Checker:
         self.recorded(entry, "input", entry.inputs, info.inputs)
         self.recorded(entry, "output", entry.outputs, info.outputs)
         self.defects(role, entry, info)
-        if load:
-            self.load(entry, info)
+        if load is not None:
+            self.load(entry, info, load)
 
     def data_files(self, entry: GraphEntry, info: GraphInfo) -> None:
         folder = PurePosixPath(entry.file).parent
@@ -395,19 +401,9 @@ class _Checker:
                 f"{check.theta:,.0f})"
             )
 
-    def load(self, entry: GraphEntry, info: GraphInfo) -> None:
-        # deferred, as onnxruntime itself: the CLI and `model verify` without `--load` start without it
-        import onnxruntime as ort
-
-        from satellite.engine.sessions import plain_session_options
-
-        options = plain_session_options()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        options.log_severity_level = 3
+    def load(self, entry: GraphEntry, info: GraphInfo, opener: Opener) -> None:
         try:
-            session = ort.InferenceSession(
-                str(self.dir / entry.file), options, providers=["CPUExecutionProvider"]
-            )
+            session = opener(self.dir / entry.file)
         except Exception as err:  # onnxruntime raises its own untyped errors
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             self.add(entry.file, f"onnxruntime cannot load it: {first}")

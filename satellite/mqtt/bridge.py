@@ -30,10 +30,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from satellite import events
 from satellite.controls import ControlError, Controls
-from satellite.daemon import events
-from satellite.daemon.events import Observer
-from satellite.daemon.report import TurnReport
+from satellite.events import Observer, TurnReport
 from satellite.mqtt.client import MqttLink, Payload
 from satellite.mqtt.discovery import CONTROL_TOPICS, Topics, device_payload
 from satellite.settings import Settings

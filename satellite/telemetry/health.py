@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from satellite import __version__
-from satellite.daemon.events import DaemonEvent, Failure, TurnFinished
+from satellite.events import DaemonEvent, Failure, TurnFinished
 from satellite.settings import HealthSettings
 from satellite.telemetry.stats import InterarrivalJitter, Window
 

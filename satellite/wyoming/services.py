@@ -48,7 +48,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
@@ -74,8 +74,10 @@ from satellite.audio.convert import (
     pcm_to_float,
 )
 from satellite.engine.mel import LogMel, StreamingLogMel
-from satellite.engine.template import SPECIAL_TOKENS, VOICES
+from satellite.engine.model import Model
+from satellite.engine.template import SPECIAL_TOKENS, VOICES, Tokens
 from satellite.engine.textstream import printable
+from satellite.settings import Settings
 from satellite.wyoming.announce import Announcer
 from satellite.wyoming.framing import (
     MAX_HEADER_BYTES,
@@ -98,11 +100,6 @@ from satellite.wyoming.speech import (
     language_ok,
 )
 from satellite.wyoming.workers import Job, JobFailed, PoolFull, WorkerPool
-
-if TYPE_CHECKING:
-    from satellite.engine.model import Model
-    from satellite.engine.template import Tokens
-    from satellite.settings import Settings
 
 _LOG = logging.getLogger("satellite.wyoming.services")
 

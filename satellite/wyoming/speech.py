@@ -22,21 +22,20 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from satellite.engine.asr import transcribe_one
-from satellite.engine.events import FRAMES_PER_SECOND
-from satellite.engine.template import VOICES
+from satellite.engine.chat import Chat, Embeds, system_prefix, user_turn
+from satellite.engine.detokenizers import from_model
+from satellite.engine.events import FRAMES_PER_SECOND, TextToken, TurnEnd
+from satellite.engine.generation import TEXT_END
+from satellite.engine.model import Model
+from satellite.engine.template import ASR_PROMPT, INTERLEAVED_PROMPT, VOICES, Tokens, tts_prompt
 from satellite.engine.textstream import printable
-
-if TYPE_CHECKING:
-    from satellite.engine.chat import Chat
-    from satellite.engine.model import Model
-    from satellite.engine.template import Tokens
-    from satellite.wyoming.workers import Job
+from satellite.engine.tts import SpeechStream
+from satellite.wyoming.workers import Job
 
 FloatArray = npt.NDArray[np.float32]
 LANGUAGES = ("en",)
@@ -98,9 +97,6 @@ class ServiceEngine:
     """See the module docstring. Not thread-safe: one per worker thread."""
 
     def __init__(self, model: Model, tokens: Tokens, limits: Limits | None = None) -> None:
-        from satellite.engine.chat import Chat, system_prefix
-        from satellite.engine.detokenize import from_model
-        from satellite.engine.template import ASR_PROMPT
 
         self.model = model
         self.tokens = tokens
@@ -115,8 +111,6 @@ class ServiceEngine:
         return self.detokenizer.sample_rate
 
     def _voice(self, voice: str) -> Chat:
-        from satellite.engine.chat import Chat, system_prefix
-        from satellite.engine.template import tts_prompt
 
         chat = self._voices.get(voice)
         if chat is None:
@@ -128,7 +122,6 @@ class ServiceEngine:
 
     def transcribe(self, features: FloatArray, job: Job) -> None:
         """`features`: the utterance's log-mel (`StreamingLogMel`, computed as it came in)."""
-        from satellite.engine.chat import Embeds
 
         embeds = Embeds(self.asr.encoder.encode_features(features))
         result = transcribe_one(
@@ -156,7 +149,6 @@ class ServiceEngine:
         job.post(Finished(reason=reason, frames=frames, skipped=skipped))
 
     def _speak_one(self, text: str, voice: str, job: Job) -> tuple[int, int, str]:
-        from satellite.engine.tts import SpeechStream
 
         max_frames = max(1, round(self.limits.speech_seconds * FRAMES_PER_SECOND))
         stream = SpeechStream(self._voice(voice), self.tokens, self.detokenizer, text,
@@ -166,10 +158,6 @@ class ServiceEngine:
         return stream.frames, stream.skipped, stream.reason
 
     def converse(self, conversation: Conversation, text: str, job: Job) -> None:
-        from satellite.engine.chat import Chat, system_prefix, user_turn
-        from satellite.engine.events import TextToken, TurnEnd
-        from satellite.engine.generation import TEXT_END
-        from satellite.engine.template import INTERLEAVED_PROMPT
 
         if conversation.chat is None:
             prefix = system_prefix(self.tokens, INTERLEAVED_PROMPT)
