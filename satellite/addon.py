@@ -413,7 +413,6 @@ async def run(data_dir: Path, supervisor: Supervisor, advertised_host: str) -> i
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-
     setup_logging("info", "text")
     args = list(sys.argv[1:] if argv is None else argv)
     data_dir = Path(args[0] if args else os.environ.get("ADDON_DATA", "/data"))

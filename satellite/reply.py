@@ -261,7 +261,6 @@ class Responder:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._prepare)
 
     def _prepare(self) -> None:
-
         if self._chat is not None:
             return
         prefix = system_prefix(self.tokens, self.system_prompt or INTERLEAVED_PROMPT)
@@ -294,7 +293,6 @@ class Responder:
         self._executor.submit(self._abandon)
 
     def _speculate(self, samples: FloatArray) -> None:
-
         try:
             self._prepare()
             chat, detokenizer = self._chat, self._detokenizer
@@ -395,11 +393,9 @@ class Responder:
         reply.post(done)
 
     def _side_chat(self, prompt: str) -> Chat:
-
         return Chat(self.model, prefix=system_prefix(self.tokens, prompt), seed=self.seed)
 
     def _speak(self, reply: Reply, text: str, voice: str, start: float) -> ReplyDone:
-
         self._abandon()  # the detokenizer is shared
         accent, gender = VOICES.get(voice, ("US", "female"))
         chat = self._tts.get(voice)
@@ -425,7 +421,6 @@ class Responder:
         )  # fmt: skip
 
     def _transcribe(self, reply: Reply, samples: FloatArray, start: float) -> ReplyDone:
-
         if self._asr is None:
             self._asr = self._side_chat(ASR_PROMPT)
         result = transcribe_one(self._asr, self.tokens, samples, ASR_TOKENS)
@@ -455,7 +450,6 @@ class Responder:
     def _turn(
         self, reply: Reply, samples: FloatArray, start: float, speculated: bool = False
     ) -> ReplyDone:
-
         chat, detokenizer = self._chat, self._detokenizer
         assert chat is not None and detokenizer is not None
         parts = user_turn(self.tokens, Speech(samples))

@@ -75,27 +75,23 @@ from satellite.engine.sessions import SessionConfig
 from satellite.settings import Backbone
 
 
-def _timed_model_class() -> type[Any]:
-    """`satellite.engine.model.Model` whose sessions are wrapped in TimedSession (imported
-    lazily: the parent process never loads onnxruntime sessions)."""
+class TimedModel(Model):
+    """`satellite.engine.model.Model` whose sessions are wrapped in TimedSession."""
 
-    class TimedModel(Model):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.timers: dict[str, TimedSession] = {}
-            self._timed: dict[str, BoundGraph] = {}
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.timers: dict[str, TimedSession] = {}
+        self._timed: dict[str, BoundGraph] = {}
 
-        def graph(self, role: str) -> BoundGraph:
-            bound = self._timed.get(role)
-            if bound is None:
-                inner = super().graph(role)
-                timer = TimedSession(inner.session)
-                bound = dataclasses.replace(inner, session=timer)
-                self.timers[role] = timer
-                self._timed[role] = bound
-            return bound
-
-    return TimedModel
+    def graph(self, role: str) -> BoundGraph:
+        bound = self._timed.get(role)
+        if bound is None:
+            inner = super().graph(role)
+            timer = TimedSession(inner.session)
+            bound = dataclasses.replace(inner, session=timer)
+            self.timers[role] = timer
+            self._timed[role] = bound
+        return bound
 
 
 ENGINE_ROLES = ("decoder", "audio_encoder", "depthformer", "embed_tokens", "audio_embedding")
@@ -116,7 +112,7 @@ def measure_engine(settings: BenchSettings, samples: FloatArray) -> dict[str, An
         backbone=settings.backbone,
         backbone_gguf=settings.backbone_gguf or None,
     )
-    model = _timed_model_class().load(Path(settings.model), config)
+    model = TimedModel.load(Path(settings.model), config)
     rss: dict[str, float] = {"before sessions": current_rss_mb()}
 
     def grown(part: str, before: float) -> None:
@@ -303,7 +299,6 @@ def _measure_detokenizer(
 
 
 def _user_turn(prompt: PromptIds, samples: FloatArray) -> list[Any]:
-
     return [list(prompt.user_open), Speech(samples), list(prompt.user_close)]
 
 
@@ -378,7 +373,6 @@ def _real_time_turn(
     detok_role: str,
     batch: int,
 ) -> dict[str, Any]:
-
     chat = Chat(model, prefix=[list(prompt.system)], turn_end=prompt.turn_end, seed=settings.seed)
     config = chat.generation_config("interleaved", max_new_tokens=settings.max_new_tokens)
     run_before = {r: t.seconds for r, t in model.timers.items()}

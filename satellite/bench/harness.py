@@ -174,7 +174,6 @@ def rtf_figures(
 
 
 def _project_root() -> Path:
-
     return Path(satellite.__file__).resolve().parent.parent
 
 

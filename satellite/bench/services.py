@@ -53,7 +53,6 @@ def _pcm(samples: np.ndarray) -> bytes:
 
 
 async def _transcribe(port: int, pcm: bytes) -> dict[str, float]:
-
     marks: dict[str, float] = {}
     async with AsyncTcpClient("127.0.0.1", port) as client:
         await client.write_event(Transcribe(language="en").event())
@@ -95,7 +94,6 @@ async def _synthesize(port: int) -> tuple[float | None, float, float]:
 
 
 async def _handle(port: int, n: int) -> float:
-
     async with AsyncTcpClient("127.0.0.1", port) as client:
         started = time.perf_counter()
         context = {"conversation_id": f"bench-{n}"}
@@ -178,7 +176,6 @@ async def _concurrent(port: int, requests: int, pcm: bytes) -> float:
 
 
 def bench_services(model: Path, *, requests: int = 10, threads: int = 0) -> dict[str, Any]:
-
     query = spoken_query()
     samples = query.samples
     mel = LogMel()

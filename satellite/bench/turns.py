@@ -50,7 +50,6 @@ WINDOWS = {
 async def _run(
     settings: Settings, turns: int, query: Query, pause: float | None = None
 ) -> list[Any]:
-
     daemon = Daemon(settings)
     await daemon.start()
     reports = []

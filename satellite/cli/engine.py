@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+import numpy as np
+
 from satellite.engine.asr import transcribe_one
 from satellite.engine.events import FRAMES_PER_SECOND
 from satellite.engine.template import VOICES
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
     from satellite.audio.wavfile import WavInfo
     from satellite.config import LoadedConfig
     from satellite.engine.chat import Chat
+    from satellite.engine.detokenize import StreamingDetokenizer
     from satellite.engine.model import Model
     from satellite.engine.template import Tokens
 
@@ -476,21 +479,21 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
 
 
 class AudioOut:
-    """Generated audio frames -> streaming detokenizer -> (resampler) -> WAV file, as they
-    come; remembers when the first samples were written.
+    """Generated audio -> (resampler) -> WAV file, as it comes; remembers when the first
+    samples were written. `push` takes a frame's codes through the streaming detokenizer
+    first (`chat`); `write` takes audio already decoded (`speak`, from a `SpeechStream`).
 
     A frame holding the end-of-audio code (2048) in a codebook other than the first is not
     audio the detokenizer can decode (the reference refuses it too; a trained model does not
     make one, a random one does): it is skipped and counted, never clamped."""
 
-    def __init__(self, model: Model, path: Path, rate: int | None) -> None:
+    def __init__(self, detokenizer: StreamingDetokenizer, path: Path, rate: int | None) -> None:
         from satellite.audio.convert import StreamResampler
         from satellite.audio.wavfile import WavWriter
-        from satellite.engine.detokenizers import from_model
 
-        self.detokenizer = from_model(model)
-        self.rate = rate or self.detokenizer.sample_rate
-        self.resampler = StreamResampler(self.detokenizer.sample_rate, self.rate)
+        self.detokenizer = detokenizer
+        self.rate = rate or detokenizer.sample_rate
+        self.resampler = StreamResampler(detokenizer.sample_rate, self.rate)
         self.writer = WavWriter(path, self.rate)
         self.frames = 0
         """Frames decoded."""
@@ -504,16 +507,26 @@ class AudioOut:
             self.skipped += 1
             return
         self.frames += 1
-        self._write(self.resampler.process(samples))
+        self.write(samples)
 
-    def _write(self, samples: FloatArray) -> None:
+    def write(self, samples: FloatArray) -> None:
+        """Decoded audio at the detokenizer's rate."""
+        samples = self.resampler.process(samples)
         if samples.size:
             if self.first_audio is None:
                 self.first_audio = time.monotonic()
             self.writer.write(samples)
 
     def finish(self) -> None:
-        self._write(self.resampler.process(self.detokenizer.finish(), last=True))
+        """The detokenizer's tail, then the file closed."""
+        self.write(self.detokenizer.finish())
+        self.close()
+
+    def close(self) -> None:
+        """The resampler's tail, then the file closed."""
+        tail = self.resampler.process(np.zeros(0, np.float32), last=True)
+        if tail.size:
+            self.writer.write(tail)
         self.writer.close()
 
     def abort(self) -> None:
@@ -533,10 +546,9 @@ class AudioOut:
 
 def cmd_speak(args: argparse.Namespace) -> int:
     from satellite.engine.chat import Chat, system_prefix, user_turn
-    from satellite.engine.events import AudioFrame, TextToken, TurnEnd
-    from satellite.engine.generation import AUDIO_START
-    from satellite.engine.template import SPECIAL_TOKENS, tts_prompt
-    from satellite.engine.tts import SPEAK_TEXT_ALLOWANCE
+    from satellite.engine.detokenizers import from_model
+    from satellite.engine.template import control_token_in, tts_prompt
+    from satellite.engine.tts import SpeechStream
 
     text = " ".join(args.text)
     if text.strip() == "-":
@@ -544,7 +556,7 @@ def cmd_speak(args: argparse.Namespace) -> int:
     text = text.strip()
     if not text:
         raise UserError("nothing to say: TEXT is empty")
-    special = next((t for t in SPECIAL_TOKENS if t in text), None)
+    special = control_token_in(text)
     if special is not None:
         raise UserError(f"TEXT holds the model's control token {special}; leave it out")
     output: Path = args.output
@@ -554,59 +566,38 @@ def cmd_speak(args: argparse.Namespace) -> int:
     voice = args.voice or voice_name(engine.loaded.settings.model.voice)
     accent, gender = VOICES[voice]
     chat = Chat(model, prefix=system_prefix(tokens, tts_prompt(accent, gender)), seed=args.seed)
-    parts = user_turn(tokens, text)
-    size = _template_length(parts)
-    room = chat.context_length - chat.prefix_length - size
-    if room < 2:
+    size = _template_length(user_turn(tokens, text))
+    if chat.context_length - chat.prefix_length - size < 2:
         raise UserError(
             f"TEXT is too long: {size} tokens with the template; the model's context holds "
             f"{chat.context_length - chat.prefix_length} after the system prompt"
         )
     max_frames = max(1, math.ceil(args.max_seconds * FRAMES_PER_SECOND))
-    steps = min(SPEAK_TEXT_ALLOWANCE + max_frames + 1, room)
-    config = chat.generation_config("sequential", max_new_tokens=steps)
-    out = AudioOut(model, output, args.rate)
-    texts = 0
-    reason = "max_new_tokens"
+    out = AudioOut(from_model(model), output, args.rate)
+    stream = SpeechStream(chat, tokens, out.detokenizer, text, max_frames=max_frames)
     started = time.monotonic()
-    turn = chat.turn(parts, config)
     try:
-        for event in turn:
-            if isinstance(event, TextToken):
-                texts += 1
-                if event.token != AUDIO_START and texts >= SPEAK_TEXT_ALLOWANCE:
-                    reason = "no_audio_start"
-                    break
-            elif isinstance(event, AudioFrame):
-                if event.end_of_audio:
-                    reason = "end_of_audio"
-                    break
-                out.push(event.codes)
-                if out.frames + out.skipped >= max_frames:
-                    reason = "max_seconds"
-                    break
-            elif isinstance(event, TurnEnd):
-                reason = event.reason
-        _close(turn)
+        for samples in stream:
+            out.write(samples)
+        out.frames, out.skipped = stream.frames, stream.skipped
         if not out.frames:
             why = {
-                "no_audio_start": f"no <|audio_start|> in its first {texts} tokens",
-                "end_of_turn": f"the turn ended after {texts} text tokens",
+                "no_audio_start": f"no <|audio_start|> in its first {stream.texts} tokens",
+                "end_of_turn": f"the turn ended after {stream.texts} text tokens",
                 "context_full": "the context filled up",
-            }.get(reason, f"{texts} text tokens, then it stopped ({reason})")
+            }.get(stream.reason, f"{stream.texts} text tokens, then it stopped ({stream.reason})")
             if out.skipped:
                 why = f"{out.skipped} frames with code 2048 outside codebook 0, skipped"
             raise NoAudioError(f"{output}: not written: the model gave no audio ({why})")
-        out.finish()
+        out.close()
     except BaseException:
-        _close(turn)
         out.abort()
         raise
     total = time.monotonic() - started
-    if reason == "max_seconds":
+    if stream.reason == "max_seconds":
         _err(f"warning: {output}: audio cut at {args.max_seconds:g} s (--max-seconds)")
-    elif reason in ("max_new_tokens", "context_full"):
-        _err(f"warning: {output}: the audio did not end by itself ({reason})")
+    elif stream.reason in ("max_new_tokens", "context_full"):
+        _err(f"warning: {output}: the audio did not end by itself ({stream.reason})")
     seconds = out.writer.seconds
     first = None if out.first_audio is None else out.first_audio - started
     _err(
@@ -620,6 +611,7 @@ def cmd_speak(args: argparse.Namespace) -> int:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     from satellite.engine.chat import Chat, Speech, system_prefix, user_turn
+    from satellite.engine.detokenizers import from_model
     from satellite.engine.events import AudioFrame, TextToken, TurnEnd
     from satellite.engine.template import INTERLEAVED_PROMPT
 
@@ -637,7 +629,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     for warning in speech.warnings:
         _err(f"warning: {warning}")
     config = chat.generation_config("interleaved", max_new_tokens=args.max_tokens)
-    out = AudioOut(model, output, args.rate)
+    out = AudioOut(from_model(model), output, args.rate)
     first_text: float | None = None
     reason = "max_new_tokens"
     wrote_text = False

@@ -1,9 +1,6 @@
 """Speech to text with the model: one utterance through an ASR turn (sequential mode, the ASR
 system prompt, greedy), its text as it is generated. Used by `lfm-satellite transcribe`, the
 satellite's spoken confirmations and the Wyoming speech-to-text service.
-
-The engine's modules are imported when a transcription runs, not with this module: the daemon
-and the services import it at start without loading onnxruntime.
 """
 
 from __future__ import annotations

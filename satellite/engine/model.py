@@ -20,7 +20,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -138,7 +138,7 @@ class Model:
         self._tokenizer: Any = None
 
     @classmethod
-    def load(cls, directory: Path, config: SessionConfig | None = None) -> Model:
+    def load(cls, directory: Path, config: SessionConfig | None = None) -> Self:
         """Read the manifest of `directory` and check that the engine can run it (the roles
         it needs, the depthformer's granularity, text embeddings) and that its files are the
         manifest's (`satellite.modeldir.integrity`: sizes each time, checksums once per

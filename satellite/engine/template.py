@@ -66,6 +66,13 @@ SPECIAL_TOKENS: dict[str, int] = {
 """LFM2's named special tokens and their ids (the LFM2 tokenizer's added tokens; the audio ones
 are LFM2-Audio's, DESIGN §3.1). The ids between them are reserved tokens of the real vocabulary."""
 
+
+def control_token_in(text: str) -> str | None:
+    """The first of the model's control tokens written out in `text` (None: none is). Text
+    to be spoken or answered must not hold one: it would steer the model, not be read."""
+    return next((token for token in SPECIAL_TOKENS if token in text), None)
+
+
 RUNTIME_SPECIAL_TOKENS = (
     "<|startoftext|>",
     "<|im_start|>",

@@ -52,7 +52,6 @@ class SpeechStream:
         self.reason = "max_new_tokens"
 
     def __iter__(self) -> Iterator[FloatArray]:
-
         chat, detokenizer = self.chat, self.detokenizer
         chat.reset()
         parts = user_turn(self.tokens, self.text)

@@ -474,7 +474,6 @@ def _download_all(
     attempts: int,
     sleep: Callable[[float], None],
 ) -> list[str]:
-
     done: list[str] = []
     network = (
         requests.ConnectionError,

@@ -75,7 +75,7 @@ from satellite.audio.convert import (
 )
 from satellite.engine.mel import LogMel, StreamingLogMel
 from satellite.engine.model import Model
-from satellite.engine.template import SPECIAL_TOKENS, VOICES, Tokens
+from satellite.engine.template import VOICES, Tokens, control_token_in
 from satellite.engine.textstream import printable
 from satellite.settings import Settings
 from satellite.wyoming.announce import Announcer
@@ -642,7 +642,7 @@ class ServicesServer:
                 f"{self.config.max_text} (services_max_text)",
                 "too-long",
             )
-        special = next((t for t in SPECIAL_TOKENS if t in text), None)
+        special = control_token_in(text)
         if special is not None:
             raise BadRequest(f"{what}: the text holds the model's control token {special}")
         return text.strip()
@@ -712,7 +712,7 @@ class ServicesServer:
                 f"{self.config.max_text} characters (services_max_text); the rest is dropped",
                 "too-long",
             )
-        special = next((t for t in SPECIAL_TOKENS if t in stream.buffer + text), None)
+        special = control_token_in(stream.buffer + text)
         if special is not None:
             raise BadRequest(f"synthesize-chunk: the text holds the control token {special}")
         complete, stream.buffer = split_complete(stream.buffer + text)

@@ -97,7 +97,6 @@ class ServiceEngine:
     """See the module docstring. Not thread-safe: one per worker thread."""
 
     def __init__(self, model: Model, tokens: Tokens, limits: Limits | None = None) -> None:
-
         self.model = model
         self.tokens = tokens
         self.limits = limits or Limits()
@@ -111,7 +110,6 @@ class ServiceEngine:
         return self.detokenizer.sample_rate
 
     def _voice(self, voice: str) -> Chat:
-
         chat = self._voices.get(voice)
         if chat is None:
             accent, gender = VOICES[voice]
@@ -149,7 +147,6 @@ class ServiceEngine:
         job.post(Finished(reason=reason, frames=frames, skipped=skipped))
 
     def _speak_one(self, text: str, voice: str, job: Job) -> tuple[int, int, str]:
-
         max_frames = max(1, round(self.limits.speech_seconds * FRAMES_PER_SECOND))
         stream = SpeechStream(self._voice(voice), self.tokens, self.detokenizer, text,
                               max_frames=max_frames, cancelled=lambda: job.cancelled)  # fmt: skip
@@ -158,7 +155,6 @@ class ServiceEngine:
         return stream.frames, stream.skipped, stream.reason
 
     def converse(self, conversation: Conversation, text: str, job: Job) -> None:
-
         if conversation.chat is None:
             prefix = system_prefix(self.tokens, INTERLEAVED_PROMPT)
             conversation.chat = Chat(self.model, prefix=prefix, seed=self.limits.seed)
