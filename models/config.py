@@ -237,10 +237,6 @@ class AudioModelConfig:
     tie_audio_embeddings: bool = False
     output_sample_rate: int = 24_000
 
-    @property
-    def adapter_hidden(self) -> int:
-        return self.backbone.hidden_size
-
     def manifest_config(self) -> dict[str, Any]:
         """The manifest's `config` object (see `satellite.modeldir.manifest.REQUIRED_CONFIG`)."""
         b = self.backbone

@@ -385,11 +385,6 @@ def random_mimi_weights(config: MimiConfig, seed: int) -> MimiWeights:
     return MimiWeights(config, seed)
 
 
-def parameter_count(config: MimiConfig) -> int:
-    """Numbers in the decoder's checkpoint tensors (the graph's weights, before folding)."""
-    return sum(math.prod(spec.shape) for spec in mimi_specs(config))
-
-
 def codebook_tables(config: MimiConfig, weights: Mapping[str, Array]) -> Array:
     """The codebooks' vectors, stacked [codebooks * codebook_size, codebook_dim]: each one's
     `embedding_sum / clamp(cluster_usage, 1e-5)` (`EuclideanCodebook.embedding`)."""

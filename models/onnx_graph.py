@@ -199,20 +199,6 @@ def save(model: onnx.ModelProto, path: Path) -> None:
     path.write_bytes(model.SerializeToString())
 
 
-def tensor_specs(values: list[onnx.ValueInfoProto]) -> list[tuple[str, str, list[int | str]]]:
-    """(name, dtype name, shape) of graph inputs or outputs, for the manifest."""
-    specs = []
-    for value in values:
-        tensor = value.type.tensor_type
-        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)).name
-        shape: list[int | str] = [
-            dim.dim_param if dim.HasField("dim_param") else int(dim.dim_value)
-            for dim in tensor.shape.dim
-        ]
-        specs.append((value.name, dtype, shape))
-    return specs
-
-
 def write_graph(out: Path, file_stem: str, build: Callable[[GraphBuilder], onnx.ModelProto]) -> str:
     """Build one graph into `out` (`<stem>.onnx` + `<stem>.onnx_data`); returns its file name."""
     data = ExternalData(out / f"{file_stem}.onnx_data")

@@ -200,10 +200,6 @@ class GraphReport:
         }
 
 
-class QuantizeError(ValueError):
-    """A graph cannot be quantized as built; the message names the graph and the node."""
-
-
 def build_quantized(
     out: Path,
     variant: str,

@@ -147,6 +147,14 @@ async def daemon(broker: Broker, tmp_path: Path) -> AsyncIterator[Daemon]:
     await d.close()
 
 
+async def test_the_model_is_told_the_devices_it_may_control(daemon: Daemon) -> None:
+    """The allowlist's tools are in the system prompt the local model answers under."""
+    assert daemon.responder is not None
+    prompt = daemon.responder.system_prompt or ""
+    assert prompt == daemon.system_prompt and "<|tool_list_start|>" in prompt
+    assert "light.kitchen" in prompt and "turn_on" in prompt
+
+
 async def test_reply_text_drives_devices_through_mqtt(daemon: Daemon, broker: Broker) -> None:
     said: list[str] = []
     daemon.observe(lambda event: said.append(event.text) if isinstance(event, Said) else None)

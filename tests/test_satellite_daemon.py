@@ -272,3 +272,17 @@ async def test_speculative_prefill_during_the_trailing_silence(
     else:
         assert responder.speculations == 0 and responder.speculated_turns == 0
     assert turn.reply_audio_seconds > 0
+
+
+async def test_the_model_given_to_the_daemon_is_the_one_it_loads(
+    model: Path, tmp_path: Path
+) -> None:
+    """`lfm-satellite run --model DIR` (Daemon's `model`) wins over the config's model."""
+    settings = daemon_settings(tmp_path / "no-model-here", backend="null")
+    daemon = Daemon(settings, model=str(model))
+    await daemon.start()
+    try:
+        assert daemon.responder is not None
+        assert daemon.responder.model.directory.resolve() == model.resolve()
+    finally:
+        await daemon.close()

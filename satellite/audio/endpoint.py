@@ -127,11 +127,6 @@ class Endpointer:
         self._speech_frame = 0
         self._silence = 0
 
-    @property
-    def speaking(self) -> bool:
-        """An utterance has started and not yet ended."""
-        return self._speaking
-
     def process(self, chunk: bytes) -> list[EndpointEvent]:
         """Feed PCM of any length; returns the events it completes, oldest first."""
         data = self._pending + chunk

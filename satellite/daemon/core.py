@@ -43,7 +43,6 @@ import dataclasses
 import logging
 import resource
 import time
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -54,14 +53,13 @@ from wyoming.error import Error
 from wyoming.event import Event
 from wyoming.info import Info
 from wyoming.satellite import PauseSatellite, RunSatellite
-from wyoming.snd import Played
 from wyoming.tts import Synthesize
 from wyoming.vad import VoiceStarted, VoiceStopped
 from wyoming.wake import Detection
 
 from satellite import events
 from satellite.audio.backends import AudioBackend, Int16Array, open_backend
-from satellite.audio.convert import StreamResampler, float_to_pcm16, pcm_to_float, resample
+from satellite.audio.convert import StreamResampler, float_to_pcm16
 from satellite.audio.endpoint import (
     Endpointer,
     PauseEnded,
@@ -70,16 +68,15 @@ from satellite.audio.endpoint import (
     UtteranceEnded,
 )
 from satellite.audio.pacing import Pacer
-from satellite.audio.player import Generated, Item, ReplyPlayer, TextProgress
-from satellite.audio.sounds import Sound, chime, load_sound
+from satellite.audio.sounds import chime, load_sound
 from satellite.audio.wake import Detection as WakeDetection
 from satellite.audio.wake import WakeWordDetector
 from satellite.controls import Controls, ControlStore, default_state_file
 from satellite.daemon import machine
 from satellite.daemon.homeassistant import IncomingPlayer, PipelineStream
+from satellite.daemon.localturn import LocalTurns
 from satellite.daemon.machine import Action, State
 from satellite.daemon.playback import Playback
-from satellite.daemon.report import turn_report
 from satellite.daemon.timers import Timer, TimerBell
 from satellite.devices.control import DeviceController, Entity, load_allowlist, tool_list
 from satellite.engine import costmodel
@@ -87,7 +84,7 @@ from satellite.engine.framebatch import BATCH_FRAMES
 from satellite.engine.template import INTERLEAVED_PROMPT
 from satellite.events import Observer, TurnReport
 from satellite.mqtt.bridge import MqttBridge
-from satellite.reply import ReplyAudio, ReplyDone, ReplyText, Responder
+from satellite.reply import Responder
 from satellite.safety.audio import AudioCheck
 from satellite.safety.text import TextFilter
 from satellite.settings import Settings, WakeSettings
@@ -103,8 +100,6 @@ CAPTURE_STALL_SECONDS = 3.0
 """No capture chunk for this long: the audio loop is unhealthy."""
 ENGINE_STALL_SECONDS = 120.0
 """One turn in the engine's worker for longer than this: the engine is unhealthy."""
-SLOW_START_SECONDS = 0.1
-"""A reply held longer than this before playing is logged with the engine's rate."""
 
 
 class Daemon:
@@ -132,7 +127,6 @@ class Daemon:
         self.mode = self.controls.mode
         self.backend = backend or open_backend(settings.audio)
         self.backend.volume = self.controls.volume
-        self.responder = responder
         self.wake = WakeWordDetector(self._wake_settings(self.controls))
         self.endpointer = Endpointer(settings.vad)
         self.server = SatelliteServer(
@@ -150,9 +144,6 @@ class Daemon:
         self.allowlist: dict[str, Entity] | None = None
         if control.enabled and control.allowlist_file:
             self.allowlist = load_allowlist(_resolve(control.allowlist_file, config_dir))
-        self.devices: DeviceController | None = None
-        """Device control from the model's replies (with an allowlist; commands go out over
-        MQTT, which the config requires with it)."""
         safety = settings.safety
         self.text_filter = TextFilter(safety.blocked_terms, safety.text_filter)
         self.audio_check = AudioCheck(24_000, safety.audio_integrity)
@@ -169,22 +160,13 @@ class Daemon:
         """What Home Assistant streams to be played."""
         self.pipeline = PipelineStream(self.server.send)
         """The microphone streamed to Home Assistant's pipeline (`ha` mode)."""
-        self.turns: list[TurnReport] = []
-        """Local turns that finished (interrupted ones are counted in `interrupted`)."""
-        self.interrupted = 0
         self._observers: list[Observer] = []
         self._stop = asyncio.Event()
         self._input_ended = False
         self._capture: asyncio.Task[None] | None = None
-        self._turn: asyncio.Task[None] | None = None
-        self._reply_cancel: Callable[[], None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._wake_word = ""
         self._turn_audio = 0
         """Capture samples since the wake word (the no-speech timeout counts audio time)."""
         self._speech_started = False
-        self._speculating = False
-        """Speculative work on the utterance (a pause) is in the engine's worker."""
         self._speculate_on = settings.vad.speculative
         self.last_chunk = 0.0
         """`time.monotonic()` of the last capture chunk."""
@@ -197,9 +179,23 @@ class Daemon:
         time (only lateness, the cause of gaps, counts)."""
         self.pacer = Pacer()
         """When replies start playing (it learns the engine's rate over the turns)."""
+        self.local = LocalTurns(
+            self.playback,
+            self.pacer,
+            step=self._step,
+            notify=self._notify,
+            send=self.server.send,
+            voice=lambda: self.controls.voice,
+            audio_check=self.audio_check,
+            text_filter=self.text_filter,
+            done_sound=self.done_sound,
+            max_reply_seconds=settings.safety.max_reply_seconds,
+            playback_jitter=self.playback_jitter,
+        )
+        """The local model's turns (replies, device control's speech, confirmations)."""
+        self.local.responder = responder
         self.expected_rtf: float | None = None
         """The real-time factor this machine is expected to reach (`engine.costmodel`)."""
-        self._slow_told = False
         rate = self.backend.input_rate
         self._mic_resampler = (
             None if rate == MIC_FORMAT.rate else StreamResampler(rate, MIC_FORMAT.rate)
@@ -242,33 +238,24 @@ class Daemon:
             self._speech_started = False
             self.endpointer.restart()
         elif action is Action.RUN_PIPELINE:
-            self.pipeline.start(self._wake_word)
+            self.pipeline.start(self.local.wake_word)
         elif action is Action.STOP_STREAM:
             self.pipeline.stop()
         elif action is Action.VOICE_STOPPED:
             self.server.send(VoiceStopped().event())
         elif action is Action.RESPOND:
             ended, decided = cause
-            speculated = self._speculating and ended.reason == "silence"
-            if not speculated:
-                self._drop_speculation()
-            self._speculating = False
-            self._turn = asyncio.create_task(self._respond(ended, decided, speculated))
+            self.local.respond(ended, decided)
         elif action is Action.HEAR_ANSWER:
-            ended = cause[0] if cause is not None else None
-            self._turn = asyncio.create_task(self._answered(ended))
+            self.local.hear_answer(cause[0] if cause is not None else None)
 
     def _interrupt(self) -> None:
         """Stop the reply being generated, the turn's task and whatever plays."""
-        self._drop_speculation()
-        if self._reply_cancel is not None:
-            self._reply_cancel()
-        if self._turn is not None and not self._turn.done():
-            self._turn.cancel()
+        self.local.interrupt()
         self.playback.stop()
 
     def _greet(self, detection: WakeDetection) -> None:
-        self._wake_word = detection.model
+        self.local.wake_word = detection.model
         _LOG.info("wake word %r (p=%.2f)", detection.wake_word, detection.probability)
         self._notify(events.WakeWordHeard(detection.model, detection.probability))
         millis = int(detection.seconds * 1000)
@@ -351,6 +338,26 @@ class Daemon:
         return f"{manifest.name} ({manifest.variant})"
 
     @property
+    def responder(self) -> Responder | None:
+        """The local model (None until `start` has loaded it, unless one was given)."""
+        return self.local.responder
+
+    @property
+    def devices(self) -> DeviceController | None:
+        """Device control from the model's replies (with an allowlist; commands go out over
+        MQTT, which the config requires with it)."""
+        return self.local.devices
+
+    @property
+    def turns(self) -> list[TurnReport]:
+        """Local turns that finished (interrupted ones are counted in `interrupted`)."""
+        return self.local.turns
+
+    @property
+    def interrupted(self) -> int:
+        return self.local.interrupted
+
+    @property
     def timers(self) -> dict[str, Timer]:
         """The timers Home Assistant keeps on this satellite, by id."""
         return self.bell.timers
@@ -424,16 +431,19 @@ class Daemon:
         # measured before the model is in memory: the probe's buffer adds nothing to the peak
         bandwidth = await asyncio.to_thread(costmodel.read_bandwidth)
         loaded = time.monotonic()
-        if self.responder is None:
-            self.responder = await asyncio.to_thread(Responder.load, self.settings, self.config_dir)
-        await self.responder.prepare()
+        if self.local.responder is None:
+            self.local.responder = await asyncio.to_thread(
+                Responder.load, self.settings, self.config_dir, self.model_spec, self.system_prompt
+            )
+        responder = self.local.responder
+        await responder.prepare()
         _LOG.info("model ready in %.1f s", time.monotonic() - loaded)
         self.expected_rtf = self._expected_speed(bandwidth)
         if self.expected_rtf is not None and self.expected_rtf > 1.0:
             # a slow machine's first reply: held for the rate the cost model foresees (not
             # started on its fast first frames) and decoded in batches, like those after it
             self.pacer.last_rtf = self.pacer.last_rtf or self.expected_rtf
-            self.responder.batch = BATCH_FRAMES
+            responder.batch = BATCH_FRAMES
         await self.backend.start()
         await self.server.start()
         if self.settings.wyoming.zeroconf:
@@ -444,14 +454,13 @@ class Daemon:
                 wyoming.satellite_host,
             )
             await self.announcer.start()
-        responder = self.responder
         self.services = await start_services(
             self.settings, responder.model, responder.tokens, home_control=bool(self.allowlist)
         )
         if self.settings.mqtt.enabled:
             self.mqtt = bridge = MqttBridge(self)
             if self.allowlist is not None:
-                self.devices = DeviceController(
+                self.local.devices = DeviceController(
                     self.allowlist,
                     publish=bridge.publish_command,
                     event=bridge.event,
@@ -502,14 +511,13 @@ class Daemon:
     async def close(self) -> None:
         """Stop everything in order: capture, turns, playback, servers, zeroconf, model."""
         self._stop.set()
-        if self._reply_cancel is not None:
-            self._reply_cancel()
-        tasks = [t for t in (self._capture, self._turn, self.bell.task) if t is not None]
-        for task in [*tasks, *self._tasks]:
+        self.local.cancel_reply()
+        tasks = [t for t in (self._capture, self.local.task, self.bell.task) if t is not None]
+        for task in tasks:
             if not task.done():
                 task.cancel()
         tasks += self.playback.cancel_all()
-        await asyncio.gather(*tasks, *self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self.mqtt is not None:
             await self.mqtt.stop()
         if self.announcer is not None:
@@ -544,7 +552,7 @@ class Daemon:
         """Until no turn, stream or playback is in progress (bounded by `timeout`)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            busy = [t for t in (self._turn, self.playback.task, self.bell.task)
+            busy = [t for t in (self.local.task, self.playback.task, self.bell.task)
                     if t and not t.done()]  # fmt: skip
             if self.state in ("listening", "streaming") and not self._input_ended:
                 await asyncio.sleep(0.02)
@@ -552,12 +560,6 @@ class Daemon:
             if not busy:
                 return
             await asyncio.wait(busy, timeout=max(0.0, deadline - time.monotonic()))
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
     # -- audio in ---------------------------------------------------------------------------
 
@@ -590,11 +592,10 @@ class Daemon:
                 if self.mode == "local":
                     self.server.send(VoiceStarted().event())
             elif isinstance(event, PauseStarted):
-                if self.state == "listening" and self._speculate_on and self.responder:
-                    self.responder.speculate(pcm_to_float(event.audio, 2, 1))
-                    self._speculating = True
+                if self.state == "listening" and self._speculate_on:
+                    self.local.speculate(event.audio)
             elif isinstance(event, PauseEnded):
-                self._drop_speculation()
+                self.local.drop_speculation()
             elif isinstance(event, UtteranceEnded):
                 self._on_utterance(event)
                 return
@@ -643,201 +644,12 @@ class Daemon:
     async def answer(
         self, samples: np.ndarray, reason: str = "silence", pause: float | None = None
     ) -> TurnReport:
-        """Run one local turn on 16 kHz float32 speech, as if the endpointer had just closed
-        it (benchmarks drive the reply path through this). With `pause`, as if the user had
-        paused that many seconds before the end was decided: speculative work starts on
-        `samples` first, as `vad.speculative` does."""
-        pcm = np.round(np.clip(samples, -1.0, 32767 / 32768) * 32768).astype("<i2").tobytes()
-        ended = UtteranceEnded(reason, 0.0, 0.0, len(pcm) / 2 / 16000, pcm)  # type: ignore[arg-type]
-        self._wake_word = self._wake_word or "api"
-        speculated = pause is not None and self.responder is not None
-        if speculated:
-            assert self.responder is not None and pause is not None
-            self.responder.speculate(pcm_to_float(pcm, 2, 1))
-            await asyncio.sleep(pause)
-        self._step(machine.Speak())
-        self._turn = asyncio.create_task(self._respond(ended, time.monotonic(), speculated))
-        await self._turn
-        return self.turns[-1]
-
-    def _drop_speculation(self) -> None:
-        if self._speculating and self.responder is not None:
-            self.responder.abandon()
-        self._speculating = False
-
-    async def _respond(
-        self, ended: UtteranceEnded, decided: float, speculated: bool = False
-    ) -> None:
-        assert self.responder is not None
-        samples = pcm_to_float(ended.audio, 2, 1)
-        reply = self.responder.reply(samples, speculated=speculated)
-        self._reply_cancel = reply.cancel
-        done: ReplyDone | None = None
-        queue: asyncio.Queue[Item] = asyncio.Queue()
-        if self.done_sound is not None:
-            queue.put_nowait(self._sound_at_output(self.done_sound))
-        playback = self._start_player("reply", queue, reply.chunk_seconds)
-        self.audio_check.start_reply()
-        blocked: str | None = None
-        said = ""
-        try:
-            async for event in reply:
-                if isinstance(event, ReplyAudio):
-                    if blocked is not None:
-                        continue
-                    queue.put_nowait(Generated(self.audio_check.inspect(event.samples)))
-                elif isinstance(event, ReplyText):
-                    said += event.text
-                    queue.put_nowait(TextProgress(len(said), event.complete))
-                    if event.text:
-                        self._notify(events.ReplyText(text=event.text))
-                    if blocked is None and (term := self.text_filter.blocked(said)):
-                        blocked = term
-                        reply.cancel()
-                        self.playback.stop()
-                        _LOG.warning("reply stopped: it contained the blocked term %r", term)
-                        self._notify(events.Failure(where="safety",
-                                     message=f"reply stopped: blocked term {term!r}"))  # fmt: skip
-                elif isinstance(event, ReplyDone):
-                    done = event
-            queue.put_nowait(None)
-            await asyncio.wait([playback])  # an announcement may have replaced it
-        except asyncio.CancelledError:
-            reply.cancel()
-            self.interrupted += 1
-            self._notify(events.TurnInterrupted())
-            raise
-        finally:
-            self._reply_cancel = None
-            self._step(machine.Spoken())
-        assert done is not None
-        self._finish_turn(ended, decided, playback, done, blocked)
-        if done.error is None and blocked is None:
-            await self.act_on(done.text)
-
-    # -- device control ---------------------------------------------------------------------
+        """Run one local turn on 16 kHz float32 speech (see `LocalTurns.answer`)."""
+        return await self.local.answer(samples, reason, pause)
 
     async def act_on(self, text: str) -> None:
-        """The tool calls in a reply's text: each is sent, refused or held for a spoken yes
-        (see `satellite.devices.control`), and the outcome is said. With one held, the satellite
-        listens for the answer without a wake word."""
-        devices = self.devices
-        if devices is None:
-            return
-        self._step(machine.Speak())
-        confirm = False
-        try:
-            for outcome in devices.handle(text):
-                _LOG.info("device control: %s (%s)", outcome.kind, outcome.reason or outcome.say)
-                await self.say(outcome.say)
-            confirm = devices.waiting
-        finally:
-            self._step(machine.Spoken(confirm=confirm))
-
-    async def _answered(self, ended: UtteranceEnded | None) -> None:
-        """The user's answer to a confirmation question (None: none came in time)."""
-        assert self.responder is not None and self.devices is not None
-        text = ""
-        if ended is not None:
-            heard = self.responder.transcribe(pcm_to_float(ended.audio, 2, 1))
-            async for _ in heard:
-                pass
-            text = heard.done.text if heard.done is not None else ""
-        _LOG.info("confirmation answer: %r", text)
-        self._notify(events.ConfirmationHeard(transcript=text))
-        self._step(machine.Speak())
-        try:
-            for outcome in self.devices.confirm(text):
-                await self.say(outcome.say)
-        finally:
-            self._step(machine.Spoken())
-
-    async def say(self, text: str) -> None:
-        """Speak `text` with the model's text to speech (the current voice), streamed."""
-        if not text or self.responder is None:
-            return
-        _LOG.info("saying: %r", text)
-        self._notify(events.Said(text=text))
-        reply = self.responder.speak(text, self.controls.voice)
-        self._reply_cancel = reply.cancel
-        queue: asyncio.Queue[Item] = asyncio.Queue()
-        queue.put_nowait(TextProgress(len(text), complete=True))
-        playback = self._start_player("speech", queue)
-        try:
-            async for event in reply:
-                if isinstance(event, ReplyAudio):
-                    queue.put_nowait(Generated(self.audio_check.inspect(event.samples)))
-            queue.put_nowait(None)
-            await asyncio.wait([playback])
-        except asyncio.CancelledError:
-            reply.cancel()
-            raise
-        finally:
-            self._reply_cancel = None
-
-    def _finish_turn(
-        self,
-        ended: UtteranceEnded,
-        decided: float,
-        playback: asyncio.Task[Any],
-        done: ReplyDone,
-        blocked: str | None = None,
-    ) -> None:
-        problems = tuple(self.audio_check.reply_problems())
-        if problems:
-            _LOG.warning("generated audio fixed before playback: %s", "; ".join(problems))
-        played = _result(playback)
-        report = turn_report(
-            self._wake_word, ended, decided, time.monotonic(), played, done, blocked, problems
-        )
-        self.turns.append(report)
-        if done.error:
-            _LOG.error("the local model failed on this turn: %s", done.error)
-            self._notify(events.Failure(where="engine", message=done.error))
-        _LOG.info(
-            "reply: %r (%s); %.2f s of audio, first audio after %s (engine %s)",
-            done.text,
-            done.reason,
-            done.audio_seconds,
-            _ms(report.time_to_first_audio),
-            _ms(report.engine_first_audio),
-        )
-        if report.underruns:
-            _LOG.warning(
-                "the reply broke up %d time(s) while playing (underruns)", report.underruns
-            )
-        delay, rtf = report.start_delay, report.generation_rtf
-        if delay and delay > SLOW_START_SECONDS and rtf is not None:
-            _LOG.info("the reply waited %s before playing: the model made its audio at %.2fx "
-                      "real time on this machine", _ms(delay), rtf)  # fmt: skip
-        if rtf is not None and rtf > 1.0 and not self._slow_told:
-            self._slow_told = True
-            variant = self.responder.model.manifest.variant if self.responder else None
-            _LOG.warning("measured: %s", costmodel.advice(rtf, variant, measured=True))
-        self.server.send(Played().event())
-        self._notify(events.TurnFinished(report=report))
-
-    # -- playback ---------------------------------------------------------------------------
-
-    def _sound_at_output(self, sound: Sound) -> np.ndarray:
-        rate = self.responder.sample_rate if self.responder is not None else sound.rate
-        return resample(sound.samples, sound.rate, rate)
-
-    def _start_player(
-        self, kind: str, queue: asyncio.Queue[Item], chunk: float = 0.0
-    ) -> asyncio.Task[Any]:
-        """Play generated audio from `queue`, which comes in chunks of up to `chunk` seconds
-        (see `satellite.audio.player`)."""
-        assert self.responder is not None
-        player = ReplyPlayer(
-            self.backend,
-            self.responder.sample_rate,
-            self.pacer,
-            at_most=self.settings.safety.max_reply_seconds,
-            chunk=chunk,
-            jitter=self.playback_jitter,
-        )
-        return self.playback.start(kind, player.run(queue))
+        """The tool calls in a reply's text (see `LocalTurns.act_on`)."""
+        await self.local.act_on(text)
 
     # -- Home Assistant ---------------------------------------------------------------------
 
@@ -921,17 +733,6 @@ def raise_open_files_limit(want: int = OPEN_FILES) -> int:
     return soft
 
 
-def _result(task: asyncio.Task[Any]) -> Any:
-    """What a finished task returned (None: it was cancelled or failed)."""
-    if not task.done() or task.cancelled() or task.exception() is not None:
-        return None
-    return task.result()
-
-
 def _resolve(name: str, base: Path | None) -> Path:
     path = Path(name).expanduser()
     return path if path.is_absolute() or base is None else base / path
-
-
-def _ms(seconds: float | None) -> str:
-    return "none" if seconds is None else f"{seconds * 1000:.0f} ms"

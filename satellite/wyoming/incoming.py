@@ -84,10 +84,6 @@ class IncomingAudio:
         self._changed = asyncio.Event()
         self._warned = False
 
-    @property
-    def queued_seconds(self) -> float:
-        return self._queued_seconds
-
     def put(self, audio: bytes, width: int | None = None, channels: int | None = None) -> bool:
         """Take a chunk (its own width and channels where it says). False when it went past
         `most_seconds` (and was dropped) for the first time: the caller tells the sender."""
