@@ -111,7 +111,52 @@ def load_config(path: Path | None) -> LoadedConfig:
     errors = [p for p in problems if not p.warning]
     if errors:
         raise ConfigError(problems)
-    return LoadedConfig(settings, path, [p for p in problems if p.warning])
+    return LoadedConfig(
+        resolve_paths(settings, path.parent), path, [p for p in problems if p.warning]
+    )
+
+
+PATH_KEYS: tuple[tuple[str, str], ...] = (
+    ("satellite", "state_file"),
+    ("audio", "input_file"),
+    ("audio", "output_file"),
+    ("audio", "awake_sound"),
+    ("audio", "done_sound"),
+    ("audio", "timer_sound"),
+    ("model", "directory"),
+    ("model", "models_dir"),
+    ("mqtt", "ca_file"),
+    ("mqtt", "cert_file"),
+    ("mqtt", "key_file"),
+    ("mqtt", "password_file"),
+    ("device_control", "allowlist_file"),
+    ("logging", "file"),
+)
+"""The settings that name a file or folder (besides a custom wake-word model). A relative one
+is read against the config file's folder. `model.backbone_gguf` is not among them: it is read
+against the model directory."""
+
+
+def resolve_paths(settings: Settings, base: Path) -> Settings:
+    """`settings` with every path of PATH_KEYS, and a wake-word model given as a .json file,
+    made absolute against `base` (the config file's folder), `~` expanded. The loader does it
+    once; the satellite uses the paths as they are."""
+    sections: dict[str, dict[str, str]] = {}
+    for section, key in PATH_KEYS:
+        value = getattr(getattr(settings, section), key)
+        if value:
+            sections.setdefault(section, {})[key] = str(_absolute(value, base))
+    if settings.wake.model not in WAKE_WORDS:
+        sections.setdefault("wake", {})["model"] = str(_absolute(settings.wake.model, base))
+    return replace(
+        settings,
+        **{name: replace(getattr(settings, name), **values) for name, values in sections.items()},
+    )
+
+
+def _absolute(name: str, base: Path) -> Path:
+    path = Path(name).expanduser()
+    return path if path.is_absolute() else base / path
 
 
 def parse_config(
@@ -367,8 +412,7 @@ class _Checker:
         self.problems[-1] = replace(self.problems[-1], warning=True)
 
     def resolve(self, name: str) -> Path:
-        path = Path(name).expanduser()
-        return path if path.is_absolute() else self.base_dir / path
+        return _absolute(name, self.base_dir)
 
     def check_readable(self, path: KeyPath, name: str | None) -> None:
         if name is None:

@@ -36,7 +36,6 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import chain
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -230,14 +229,13 @@ class Responder:
     def load(
         cls,
         settings: Settings,
-        config_dir: Path | None = None,
         spec: str | None = None,
         system_prompt: str | None = None,
     ) -> Responder:
         """The model `spec` (a directory or catalog name) or else the one the settings name,
         with its sessions opened (blocking: seconds)."""
 
-        choice = model_directory(spec, settings.model, config_dir)
+        choice = model_directory(spec, settings.model)
         model = Model.load(choice.directory, SessionConfig.from_settings(settings.model))
         tokens = model.tokens("the satellite needs one to read the model's text")
         _LOG.info(

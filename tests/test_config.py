@@ -13,6 +13,7 @@ from satellite.addon import OPTION_SCHEMA
 from satellite.cli import main
 from satellite.config import (
     CONFIG_ENV,
+    PATH_KEYS,
     ConfigError,
     find_config_file,
     iter_fields,
@@ -260,3 +261,44 @@ def test_the_voices_are_named_once() -> None:
     the add-on's choices are the same list."""
     assert tuple(VOICES) == VOICE_NAMES == ("us_female", "us_male", "uk_female", "uk_male")
     assert OPTION_SCHEMA["voice"] == "list(us_female|us_male|uk_female|uk_male)"
+
+
+def test_paths_are_read_against_the_config_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every setting naming a file or folder: relative -> against the config file's folder,
+    `~` expanded, absolute kept; a shipped wake word stays a name. The satellite then uses
+    the paths as they are, from whatever folder it runs in."""
+    folder = tmp_path / "etc"
+    (folder / "sounds").mkdir(parents=True)
+    (folder / "models").mkdir()
+    for name in ("mic.wav", "sounds/awake.wav", "allow.yaml", "pw", "ww.json"):
+        (folder / name).write_text("x")
+    home = tmp_path / "home"
+    (home / "m").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    config = folder / "satellite.yaml"
+    config.write_text(
+        "satellite: {state_file: state.json}\n"
+        "audio: {backend: file, input_file: mic.wav, output_file: /abs/out.wav, "
+        "awake_sound: sounds/awake.wav}\n"
+        "wake: {model: ww.json}\n"
+        "model: {directory: ~/m, models_dir: models}\n"
+        "mqtt: {enabled: true, username: u, password_file: pw}\n"
+        "device_control: {enabled: true, allowlist_file: allow.yaml}\n"
+    )
+    config.chmod(0o600)
+    s = load_config(config).settings
+    assert s.satellite.state_file == str(folder / "state.json")
+    assert s.audio.input_file == str(folder / "mic.wav")
+    assert s.audio.output_file == "/abs/out.wav"
+    assert s.audio.awake_sound == str(folder / "sounds/awake.wav")
+    assert s.audio.done_sound is None
+    assert s.wake.model == str(folder / "ww.json")
+    assert s.model.directory == str(home / "m")
+    assert s.model.models_dir == str(folder / "models")
+    assert s.mqtt.password_file == str(folder / "pw")
+    assert s.device_control.allowlist_file == str(folder / "allow.yaml")
+    config.write_text("wake: {model: hey_jarvis}\n")
+    assert load_config(config).settings.wake.model == "hey_jarvis"
+    assert {key for _, key in PATH_KEYS} >= {"state_file", "input_file", "allowlist_file"}

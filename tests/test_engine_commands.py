@@ -34,6 +34,7 @@ from satellite.audio.wavfile import WavWriter, read_wav, wav_info, write_wav
 from satellite.cli import engine as commands
 from satellite.cli import main
 from satellite.cli.engine import InputLimit, read_speech
+from satellite.config import load_config
 from satellite.engine.load import ModelNotFoundError, model_directory
 from satellite.engine.textstream import printable
 from satellite.modeldir.fetch import default_model_dir
@@ -242,13 +243,15 @@ def test_model_directory_by_path_name_and_config(tmp_path: Path, tiny_dir: Path)
     chosen = model_directory("tiny", settings)
     assert (chosen.directory, chosen.origin) == (place, "--model")
     assert model_directory(None, settings).origin == "model.name"
-    relative = ModelSettings(directory="../m")
     (tmp_path / "m").mkdir()
     (tmp_path / "etc").mkdir()
-    assert model_directory(None, relative, tmp_path / "etc").directory == tmp_path / "etc/../m"
-    gone = tmp_path / "etc" / "gone"
-    with pytest.raises(ModelNotFoundError, match=rf"model.directory ../m \({gone}/../m\)"):
-        model_directory(None, relative, gone)
+    config = tmp_path / "etc" / "satellite.yaml"
+    config.write_text("model:\n  directory: ../m\n")
+    relative = load_config(config).settings.model  # read against the config file's folder
+    assert model_directory(None, relative).directory == tmp_path / "etc/../m"
+    gone = tmp_path / "etc" / "gone" / "../m"
+    with pytest.raises(ModelNotFoundError, match=rf"model.directory {gone}: directory not found"):
+        model_directory(None, ModelSettings(directory=str(gone)))
 
     official = ModelSettings(models_dir=str(models))
     with pytest.raises(ModelNotFoundError) as caught:

@@ -34,13 +34,11 @@ class Sound:
         return float(self.samples.shape[0]) / self.rate
 
 
-def load_sound(path: str | None, key: str, base: Path | None = None) -> Sound | None:
-    """The WAV file `path` (relative to `base`) as mono float32; None when `path` is empty."""
+def load_sound(path: str | None, key: str) -> Sound | None:
+    """The WAV file `path` as mono float32; None when `path` is empty."""
     if not path:
         return None
     file = Path(path).expanduser()
-    if not file.is_absolute() and base is not None:
-        file = base / file
     try:
         wav = read_wav(file)
     except AudioFormatError as err:

@@ -10,7 +10,6 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -183,16 +182,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"  {line}")
     if args.dry_run:
         return 0
-    config_dir = loaded.source.parent if loaded.source is not None else None
-    return asyncio.run(run_daemon(s, config_dir, args.model))
+    return asyncio.run(run_daemon(s, args.model))
 
 
-async def run_daemon(settings: Settings, config_dir: Path | None, model: str | None = None) -> int:
+async def run_daemon(settings: Settings, model: str | None = None) -> int:
     """The daemon until SIGTERM or SIGINT (or the end of a `file` audio source)."""
     from satellite.daemon.core import Daemon
     from satellite.sdnotify import attach
 
-    daemon = Daemon(settings, config_dir=config_dir, model=model)
+    daemon = Daemon(settings, model=model)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, _on_signal, daemon, signum)

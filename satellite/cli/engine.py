@@ -282,8 +282,7 @@ def open_engine(args: argparse.Namespace) -> Engine:
     started = time.monotonic()
     loaded = load_for_command(args)
     settings = loaded.settings.model
-    config_dir = loaded.source.parent if loaded.source is not None else None
-    choice = model_directory(args.model, settings, config_dir)
+    choice = model_directory(args.model, settings)
     overrides: dict[str, Any] = {}
     if args.threads is not None:
         overrides["threads"] = args.threads

@@ -32,17 +32,15 @@ def cmd_unregister(args: argparse.Namespace) -> int:
     from satellite.cli.loading import load_for_command
 
     loaded = load_for_command(args)
-    return asyncio.run(
-        _unregister(loaded.settings, loaded.source.parent if loaded.source else None)
-    )
+    return asyncio.run(_unregister(loaded.settings))
 
 
-async def _unregister(settings: Any, config_dir: Any) -> int:
+async def _unregister(settings: Any) -> int:
     from satellite.mqtt.client import MqttLink
     from satellite.mqtt.discovery import CONTROL_TOPICS, Topics
 
     topics = Topics.from_settings(settings)
-    link = MqttLink(settings.mqtt, topics.base, config_dir=config_dir)
+    link = MqttLink(settings.mqtt, topics.base)
     cleared = [
         topics.discovery,
         *(topics.state(c) for c in CONTROL_TOPICS),

@@ -110,7 +110,6 @@ class Daemon:
         self,
         settings: Settings,
         *,
-        config_dir: Path | None = None,
         backend: AudioBackend | None = None,
         responder: Responder | None = None,
         model: str | None = None,
@@ -118,10 +117,9 @@ class Daemon:
         """`model`: a model directory or catalog name over the settings' `model` section."""
         self.settings = settings
         self.model_spec = model
-        self.config_dir = config_dir
         state_file = settings.satellite.state_file
         self.store = ControlStore(
-            _resolve(state_file, config_dir) if state_file else default_state_file()
+            Path(state_file).expanduser() if state_file else default_state_file()
         )
         self.controls = self.store.load(Controls.from_settings(settings))
         self.mode = self.controls.mode
@@ -143,13 +141,13 @@ class Daemon:
         control = settings.device_control
         self.allowlist: dict[str, Entity] | None = None
         if control.enabled and control.allowlist_file:
-            self.allowlist = load_allowlist(_resolve(control.allowlist_file, config_dir))
+            self.allowlist = load_allowlist(Path(control.allowlist_file).expanduser())
         safety = settings.safety
         self.text_filter = TextFilter(safety.blocked_terms, safety.text_filter)
         self.audio_check = AudioCheck(24_000, safety.audio_integrity)
-        self.awake_sound = load_sound(audio.awake_sound, "audio.awake_sound", config_dir)
-        self.done_sound = load_sound(audio.done_sound, "audio.done_sound", config_dir)
-        self.timer_sound = load_sound(audio.timer_sound, "audio.timer_sound", config_dir) or chime()
+        self.awake_sound = load_sound(audio.awake_sound, "audio.awake_sound")
+        self.done_sound = load_sound(audio.done_sound, "audio.done_sound")
+        self.timer_sound = load_sound(audio.timer_sound, "audio.timer_sound") or chime()
         self.state: State = "idle"
         """Set only by `_step` (see `satellite.daemon.machine`)."""
         self.playback = Playback(self.backend)
@@ -433,7 +431,7 @@ class Daemon:
         loaded = time.monotonic()
         if self.local.responder is None:
             self.local.responder = await asyncio.to_thread(
-                Responder.load, self.settings, self.config_dir, self.model_spec, self.system_prompt
+                Responder.load, self.settings, self.model_spec, self.system_prompt
             )
         responder = self.local.responder
         await responder.prepare()
@@ -731,8 +729,3 @@ def raise_open_files_limit(want: int = OPEN_FILES) -> int:
         except (OSError, ValueError) as err:
             _LOG.debug("open-file limit stays at %d: %s", soft, err)
     return soft
-
-
-def _resolve(name: str, base: Path | None) -> Path:
-    path = Path(name).expanduser()
-    return path if path.is_absolute() or base is None else base / path

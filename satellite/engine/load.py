@@ -37,11 +37,6 @@ class ModelChoice:
     """How it was chosen, for messages: `--model`, `model.directory`, `model.name`."""
 
 
-def _resolve(name: str, base: Path | None) -> Path:
-    path = Path(name).expanduser()
-    return path if path.is_absolute() or base is None else base / path
-
-
 def _looks_like_path(spec: str) -> bool:
     """A spec no catalog name can be: absolute, `~`, `./`, `../`, or ending in a separator."""
     return (
@@ -51,15 +46,13 @@ def _looks_like_path(spec: str) -> bool:
     )
 
 
-def model_directory(
-    spec: str | None, settings: ModelSettings, config_dir: Path | None = None
-) -> ModelChoice:
-    """The model directory for `--model spec` (None: from `settings`); `config_dir` is the
-    folder of the config file, against which the config's relative paths are read.
+def model_directory(spec: str | None, settings: ModelSettings) -> ModelChoice:
+    """The model directory for `--model spec` (None: from `settings`, whose relative paths
+    the config loader has read against the config file's folder).
 
     Raises ModelNotFoundError naming the path or the catalog name and what to run."""
     models_dir = (
-        _resolve(settings.models_dir, config_dir) if settings.models_dir else default_models_dir()
+        Path(settings.models_dir).expanduser() if settings.models_dir else default_models_dir()
     )
     if spec is not None:
         path = Path(spec).expanduser()
@@ -74,11 +67,9 @@ def model_directory(
             raise ModelNotFoundError(f"--model {spec}: model directory not found")
         return ModelChoice(_by_name(spec, settings.variant, models_dir, "--model"), "--model")
     if settings.directory:
-        path = _resolve(settings.directory, config_dir)
+        path = Path(settings.directory).expanduser()
         if not path.is_dir():
-            raise ModelNotFoundError(
-                f"model.directory {settings.directory} ({path}): directory not found"
-            )
+            raise ModelNotFoundError(f"model.directory {path}: directory not found")
         return ModelChoice(path, "model.directory")
     return ModelChoice(
         _by_name(settings.name, settings.variant, models_dir, "model.name"), "model.name"

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Protocol
 
 from satellite import events
@@ -58,7 +57,6 @@ class Satellite(Watched, Protocol):
     """What the bridge reads and calls on the satellite."""
 
     settings: Settings
-    config_dir: Path | None
     controls: Controls
     mode: str
 
@@ -80,7 +78,7 @@ class MqttBridge:
         settings = daemon.settings
         self.settings = settings
         self.topics = Topics.from_settings(settings)
-        self.link = link or MqttLink(settings.mqtt, self.topics.base, config_dir=daemon.config_dir)
+        self.link = link or MqttLink(settings.mqtt, self.topics.base)
         self.health = HealthMonitor(settings.health, daemon)
         self.health.on_alert.append(self._on_alert)
         self._ha_turn: dict[str, Any] = {}

@@ -80,12 +80,10 @@ def encode(payload: Payload) -> bytes:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def read_password(settings: MqttSettings, base: Path | None = None) -> str | None:
+def read_password(settings: MqttSettings) -> str | None:
     if settings.password_file is None:
         return settings.password
     path = Path(settings.password_file).expanduser()
-    if not path.is_absolute() and base is not None:
-        path = base / path
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as err:
@@ -104,14 +102,12 @@ class MqttLink:
         base_topic: str,
         *,
         client_id: str | None = None,
-        config_dir: Path | None = None,
     ) -> None:
         self.settings = settings
         self.base_topic = base_topic
         self.availability_topic = f"{base_topic}/availability"
         self.client_id = client_id or settings.client_id or f"lfm-satellite-{uuid.uuid4().hex[:8]}"
-        self._password = read_password(settings, config_dir)
-        self._config_dir = config_dir
+        self._password = read_password(settings)
         self._outbox: deque[Message] = deque()
         self._handlers: dict[str, Handler] = {}
         self.on_connect: list[Callable[[], None]] = []
@@ -224,12 +220,7 @@ class MqttLink:
         return client
 
     def _path(self, name: str | None) -> str | None:
-        if name is None:
-            return None
-        path = Path(name).expanduser()
-        if not path.is_absolute() and self._config_dir is not None:
-            path = self._config_dir / path
-        return str(path)
+        return None if name is None else str(Path(name).expanduser())
 
     def _network(self) -> None:
         """The worker thread: connect, run paho's loop until the connection ends, wait, again."""

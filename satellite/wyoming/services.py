@@ -113,7 +113,6 @@ MAX_CONVERSATIONS = 8
 full size); the least recently used idle one is dropped for a new one."""
 MIN_RATE, MAX_RATE = 1000, 384000
 MAX_CHANNELS = 16
-DEFAULT_VOICE = "us_female"
 
 
 class _Gone(Exception):
@@ -130,19 +129,27 @@ class BadRequest(Exception):
         """Close the connection after the error (the client has stalled)."""
 
 
+_DEFAULTS = Settings()
+"""The defaults of `ServicesConfig` are the config's own (`wyoming.services_*` and the rest),
+read from the settings' dataclasses, never written out again here."""
+
+
 @dataclass(frozen=True)
 class ServicesConfig:
-    host: str = "0.0.0.0"
-    port: int = 10701
-    workers: int = 1
-    queue: int = 4
-    request_timeout: float = 120.0
-    client_timeout: float = 30.0
-    max_text: int = 5000
-    max_audio_seconds: float = 30.0
-    voice: str = DEFAULT_VOICE
-    """Voice of a `synthesize` that names none."""
-    conversation_timeout: float = 300.0
+    """What the services server runs with: the `wyoming.services_*` settings and the few
+    others it needs (`from_settings`), with the config's defaults."""
+
+    host: str = _DEFAULTS.wyoming.services_host
+    port: int = _DEFAULTS.wyoming.services_port
+    workers: int = _DEFAULTS.wyoming.services_workers
+    queue: int = _DEFAULTS.wyoming.services_queue
+    request_timeout: float = _DEFAULTS.wyoming.services_request_timeout_seconds
+    client_timeout: float = _DEFAULTS.wyoming.services_client_timeout_seconds
+    max_text: int = _DEFAULTS.wyoming.services_max_text
+    max_audio_seconds: float = _DEFAULTS.wyoming.services_max_audio_seconds
+    voice: str = _DEFAULTS.model.voice
+    """Voice of a `synthesize` that names none (`model.voice`)."""
+    conversation_timeout: float = _DEFAULTS.satellite.conversation_timeout_seconds
     """A conversation idle this long is forgotten."""
     home_control: bool = False
     """Device control is configured (`supports_home_control`)."""
