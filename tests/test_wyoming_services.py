@@ -49,7 +49,8 @@ from satellite.engine.template import Tokens
 from satellite.settings import DeviceControlSettings
 from satellite.wyoming.satellite_server import WyomingServerError
 from satellite.wyoming.sentences import pieces, split_complete
-from satellite.wyoming.services import ServicesConfig, ServicesServer
+from satellite.wyoming.services.common import ServicesConfig
+from satellite.wyoming.services.server import ServicesServer
 from satellite.wyoming.speech import Finished, Limits, ServiceEngine
 from satellite.wyoming.workers import Job, PoolFull, WorkerPool
 from tests.satellite_support import daemon_settings, tiny_model
@@ -374,7 +375,7 @@ async def test_handle_keeps_a_conversation(tiny_dir: Path) -> None:
         async with connect(server) as client:
             await client.write_event(Transcript("What time is it?", language="en").event())
             single = await read(client, 30)
-        conversations = dict(server._conversations)
+        conversations = server.conversations.by_id()
     assert all(r["text"] for r in replies)
     assert [r["context"]["conversation_id"] for r in replies] == ["c1", "c1", "c2"]
     assert conversations["c1"].turns == 2 and conversations["c2"].turns == 1

@@ -38,7 +38,8 @@ from satellite.engine.model import Model
 from satellite.engine.sessions import SessionConfig
 from satellite.engine.template import Tokens
 from satellite.telemetry.stats import Window
-from satellite.wyoming.services import ServicesConfig, ServicesServer
+from satellite.wyoming.services.common import ServicesConfig
+from satellite.wyoming.services.server import ServicesServer
 from satellite.wyoming.speech import Limits
 
 TTS_TEXT = "The kitchen lights are on, and the front door is locked."

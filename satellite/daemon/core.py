@@ -92,7 +92,7 @@ from satellite.telemetry.stats import InterarrivalJitter
 from satellite.wyoming.announce import Announcer
 from satellite.wyoming.info import MIC_FORMAT, SatelliteDescription, satellite_info
 from satellite.wyoming.satellite_server import SatelliteServer
-from satellite.wyoming.services import ServicesServer, start_services
+from satellite.wyoming.services.server import ServicesServer, start_services
 
 _LOG = logging.getLogger("satellite.daemon")
 
