@@ -19,6 +19,7 @@ from satellite.audio.backends import load_sounddevice
 from satellite.engine.sampling import Sampler
 from satellite.engine.sessions import use_shared_pool
 from tests.broker import Broker
+from tests.satellite_support import tiny_model
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -53,6 +54,13 @@ def llama_library() -> Path:
     folder = llamacpp.build_tools().library_dir
     os.environ["LLAMA_CPP_LIB_PATH"] = str(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def model() -> Path:
+    """The tiny q4 model directory (built once a run, `models.cache`), for tests that run
+    the satellite on a model; a module that needs another model defines its own `model`."""
+    return tiny_model()
 
 
 @pytest.fixture
@@ -131,3 +139,10 @@ def pulseaudio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Puls
         yield server
     finally:
         server.stop()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test on a real mosquitto (the `broker` fixture) carries the `broker` marker."""
+    for item in items:
+        if "broker" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.broker)

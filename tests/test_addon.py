@@ -39,8 +39,8 @@ from satellite.addon import (
     translate,
 )
 from satellite.config import load_config
+from tests.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 ADDON = REPO / "integration" / "lfm_satellite"
 TOKEN = "test-supervisor-token"
 

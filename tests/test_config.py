@@ -23,8 +23,7 @@ from satellite.config import (
 from satellite.config_docs import doc_for, example_yaml
 from satellite.engine.template import VOICES
 from satellite.settings import VOICE_NAMES, Settings
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.paths import REPO
 
 # (config text, expected line:col, expected key, words the message must contain)
 MALFORMED = [

@@ -21,8 +21,8 @@ import pytest
 from hubserver import serve_hub, write_test_catalog
 
 from satellite.modeldir.catalog import catalog_path, find_entry, load_catalog
+from tests.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 INSTALL = REPO / "script" / "install"
 NAME = "LiquidAI/LFM2.5-Audio-1.5B-ONNX"
 VENV = "opt/lfm-satellite/venv"

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.paths import REPO
+
 UNIT = REPO / "systemd" / "lfm-satellite.service"
 SYSUSERS = REPO / "systemd" / "lfm-satellite.sysusers"
 EXEC = "/opt/lfm-satellite/venv/bin/lfm-satellite"

@@ -22,7 +22,7 @@ past: play at once.
 With `rtf > 1` the first bound is taken from every chunk so far, not only the last, and the
 latest wins: the first chunks of an interleaved reply come faster than the rest (no text run
 among them yet), and foreseen from those alone the end came 46 ms after the start allowed
-(measured on the full-size model, `tests/test_reply_pacing.py`). `late` is learnt: after
+(measured on the full-size model, `tests/daemon/test_reply_pacing.py`). `late` is learnt: after
 each reply that played without a hold, the room that would have let it start just in time
 (the room it had, plus how much too early it started, less how much too late), the most
 over the last replies (an engine near real time makes some chunks later than others, in no

@@ -15,7 +15,7 @@ satellite and services ports, MQTT to a mosquitto of its own):
 Each step ends with a well-formed request that must succeed. The report counts crashes (the
 daemon's health naming a problem that does not clear, its capture loop ending), wedges (a
 step that does not recover within `RECOVERY_LIMIT`), recovery times and the process's RSS
-growth. The suite runs it small (tests/test_soak.py); the command runs it at any length.
+growth. The suite runs it small (tests/bench/test_soak.py); the command runs it at any length.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ default on CPU) or preallocated at the frame's full length (`codebooks` position
 `seqlens_k` telling the attention how much of it is filled): some providers fail on the empty
 cache (FINDINGS §1: WebGPU's "Shape mismatch attempting to re-use buffer {1,8,0,32} !=
 {1,8,1,32}"), so every provider but CPU gets the preallocated one. On CPU both give the same
-codes (tests/test_engine_depthformer.py).
+codes (tests/engine/test_engine_depthformer.py).
 """
 
 from __future__ import annotations

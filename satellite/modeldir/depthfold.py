@@ -23,7 +23,7 @@ Measured on the full-size published q4 (AMD EPYC, 2 threads, docs/PERFORMANCE.md
 frame before, 21.7 after, the two graphs timed side by side (the rearrangement alone: 26.9 to
 23.8). In float the rewritten graph is token-exact with the reference; on q4 the moved 4-bit
 bytes are the same, but the norms' reordered sums can move an activation across an int8
-rounding edge: within 0.04 of the logits (tests/test_depthformer_fold.py).
+rounding edge: within 0.04 of the logits (tests/modeldir/test_depthformer_fold.py).
 
 The rewritten graph is `<stem>.folded.onnx` beside the one the manifest names, with the moved
 weights in `<stem>.folded.onnx_data` (about 14 MB at full size); the rest of its weights are

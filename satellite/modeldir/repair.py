@@ -7,7 +7,7 @@ at its own shape and element type (`satellite.modeldir.rope`, the formula the pr
 builds use). `rotary_interleaved` is left as the graph has it: the published graph rearranges
 each head's q and k from interleaved pairs into two halves before attention, which is what
 makes onnxruntime's rotate-half rotation equal the model's interleaved one.
-tests/test_published_model.py proves it against the reference: with the fix the engine's
+tests/modeldir/test_published_model.py proves it against the reference: with the fix the engine's
 tokens are the reference's, with `rotary_interleaved=1` as well they are not.
 
 The corrected graph is `<stem>.rope_fixed.onnx` beside the original and reads the original's
