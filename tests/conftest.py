@@ -1,4 +1,4 @@
-"""Shared test set-up: built models are cached per test run (models/cache.py), so modules that
+"""Shared test set-up: built models are cached per test run (models/lfm_toolchain/cache.py), so modules that
 only read a tiny model share one build instead of each writing its own."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from lfm_toolchain import llamacpp
+from lfm_toolchain.cache import CACHE_ENV
 
-from models import llamacpp
-from models.cache import CACHE_ENV
 from satellite.audio.backends import load_sounddevice
 from satellite.engine.sampling import Sampler
 from satellite.engine.sessions import use_shared_pool
@@ -47,7 +47,7 @@ def shared_thread_pool() -> None:
 @pytest.fixture(scope="session")
 def llama_library() -> Path:
     """llama.cpp's shared library for llama-cpp-python's binding (the llama.cpp backbone):
-    built from source with the project's AMX fix (`models.llamacpp`, minutes the first time,
+    built from source with the project's AMX fix (`lfm_toolchain.llamacpp`, minutes the first time,
     cached in the user's cache folder as `bench peers` keeps it) and named to the binding with
     its own `LLAMA_CPP_LIB_PATH` before anything imports it. script/setup installs the binding
     without a library of its own."""
@@ -58,7 +58,7 @@ def llama_library() -> Path:
 
 @pytest.fixture(scope="session")
 def model() -> Path:
-    """The tiny q4 model directory (built once a run, `models.cache`), for tests that run
+    """The tiny q4 model directory (built once a run, `lfm_toolchain.cache`), for tests that run
     the satellite on a model; a module that needs another model defines its own `model`."""
     return tiny_model()
 

@@ -1,6 +1,6 @@
 """Shared pieces of the engine tests: the tiny model with weights shaped so that a random model
 reaches every branch of the generation state machine, built both as a model directory
-(`models.build.build_model`) and as the reference (liquid-audio's `LFM2AudioModel`), and a way to
+(`lfm_toolchain.build.build_model`) and as the reference (liquid-audio's `LFM2AudioModel`), and a way to
 run the reference's `generate_sequential` / `generate_interleaved` on the same inputs.
 
 A random model rarely samples special tokens, so the same rows are scaled in both (DESIGN
@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import lfm_toolchain.build
 import numpy as np
+from lfm_toolchain.build import build_model
+from lfm_toolchain.config import AudioModelConfig, tiny
+from lfm_toolchain.weights import random_model_weights
 from reference import TINY_SEED, build_reference_model, liquid_audio
-
-import models.build
-from models.build import build_model
-from models.config import AudioModelConfig, tiny
-from models.weights import random_model_weights
 
 TEXT_SCALES = {7: 1.8, 128: 2.8, 130: 2.5}
 """Text embedding rows scaled, and by how much."""
@@ -52,7 +51,7 @@ def shaped_weights(config: AudioModelConfig, seed: int = TINY_SEED) -> dict[str,
 
 def build_shaped(out: Path, weights: dict[str, np.ndarray]) -> Path:
     """`build_model(out, size="tiny")` with `weights` in place of its random ones."""
-    with mock.patch.object(models.build, "random_model_weights", lambda *_: weights):
+    with mock.patch.object(lfm_toolchain.build, "random_model_weights", lambda *_: weights):
         build_model(out, size="tiny", seed=TINY_SEED, overwrite=True)
     return out
 

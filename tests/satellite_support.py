@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from lfm_toolchain.cache import cached_model
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
 from wyoming.event import Event
@@ -21,7 +22,6 @@ from wyoming.info import Describe
 from wyoming.ping import Ping, Pong
 from wyoming.satellite import PauseSatellite, RunSatellite
 
-from models.cache import cached_model
 from satellite.audio.convert import resample
 from satellite.audio.wavfile import read_wav, write_wav
 from satellite.cli.demo import espeak

@@ -21,7 +21,7 @@ Figures (issue 4, point 8), for a 4-second spoken query:
   the measured steps are above it.
 
 With `--reference`, the reference implementation (liquid-audio + torch on CPU,
-`models.bench_reference`) runs on the same weights in its own child process, and ours /
+`lfm_toolchain.bench_reference`) runs on the same weights in its own child process, and ours /
 reference ratios are printed side by side.
 
 The engine's figures are measured in a child process (`python -m satellite.bench.engine
@@ -456,7 +456,14 @@ def reference_available() -> str | None:
 
     missing = [
         m
-        for m in ("torch", "transformers", "einops", "accelerate", "librosa", "models.reference")
+        for m in (
+            "torch",
+            "transformers",
+            "einops",
+            "accelerate",
+            "librosa",
+            "lfm_toolchain.reference",
+        )
         if importlib.util.find_spec(m) is None
     ]
     if missing:
@@ -565,7 +572,7 @@ def bench_engine(
         report["engine"] = run_child("satellite.bench.engine", settings)
         if reference:
             ref_settings = dataclasses.replace(settings, out=str(Path(tmp) / "reference.json"))
-            report["reference"] = run_child("models.bench_reference", ref_settings)
+            report["reference"] = run_child("lfm_toolchain.bench_reference", ref_settings)
             report["ratios"] = ratios(report["engine"], report["reference"])
     bandwidth = memory_bandwidth(bandwidth_mb)
     report["machine"]["memory_bandwidth_gb_s"] = round(bandwidth.copy_gb_s, 2)

@@ -1,6 +1,6 @@
 """What the benchmark children share: their settings, the timing helpers, and how a parent
 runs a child (`python -m MODULE SETTINGS.json`, figures back as JSON) so that each child's peak
-RSS is its own. Used by `satellite.bench.engine` (ours) and `models.bench_reference` (the
+RSS is its own. Used by `satellite.bench.engine` (ours) and `lfm_toolchain.bench_reference` (the
 reference implementation)."""
 
 from __future__ import annotations

@@ -245,7 +245,7 @@ def _save(path: Path | None, figures: dict[str, Any]) -> None:
 
 def cmd_bench_build(args: argparse.Namespace) -> int:
     load_toolchain()
-    from models.bench_build import bench_build, format_report
+    from lfm_toolchain.bench_build import bench_build, format_report
 
     report = bench_build(
         args.out, args.size, args.variant, args.seed, args.checkpoint, progress=print_step()
@@ -257,7 +257,7 @@ def cmd_bench_build(args: argparse.Namespace) -> int:
 
 def cmd_bench_checkpoint(args: argparse.Namespace) -> int:
     load_toolchain()
-    from models.random_checkpoint import write_random_checkpoint
+    from lfm_toolchain.random_checkpoint import write_random_checkpoint
 
     if (args.out / "model.safetensors").exists():
         raise UserError(f"--out {args.out}: already holds a checkpoint (model.safetensors)")
@@ -349,13 +349,13 @@ def cmd_bench_engine(args: argparse.Namespace) -> int:
 def cmd_bench_peers(args: argparse.Namespace) -> int:
     load_toolchain()
     try:
-        from models.bench_peers import bench_peers, format_report
+        from lfm_toolchain.bench_peers import bench_peers, format_report
     except ImportError as err:
         raise UserError(
             f"bench peers needs the peers extra (cannot import {err.name!r}): "
             "pip install 'lfm-satellite[peers]'"
         ) from None
-    from models.llamacpp import LlamaCppError
+    from lfm_toolchain.llamacpp import LlamaCppError
 
     if args.rounds < 1:
         raise UserError(f"--rounds must be at least 1, not {args.rounds}")

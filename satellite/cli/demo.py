@@ -1,7 +1,7 @@
 """`lfm-satellite demo`: the whole satellite on a fresh machine, no microphone, no hub.
 
 1. The model: `--model DIR`, else the tiny model (random weights, the real architecture),
-   built once with the toolchain and cached (`models.cache`).
+   built once with the toolchain and cached (`lfm_toolchain.cache`).
 2. The microphone: a WAV file (`--input`, else espeak-ng says "<wake word>", a pause, then a
    question), paced at real time through the `file` backend. The reply goes to `--output`.
 3. The daemon runs in `local` mode on 127.0.0.1 with an ephemeral port, and a simulated Home
@@ -178,7 +178,7 @@ def tiny_model() -> Path:
     from satellite.cli.model import load_toolchain
 
     load_toolchain()
-    from models.cache import cached_model
+    from lfm_toolchain.cache import cached_model
 
     print("model: the tiny one (random weights; built on first use, then cached) ...", flush=True)
     return cached_model("tiny", "q4")

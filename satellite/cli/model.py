@@ -38,7 +38,7 @@ def add_model_commands(commands: Any) -> None:
     listing = sub.add_parser(
         "list",
         help="list the models of the catalog",
-        description=f"List the catalog's models (models/catalog.yaml, or --catalog / "
+        description=f"List the catalog's models (models/lfm_toolchain/catalog.yaml, or --catalog / "
         f"${CATALOG_ENV}).",
     )
     _catalog_option(listing)
@@ -193,14 +193,14 @@ def add_model_commands(commands: Any) -> None:
 
 
 def load_toolchain() -> Any:
-    """`models.build`, imported only when asked for: the daemon never needs the toolchain.
+    """`lfm_toolchain.build`, imported only when asked for: the daemon never needs the toolchain.
     It runs on the run-time dependencies (onnx, onnxruntime's quantizer), so a board can build
     from a checkpoint; the `export` extra adds what the reference comparisons need."""
     try:
-        import models.build as build
+        import lfm_toolchain.build as build
     except ImportError as err:
         raise UserError(
-            f"`model build` needs the model toolchain (the `models` package of lfm-satellite), "
+            f"`model build` needs the model toolchain (the `lfm_toolchain` package of lfm-satellite), "
             f"which cannot import {err.name!r}: reinstall lfm-satellite, e.g. "
             "pip install --force-reinstall 'lfm-satellite[export]' from a source checkout"
         ) from None

@@ -216,7 +216,7 @@ class WindowedDecoder(_StftDecoder):
             raise ValueError(f"context_frames must be at least 1, not {context_frames}")
         context = context_frames or graph.int_option("context_frames", None)
         self.context_frames: int = context or DEFAULT_CONTEXT_FRAMES
-        """Past frames run with the new ones: the trunk's reach (`models.detokenizer.
+        """Past frames run with the new ones: the trunk's reach (`lfm_toolchain.detokenizer.
         context_frames`), or more."""
         self.max_frames = graph.int_option("max_frames", None)
         """Longest input the graph takes (its RoPE tables), where the manifest says."""

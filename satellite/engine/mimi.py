@@ -10,7 +10,7 @@ the next frame, causal attention over the last 250 positions at 25 Hz), so each 
 1920 samples (80 ms) are final as soon as the frame is decoded: `push` returns all of them and
 `finish` has nothing left to give.
 
-- Streaming runs the `mimi_decoder_cached` graph (`models.mimi`): one call per push on the new
+- Streaming runs the `mimi_decoder_cached` graph (`lfm_toolchain.mimi`): one call per push on the new
   frames only, the conv states and the keys/values of the last 249 positions fed back. The state
   is bounded (full size: 12,672 conv numbers and 8 x 2 x 249 x 512 cached keys and values,
   about 8.2 MB), and the work per frame is constant.

@@ -2,7 +2,7 @@
 block quantizer (`DefaultWeightOnlyQuantizer.qbits_block_quant`).
 
 Both the repack of a published lm-head (`satellite.modeldir.repack`) and the build's q4/q8
-graphs (`models.quantize`) pack a weight as `MatMulNBits` and `GatherBlockQuantized` read it:
+graphs (`lfm_toolchain.quantize`) pack a weight as `MatMulNBits` and `GatherBlockQuantized` read it:
 the weight seen as N rows of K values, each row cut into blocks along K. Blocks never cross
 rows, so a window of rows packs on its own and the windows, written one after another, are the
 packed tensor [N, blocks, blob]; the scales [N, blocks] are the windows' scales stacked. A

@@ -1,8 +1,9 @@
-"""The model catalog (`models/catalog.yaml`): which models exist, where they come from and
+"""The model catalog (`models/lfm_toolchain/catalog.yaml`): which models exist, where they come from and
 which files each variant needs.
 
-The catalog is a data file of the `models` package; it is found without importing that
-package (the daemon never imports `models`). `--catalog FILE` or $LFM_SATELLITE_CATALOG
+The catalog is a data file of the model toolchain's package (`lfm_toolchain`, in the
+`models/` folder of the source); it is found without importing that package (the daemon never
+imports the toolchain). `--catalog FILE` or $LFM_SATELLITE_CATALOG
 point to another one.
 """
 
@@ -73,18 +74,20 @@ class CatalogEntry:
 
 def catalog_path(override: str | os.PathLike[str] | None = None) -> Path:
     """Where the catalog is: `override`, else $LFM_SATELLITE_CATALOG, else `catalog.yaml` of
-    the `models` package (located, not imported), else the source checkout's copy."""
+    the `lfm_toolchain` package (located, not imported), else the source checkout's copy."""
     chosen = override or os.environ.get(CATALOG_ENV)
     if chosen:
         return Path(chosen).expanduser()
     candidates: list[Path] = []
     try:
-        spec = importlib.util.find_spec("models")  # finds the package without running it
+        spec = importlib.util.find_spec("lfm_toolchain")  # finds it without running it
     except (ImportError, ValueError):
         spec = None
     if spec is not None and spec.submodule_search_locations:
         candidates += [Path(p) / CATALOG_NAME for p in spec.submodule_search_locations]
-    candidates.append(Path(__file__).resolve().parents[2] / "models" / CATALOG_NAME)
+    candidates.append(
+        Path(__file__).resolve().parents[2] / "models" / "lfm_toolchain" / CATALOG_NAME
+    )
     for candidate in candidates:
         if candidate.is_file():
             return candidate

@@ -9,7 +9,7 @@ text embeddings come from the float32 `embed_tokens.bin` beside it (another 512 
 - the head becomes one `MatMulNBits` (4-bit, symmetric blocks of `HEAD_BLOCK`, accuracy level 4,
   onnxruntime's own quantizer), its packed weight and scales in `<stem>.head.onnx_data`;
 - the decoder gets `num_logits_to_keep` (int64 scalar; 0 skips the head, as on audio steps),
-  sliced before the head exactly as `models.decoder` does;
+  sliced before the head exactly as `lfm_toolchain.decoder` does;
 - the text embeddings become an `embed_tokens` lookup graph (`GatherBlockQuantized`) whose table
   and scales are the same bytes of `<stem>.head.onnx_data`: the tied table is stored once, and
   the engine reads its rows directly (`satellite.engine.tables`).
@@ -45,7 +45,7 @@ from satellite.modeldir.manifest import Manifest, read_manifest
 from satellite.modeldir.tensorio import TensorReadError
 
 HEAD_BLOCK = 64
-"""Weights per block of the repacked head: the project's q4 block (models.quantize explains why
+"""Weights per block of the repacked head: the project's q4 block (lfm_toolchain.quantize explains why
 64 rather than the export's 32). Narrow test models whose width it does not divide get the
 largest of `SMALLER_BLOCKS` that does."""
 SMALLER_BLOCKS = (32, 16)

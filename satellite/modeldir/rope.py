@@ -1,6 +1,6 @@
 """Rotary position tables: how they are made, and which theta a given table was made for.
 
-One formula serves the model toolchain (`models.layers` writes the tables into built graphs)
+One formula serves the model toolchain (`lfm_toolchain.layers` writes the tables into built graphs)
 and the repair of published depthformer graphs (`satellite.modeldir.depthfix`), so a table the
 fixer writes is the table the project's own builds carry, bit for bit.
 """

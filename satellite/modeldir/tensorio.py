@@ -1,6 +1,6 @@
 """Parts of an ONNX initializer, read without loading the whole tensor.
 
-The graph rewriters (`satellite.modeldir.repack`, `models.quantize`) quantize and copy weights
+The graph rewriters (`satellite.modeldir.repack`, `lfm_toolchain.quantize`) quantize and copy weights
 of up to 512 MB (the full model's tied embedding table). Loading such a tensor whole costs its
 size several times over (the float array, the proto's copy, the quantizer's temporaries), more
 than a 4 GB board has to spare; these functions hand out a window of rows and columns, or the

@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from lfm_toolchain.build import build_model
+from lfm_toolchain.cache import cached_model
+from lfm_toolchain.config import tiny
+from lfm_toolchain.weights import backbone_specs
 
-from models.build import build_model
-from models.cache import cached_model
-from models.config import tiny
-from models.weights import backbone_specs
 from satellite.bench import query as bench_query
 from satellite.bench.floor import decoder_bytes
 from satellite.bench.harness import TimedSession

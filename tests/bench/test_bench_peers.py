@@ -17,10 +17,10 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
+from lfm_toolchain import gguf_export, llamacpp
+from lfm_toolchain.config import config_for
+from lfm_toolchain.weights import RandomWeights, backbone_specs
 
-from models import gguf_export, llamacpp
-from models.config import config_for
-from models.weights import RandomWeights, backbone_specs
 from tests.paths import REPO
 
 ROOT = REPO

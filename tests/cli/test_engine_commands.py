@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import lfm_toolchain.build
 import numpy as np
 import pytest
 from engine_support import build_shaped, shaped_weights
+from lfm_toolchain.build import build_model
+from lfm_toolchain.config import tiny
 
-import models.build
-from models.build import build_model
-from models.config import tiny
 from satellite.audio.convert import AudioFormatError
 from satellite.audio.wavfile import WavWriter, read_wav, wav_info, write_wav
 from satellite.cli import engine as commands
@@ -62,7 +62,7 @@ def shaped_mimi_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shaped weights in an LFM2-Audio (v1) model: Mimi decodes its audio."""
     out = tmp_path_factory.mktemp("models") / "mimi"
     weights = shaped_weights(tiny())
-    with mock.patch.object(models.build, "random_model_weights", lambda *_: weights):
+    with mock.patch.object(lfm_toolchain.build, "random_model_weights", lambda *_: weights):
         build_model(out, size="tiny", seed=0, family="lfm2-audio")
     return out
 

@@ -15,10 +15,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from lfm_toolchain.cache import cached_model
+from lfm_toolchain.decoder import cache_names
 from reference import TINY_SEED, tiny_reference
 
-from models.cache import cached_model
-from models.decoder import cache_names
 from satellite.engine.sessions import plain_session_options
 from satellite.modeldir.manifest import read_manifest
 

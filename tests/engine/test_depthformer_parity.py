@@ -8,10 +8,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from lfm_toolchain.depthformer import INPUTS, OUTPUTS, build_depthformer
+from lfm_toolchain.onnx_graph import ExternalData, GraphBuilder, save
 from reference import tiny_reference
 
-from models.depthformer import INPUTS, OUTPUTS, build_depthformer
-from models.onnx_graph import ExternalData, GraphBuilder, save
 from satellite.engine.sessions import plain_session_options
 
 pytestmark = pytest.mark.parity

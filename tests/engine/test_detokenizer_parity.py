@@ -10,12 +10,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from lfm_toolchain.config import tiny
+from lfm_toolchain.detokenizer import build_audio_detokenizer
+from lfm_toolchain.onnx_graph import ExternalData, GraphBuilder, save
+from lfm_toolchain.weights import random_detokenizer_weights
 from reference import TINY_SEED, liquid_audio, load_weights
 
-from models.config import tiny
-from models.detokenizer import build_audio_detokenizer
-from models.onnx_graph import ExternalData, GraphBuilder, save
-from models.weights import random_detokenizer_weights
 from satellite.engine.sessions import plain_session_options
 
 pytestmark = pytest.mark.parity

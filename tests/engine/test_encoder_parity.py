@@ -8,10 +8,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from lfm_toolchain.encoder import build_audio_encoder
+from lfm_toolchain.onnx_graph import ExternalData, GraphBuilder, save
 from reference import tiny_reference
 
-from models.encoder import build_audio_encoder
-from models.onnx_graph import ExternalData, GraphBuilder, save
 from satellite.engine.sessions import plain_session_options
 
 pytestmark = pytest.mark.parity

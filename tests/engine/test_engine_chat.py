@@ -9,10 +9,10 @@ from collections.abc import Iterable
 
 import pytest
 from engine_support import TURN_END, build_shaped, shaped_weights, waveform
+from lfm_toolchain.build import build_model
+from lfm_toolchain.config import tiny
+from lfm_toolchain.tokenizer import build_tokenizer
 
-from models.build import build_model
-from models.config import tiny
-from models.tokenizer import build_tokenizer
 from satellite.engine.chat import Chat, ContextReset, Speech, system_prefix, user_turn
 from satellite.engine.decoder import ContextFullError
 from satellite.engine.events import AudioFrame, TextToken, TurnEnd

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from lfm_toolchain.cache import cached_model
 
-from models.cache import cached_model
 from satellite.engine.depthformer import Depthformer
 from satellite.engine.model import BoundGraph, Model
 from satellite.engine.sampling import Sampler, Sampling

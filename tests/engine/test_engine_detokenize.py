@@ -1,5 +1,5 @@
 """The streaming detokenizer (`satellite.engine.detokenize`) on the tiny model built by
-`models.build.build_model`, both backends: `cached` (the project's `audio_detokenizer_cached`
+`lfm_toolchain.build.build_model`, both backends: `cached` (the project's `audio_detokenizer_cached`
 graph, state fed back) and `windowed` (the stateless `audio_detokenizer` graph re-run over the
 new frame and the 6 frames before it, the tiny trunk's reach).
 
@@ -20,13 +20,13 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from lfm_toolchain.build import build_model
+from lfm_toolchain.cache import cached_model
+from lfm_toolchain.config import tiny
+from lfm_toolchain.detokenizer import context_frames
+from lfm_toolchain.weights import random_detokenizer_weights
 from reference import TINY_SEED, liquid_audio, load_weights
 
-from models.build import build_model
-from models.cache import cached_model
-from models.config import tiny
-from models.detokenizer import context_frames
-from models.weights import random_detokenizer_weights
 from satellite.engine.detokenize import (
     CachedDecoder,
     CodeError,

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from lfm_toolchain.cache import cached_model
 
-from models.cache import cached_model
 from satellite.engine.detokenize import StreamingDetokenizer
 from satellite.engine.detokenizers import open_detokenizer
 from satellite.engine.events import AudioFrame, TextToken, TurnEnd

@@ -1,6 +1,6 @@
 """Token-exact parity of the engine with the reference on the tiny model (issue 4, point 6).
 
-The model directory is built by `models.build.build_model` and the reference
+The model directory is built by `lfm_toolchain.build.build_model` and the reference
 (liquid-audio's `LFM2AudioModel`) from the same weights, shaped so that every branch of the
 state machine is reached (see `engine_support`). With greedy text and audio at temperature 1 /
 top-k 1 (greedy by the top-k rule), the engine's reply, every text id and all 8 codes of every
@@ -33,9 +33,9 @@ from engine_support import (
     to_official_layout,
     waveform,
 )
+from lfm_toolchain.gguf_export import write_backbone_gguf
+from lfm_toolchain.weights import backbone_specs
 
-from models.gguf_export import write_backbone_gguf
-from models.weights import backbone_specs
 from satellite.engine.chat import Chat, Speech
 from satellite.engine.events import AudioFrame, TextToken, TurnEnd
 from satellite.engine.mel import LogMel

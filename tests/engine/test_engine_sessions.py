@@ -14,10 +14,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from engine_support import build_shaped, shaped_weights
+from lfm_toolchain.cache import cached_model
+from lfm_toolchain.config import tiny
 from modeldir_graphs import INT64, decoder, write_model_dir
 
-from models.cache import cached_model
-from models.config import tiny
 from satellite.engine.model import Model, ModelLoadError
 from satellite.engine.sessions import (
     ProviderError,
@@ -196,7 +196,8 @@ def test_config_from_settings() -> None:
 def test_quantized_model_with_optional_decoder_inputs(tmp_path: Path) -> None:
     """A q4 build: its decoder takes the optional `num_logits_to_keep`, which the engine feeds
     (one position of logits per call), and a conversation runs on it."""
-    from models.build import build_model
+    from lfm_toolchain.build import build_model
+
     from satellite.engine.chat import Chat
     from satellite.engine.decoder import Decoder
     from satellite.engine.events import AudioFrame, TextToken, TurnEnd
@@ -254,7 +255,7 @@ def test_without_the_arena_the_same_tokens_come_out() -> None:
 
 SHARED_POOL_CHILD = """
 import json, sys
-from models.cache import cached_model
+from lfm_toolchain.cache import cached_model
 from satellite.engine.chat import Chat
 from satellite.engine.events import AudioFrame, TextToken
 from satellite.engine.model import Model

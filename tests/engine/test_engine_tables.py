@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+from lfm_toolchain.cache import cached_model
 
-from models.cache import cached_model
 from satellite.engine.model import Model
 from satellite.engine.sessions import SessionConfig, plain_session_options
 from satellite.engine.tables import BlockTable, block_table

@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 import pytest
 from hubserver import serve_hub
+from lfm_toolchain.cache import cached_model
+from lfm_toolchain.config import tiny
+from lfm_toolchain.gguf_export import write_backbone_gguf
+from lfm_toolchain.weights import RandomWeights, backbone_specs, random_model_weights
 
-from models.cache import cached_model
-from models.config import tiny
-from models.gguf_export import write_backbone_gguf
-from models.weights import RandomWeights, backbone_specs, random_model_weights
 from satellite.cli import main
 from satellite.engine import backbone
 from satellite.engine.chat import Chat

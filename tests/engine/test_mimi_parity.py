@@ -1,4 +1,4 @@
-"""The Mimi decoder graphs (LFM2-Audio v1, `models.mimi`) against the reference `MimiModel`
+"""The Mimi decoder graphs (LFM2-Audio v1, `lfm_toolchain.mimi`) against the reference `MimiModel`
 (the `moshi` copy inside liquid-audio), tiny Mimi, fp32, and its streaming runtime
 (`satellite.engine.mimi`).
 
@@ -19,10 +19,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from reference import TINY_SEED, liquid_audio
-
-from models.build import build_model
-from models.mimi import (
+from lfm_toolchain.build import build_model
+from lfm_toolchain.mimi import (
     CACHED_ROLE,
     MimiConfig,
     build_mimi_decoder,
@@ -31,7 +29,9 @@ from models.mimi import (
     random_mimi_weights,
     tiny_mimi,
 )
-from models.onnx_graph import ExternalData, GraphBuilder, save
+from lfm_toolchain.onnx_graph import ExternalData, GraphBuilder, save
+from reference import TINY_SEED, liquid_audio
+
 from satellite.engine.detokenize import CodeError, DetokenizerError, bind
 from satellite.engine.mimi import MimiDecoder, mimi_detokenizer
 from satellite.engine.sessions import open_to_check, plain_session_options

@@ -1,4 +1,4 @@
-"""The stand-in tokenizer (`models.tokenizer`) and the chat template (`satellite.engine.template`).
+"""The stand-in tokenizer (`lfm_toolchain.tokenizer`) and the chat template (`satellite.engine.template`).
 
 - LFM2's special tokens sit at their real ids, every other id is an ordinary token, and any UTF-8
   text (special-token strings included) decodes back exactly;
@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from lfm_toolchain.config import tiny
+from lfm_toolchain.tokenizer import build_tokenizer, min_vocab_size, write_tokenizer
 from reference import liquid_audio
 
-from models.config import tiny
-from models.tokenizer import build_tokenizer, min_vocab_size, write_tokenizer
 from satellite.engine.mel import LogMel
 from satellite.engine.template import (
     ASR_PROMPT,

@@ -23,8 +23,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from lfm_toolchain.build import build_model
 
-from models.build import build_model
 from satellite.cli import main
 from satellite.engine.depthformer import Depthformer
 from satellite.engine.model import Model

@@ -1,4 +1,4 @@
-"""`models/catalog.yaml` and `lfm-satellite model list`: the shipped entries, how the catalog
+"""`models/lfm_toolchain/catalog.yaml` and `lfm-satellite model list`: the shipped entries, how the catalog
 is found without importing `models`, and errors that name the file and key."""
 
 from __future__ import annotations
@@ -53,18 +53,18 @@ def test_shipped_catalog_entries() -> None:
     assert entries["tiny"].build == "lfm-satellite model build --size tiny"
 
 
-def test_catalog_is_found_without_importing_models() -> None:
+def test_catalog_is_found_without_importing_the_toolchain() -> None:
     code = (
         "import sys\n"
         "from satellite.modeldir.catalog import catalog_path, load_catalog\n"
-        "print(len(load_catalog(catalog_path())), catalog_path(), 'models' in sys.modules)\n"
+        "print(len(load_catalog(catalog_path())), catalog_path(), 'lfm_toolchain' in sys.modules)\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd="/"
     )
     count, path, imported = result.stdout.split()
     assert count == "4"
-    assert Path(path) == REPO / "models" / "catalog.yaml"
+    assert Path(path) == REPO / "models" / "lfm_toolchain" / "catalog.yaml"
     assert imported == "False"
 
 

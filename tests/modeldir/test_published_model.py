@@ -1,6 +1,6 @@
 """The model as users get it: a tiny directory laid out like the published
 LiquidAI/LFM2.5-Audio-1.5B-ONNX export, its defects included (`model build --layout published`,
-`models.published`), against the reference (liquid-audio + transformers) on the same weights.
+`lfm_toolchain.published`), against the reference (liquid-audio + transformers) on the same weights.
 
 - Unfixed, the engine refuses it (naming `model fix`); run anyway, its speech codes differ from
   the reference's: the depthformer attends without positions.
@@ -21,9 +21,11 @@ import shutil
 from pathlib import Path
 from unittest import mock
 
+import lfm_toolchain.build
 import onnx
 import pytest
 from engine_support import shaped_reference
+from lfm_toolchain.build import build_model
 from onnx import helper
 from reference import TINY_SEED
 from test_engine_parity import (
@@ -38,8 +40,6 @@ from test_engine_parity import (
     waveform,
 )
 
-import models.build
-from models.build import build_model
 from satellite.cli import main
 from satellite.engine.chat import Chat, Speech
 from satellite.engine.mel import LogMel
@@ -62,7 +62,7 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shaped tiny weights in the published layout, fp32, unfixed."""
     _, weights, _ = shaped_reference()
     out = tmp_path_factory.mktemp("published") / "model"
-    with mock.patch.object(models.build, "random_model_weights", lambda *_: weights):
+    with mock.patch.object(lfm_toolchain.build, "random_model_weights", lambda *_: weights):
         build_model(out, size="tiny", seed=TINY_SEED, layout="published")
     return out
 

@@ -19,8 +19,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from hubserver import serve_hub
+from lfm_toolchain.build import build_model
 
-from models.build import build_model
 from satellite.cli import main
 from satellite.engine.chat import Chat
 from satellite.engine.model import Model

@@ -26,17 +26,17 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from lfm_toolchain.build import BuildError, build_graphs, build_model
+from lfm_toolchain.checkpoint import CheckpointError, read_checkpoint
+from lfm_toolchain.config import tiny
+from lfm_toolchain.decoder import cache_names
+from lfm_toolchain.mimi import random_mimi_weights, tiny_mimi
+from lfm_toolchain.random_checkpoint import detokenizer_config
+from lfm_toolchain.tokenizer import build_tokenizer, write_tokenizer
+from lfm_toolchain.weights import random_detokenizer_weights
 from reference import TINY_SEED, liquid_audio, tiny_reference
 from safetensors.torch import save_file
 
-from models.build import BuildError, build_graphs, build_model
-from models.checkpoint import CheckpointError, read_checkpoint
-from models.config import tiny
-from models.decoder import cache_names
-from models.mimi import random_mimi_weights, tiny_mimi
-from models.random_checkpoint import detokenizer_config
-from models.tokenizer import build_tokenizer, write_tokenizer
-from models.weights import random_detokenizer_weights
 from satellite.engine.sessions import plain_session_options
 from satellite.modeldir.manifest import read_manifest
 from tests.paths import REPO

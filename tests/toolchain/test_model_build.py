@@ -1,4 +1,4 @@
-"""`models.build.build_model`: the model directory, its manifest, and the embedding graphs'
+"""`lfm_toolchain.build.build_model`: the model directory, its manifest, and the embedding graphs'
 parity with the reference (`lfm.embed_tokens`, `audio_embedding` + codebook offsets)."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from lfm_toolchain.build import BuildError, build_model
 from reference import TINY_SEED, tiny_reference
 
-from models.build import BuildError, build_model
 from satellite.engine.sessions import open_to_check, plain_session_options
 from satellite.modeldir.manifest import REQUIRED_CONFIG, read_manifest, sha256_file
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import lfm_toolchain
 import pytest
+from lfm_toolchain.cache import build_key, cached_model, toolchain_digest
 
-import models
-from models.cache import build_key, cached_model, toolchain_digest
 from satellite.modeldir.verify import verify
 
 
@@ -34,7 +34,7 @@ def test_key_changes_with_arguments() -> None:
 
 def test_key_changes_with_toolchain_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     copy = tmp_path / "models"
-    shutil.copytree(Path(models.cache.__file__).parent, copy)
+    shutil.copytree(Path(lfm_toolchain.cache.__file__).parent, copy)
     assert toolchain_digest(copy) == toolchain_digest()
     before = toolchain_digest(copy)
     with (copy / "decoder.py").open("a") as f:

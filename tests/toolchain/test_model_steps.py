@@ -17,26 +17,26 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import lfm_toolchain.build
+import lfm_toolchain.checkpoint
 import modeldir_graphs as g
 import numpy as np
 import onnx
 import pytest
 import torch
 from hubserver import serve_hub, write_test_catalog
+from lfm_toolchain.build import STAGING_PREFIX, BuildError, build_model
+from lfm_toolchain.checkpoint import read_checkpoint, read_safetensors_header, read_tensor
+from lfm_toolchain.onnx_graph import ExternalData
+from lfm_toolchain.quantize import quantize_graphs, spec_for
+from lfm_toolchain.random_checkpoint import to_bfloat16, write_random_checkpoint
+from lfm_toolchain.weights import random_model_weights
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization.matmul_nbits_quantizer import (
     DefaultWeightOnlyQuantConfig,
     MatMulNBitsQuantizer,
 )
 
-import models.build
-import models.checkpoint
-from models.build import STAGING_PREFIX, BuildError, build_model
-from models.checkpoint import read_checkpoint, read_safetensors_header, read_tensor
-from models.onnx_graph import ExternalData
-from models.quantize import quantize_graphs, spec_for
-from models.random_checkpoint import to_bfloat16, write_random_checkpoint
-from models.weights import random_model_weights
 from satellite.cli import main
 from satellite.modeldir import fetch as fetch_module
 from satellite.modeldir import tensorio
@@ -161,7 +161,7 @@ def test_checkpoint_tensors_read_in_pieces(tmp_path: Path, monkeypatch: pytest.M
     """A random tiny checkpoint in bfloat16: the writer rounds as torch does, and tensors read
     back in 4 KB pieces are torch's bfloat16 widened to float32."""
     write_random_checkpoint(tmp_path / "ckpt", "tiny", seed=3, dtype="BF16")
-    monkeypatch.setattr(models.checkpoint, "READ_PIECE", 4096)
+    monkeypatch.setattr(lfm_toolchain.checkpoint, "READ_PIECE", 4096)
     ckpt = read_checkpoint(tmp_path / "ckpt")
     name = "lfm.embed_tokens.weight"
     read = ckpt.weights[name]
@@ -174,7 +174,7 @@ def test_checkpoint_tensors_read_in_pieces(tmp_path: Path, monkeypatch: pytest.M
     entry = read_safetensors_header(tmp_path / "ckpt" / "model.safetensors")[name]
     assert entry.dtype == "BF16"
     os.truncate(entry.file, entry.start + 10)
-    with pytest.raises(models.checkpoint.CheckpointError, match="ends inside a tensor"):
+    with pytest.raises(lfm_toolchain.checkpoint.CheckpointError, match="ends inside a tensor"):
         read_tensor(entry)
 
 
@@ -219,9 +219,9 @@ def test_an_interrupted_build_keeps_the_old_model_and_nothing_new(
     out = tmp_path / "model"
     build_model(out, size="tiny", variant="fp32")
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    random_weights = models.build.random_model_weights
+    random_weights = lfm_toolchain.build.random_model_weights
     monkeypatch.setattr(
-        models.build,
+        lfm_toolchain.build,
         "random_model_weights",
         lambda config, seed: Interrupting(random_weights(config, seed), 40, KeyboardInterrupt()),
     )
@@ -356,10 +356,10 @@ def test_a_killed_build_leaves_no_manifest_and_the_next_build_cleans_up(tmp_path
 def test_enospc_is_the_only_oserror_turned_into_the_full_disk_sentence(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    random_weights = models.build.random_model_weights
+    random_weights = lfm_toolchain.build.random_model_weights
     error = OSError(errno.EIO, "Input/output error")
     monkeypatch.setattr(
-        models.build,
+        lfm_toolchain.build,
         "random_model_weights",
         lambda config, seed: Interrupting(random_weights(config, seed), 5, error),
     )

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from reference import build_reference_model, liquid_audio, load_weights, reference_config
-
-from models.config import AudioModelConfig, full, tiny
-from models.weights import (
+from lfm_toolchain.config import AudioModelConfig, full, tiny
+from lfm_toolchain.weights import (
     ParamSpec,
     RandomWeights,
     check_layout,
@@ -18,6 +16,7 @@ from models.weights import (
     random_model_weights,
     random_tensor,
 )
+from reference import build_reference_model, liquid_audio, load_weights, reference_config
 
 pytestmark = pytest.mark.parity
 

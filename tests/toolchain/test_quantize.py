@@ -1,4 +1,4 @@
-"""q8 and q4 model directories (`models.quantize`) on the tiny model, against the fp32 one.
+"""q8 and q4 model directories (`lfm_toolchain.quantize`) on the tiny model, against the fp32 one.
 
 Every graph of both variants runs in onnxruntime; every weight MatMul became MatMulNBits
 (symmetric, accuracy_level 4, the variant's block: 64 for q4, 32 for q8) and every embedding Gather GatherBlockQuantized; the
@@ -31,15 +31,15 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from lfm_toolchain import decoder as decoder_graph
+from lfm_toolchain import embeddings
+from lfm_toolchain.build import build_model
+from lfm_toolchain.config import tiny
+from lfm_toolchain.onnx_graph import ExternalData, GraphBuilder, save
+from lfm_toolchain.quantize import MIN_TABLE_ROWS, VARIANT_SPECS, quantize_graphs
+from lfm_toolchain.weights import Array, random_model_weights
 from reference import TINY_SEED
 
-from models import decoder as decoder_graph
-from models import embeddings
-from models.build import build_model
-from models.config import tiny
-from models.onnx_graph import ExternalData, GraphBuilder, save
-from models.quantize import MIN_TABLE_ROWS, VARIANT_SPECS, quantize_graphs
-from models.weights import Array, random_model_weights
 from satellite.engine.sessions import open_to_check, plain_session_options
 from satellite.modeldir.manifest import read_manifest
 from satellite.modeldir.verify import verify

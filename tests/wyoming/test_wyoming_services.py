@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 from engine_support import build_shaped, shaped_weights
+from lfm_toolchain.config import tiny
 from wyoming.asr import Transcribe, Transcript
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
@@ -38,7 +39,6 @@ from wyoming.tts import (
     SynthesizeVoice,
 )
 
-from models.config import tiny
 from satellite import __version__
 from satellite.daemon.core import Daemon
 from satellite.engine.detokenize import StreamingDetokenizer

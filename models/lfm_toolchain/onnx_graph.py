@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from models.weights import Array
+from lfm_toolchain.weights import Array
 
 OPSET = 21
 """Default-domain opset (onnxruntime >= 1.20 runs it)."""

@@ -18,9 +18,9 @@ from collections.abc import Mapping
 
 import onnx
 
-from models.config import AudioModelConfig
-from models.onnx_graph import FLOAT, INT64, GraphBuilder
-from models.weights import Array
+from lfm_toolchain.config import AudioModelConfig
+from lfm_toolchain.onnx_graph import FLOAT, INT64, GraphBuilder
+from lfm_toolchain.weights import Array
 
 
 def build_embed_tokens(
@@ -31,7 +31,7 @@ def build_embed_tokens(
     g.output("inputs_embeds", FLOAT, ["batch_size", "sequence_length", config.backbone.hidden_size])
     table = g.weight(name, weights[name])
     g.op("Gather", [table, "input_ids"], name="/embed_tokens/Gather", outputs=["inputs_embeds"])
-    return g.model(doc="LFM2 text embedding (lfm-satellite models.embeddings)")
+    return g.model(doc="LFM2 text embedding (lfm-satellite lfm_toolchain.embeddings)")
 
 
 def build_audio_embedding(
@@ -42,4 +42,4 @@ def build_audio_embedding(
     g.output("audio_embeds", FLOAT, ["batch_size", "audio_length", config.backbone.hidden_size])
     table = g.weight(name, weights[name])
     g.op("Gather", [table, "audio_codes"], name="/audio_embedding/Gather", outputs=["audio_embeds"])
-    return g.model(doc="audio code embedding (lfm-satellite models.embeddings)")
+    return g.model(doc="audio code embedding (lfm-satellite lfm_toolchain.embeddings)")

@@ -1,4 +1,4 @@
-"""A checkpoint directory in the hub's layout (`models.checkpoint`) holding seeded random
+"""A checkpoint directory in the hub's layout (`lfm_toolchain.checkpoint`) holding seeded random
 weights: the stand-in for a downloaded LFM2.5-Audio-1.5B when measuring what `model build
 --from` costs at full size, since no weights can be fetched here.
 
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from models.checkpoint import CONFIG, DETOKENIZER_DIR, WEIGHTS
-from models.config import AudioModelConfig, config_for
-from models.tokenizer import write_tokenizer
-from models.weights import (
+from lfm_toolchain.checkpoint import CONFIG, DETOKENIZER_DIR, WEIGHTS
+from lfm_toolchain.config import AudioModelConfig, config_for
+from lfm_toolchain.tokenizer import write_tokenizer
+from lfm_toolchain.weights import (
     Array,
     ParamSpec,
     RandomWeights,

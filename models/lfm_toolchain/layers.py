@@ -12,8 +12,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from models.onnx_graph import MS_DOMAIN, GraphBuilder
-from models.weights import Array
+from lfm_toolchain.onnx_graph import MS_DOMAIN, GraphBuilder
+from lfm_toolchain.weights import Array
 
 
 class Layers:

@@ -29,10 +29,10 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from models.config import AudioModelConfig
-from models.layers import Layers
-from models.onnx_graph import FLOAT, INT32, INT64, MS_DOMAIN, GraphBuilder
-from models.weights import Array
+from lfm_toolchain.config import AudioModelConfig
+from lfm_toolchain.layers import Layers
+from lfm_toolchain.onnx_graph import FLOAT, INT32, INT64, MS_DOMAIN, GraphBuilder
+from lfm_toolchain.weights import Array
 from satellite.modeldir.rope import rope_tables
 
 INPUTS = (
@@ -211,7 +211,7 @@ def build_depthformer(
     every = g.op1("Reshape", [every, g.const([0, books, vocab])], name="/head/Reshape")
     g.op("Gather", [every, "step_idx"], name="/head/Gather", outputs=["logits"], axis=1)
     return g.model(
-        doc="LFM2-Audio depthformer, one codebook step (lfm-satellite models.depthformer)"
+        doc="LFM2-Audio depthformer, one codebook step (lfm-satellite lfm_toolchain.depthformer)"
     )
 
 

@@ -28,10 +28,10 @@ from collections.abc import Mapping
 import numpy as np
 import onnx
 
-from models.config import AudioModelConfig
-from models.layers import Layers
-from models.onnx_graph import FLOAT, INT64, GraphBuilder
-from models.weights import Array
+from lfm_toolchain.config import AudioModelConfig
+from lfm_toolchain.layers import Layers
+from lfm_toolchain.onnx_graph import FLOAT, INT64, GraphBuilder
+from lfm_toolchain.weights import Array
 
 LN_EPS = 1e-5
 BN_EPS = 1e-5
@@ -333,4 +333,4 @@ def build_audio_encoder(
         bias="audio_adapter.model.3.bias",
         out="audio_embeddings",
     )
-    return g.model(doc="FastConformer encoder + adapter (lfm-satellite models.encoder)")
+    return g.model(doc="FastConformer encoder + adapter (lfm-satellite lfm_toolchain.encoder)")

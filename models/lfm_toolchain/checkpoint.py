@@ -12,14 +12,14 @@ LFM2-Audio-1.5B for v1):
                                  LFM2.5-Audio's detokenizer (an Lfm2Config; `sliding_attention`
                                  layers, `sliding_window`)
     tokenizer-e351c8d8-checkpoint125.safetensors
-                                 LFM2-Audio (v1): the Mimi codec's weights (`models.mimi`
+                                 LFM2-Audio (v1): the Mimi codec's weights (`lfm_toolchain.mimi`
                                  names), instead of the above
 
-`read_checkpoint` parses config.json into `models.config` numbers, refusing with one line naming
+`read_checkpoint` parses config.json into `lfm_toolchain.config` numbers, refusing with one line naming
 the file and the key what is missing, of the wrong type, unknown (the reference's own config
 classes would refuse it too) or not supported by the graphs; it opens the safetensors files
 without loading them (memory-mapped, one tensor converted at a time, so a full-size conversion
-holds one tensor in memory) and checks every tensor's name and shape against `models.weights`.
+holds one tensor in memory) and checks every tensor's name and shape against `lfm_toolchain.weights`.
 
 Tensors are returned as float32 (bf16 is widened exactly by a 16-bit shift, fp16 by numpy);
 integer tensors keep their type. Tensors the graphs do not use are ignored, as liquid-audio's
@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from models.config import (
+from lfm_toolchain.config import (
     AudioModelConfig,
     BackboneConfig,
     DepthformerConfig,
@@ -48,8 +48,8 @@ from models.config import (
     PreprocessorConfig,
     tiny,
 )
-from models.mimi import MimiConfig, full_mimi, mimi_specs, tiny_mimi
-from models.weights import Array, check_layout, detokenizer_specs, model_specs
+from lfm_toolchain.mimi import MimiConfig, full_mimi, mimi_specs, tiny_mimi
+from lfm_toolchain.weights import Array, check_layout, detokenizer_specs, model_specs
 from satellite.errors import UserError
 from satellite.modeldir.sidefiles import read_json
 
@@ -463,7 +463,7 @@ class Checkpoint:
     family: Family
     config: AudioModelConfig
     weights: SafetensorsWeights
-    """The main state dict (checkpoint names, `models.weights.model_specs`)."""
+    """The main state dict (checkpoint names, `lfm_toolchain.weights.model_specs`)."""
     detokenizer_weights: SafetensorsWeights | None
     """LFM2.5-Audio's detokenizer (`detokenizer_specs`); None for v1."""
     mimi: tuple[MimiConfig, SafetensorsWeights] | None

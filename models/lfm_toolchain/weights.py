@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from models.config import AudioModelConfig, BackboneConfig, DepthformerConfig, EncoderConfig
+from lfm_toolchain.config import AudioModelConfig, BackboneConfig, DepthformerConfig, EncoderConfig
 
 Array = npt.NDArray[Any]
 Init = Literal["matrix", "embedding", "norm", "bias", "bn_mean", "bn_var", "count"]

@@ -2,14 +2,14 @@
 
 llama.cpp is the fastest CPU runtime for LFM2 text models, so its decode step is the bar for
 the engine's decoder step. Both run the same backbone shapes with the same seeded weights
-(`models.weights`), quantized to 4 bits each its own way (the engine's q4 build; llama.cpp's
-Q4_0 from a float16 GGUF, `models.gguf_export`), on the same threads. The CPU under a cloud
+(`lfm_toolchain.weights`), quantized to 4 bits each its own way (the engine's q4 build; llama.cpp's
+Q4_0 from a float16 GGUF, `lfm_toolchain.gguf_export`), on the same threads. The CPU under a cloud
 machine changes from day to day and its speed drifts within a sitting, so the two are measured
 in interleaved rounds (engine, llama.cpp, engine, ...) and compared round by round; the
 report gives each round's ratios and their median, with the CPU model.
 
 The engine is measured by `lfm-satellite bench engine` in a child process (its own memory and
-threads), llama.cpp by `llama-bench` (`models.llamacpp`), each round with the backbone on each
+threads), llama.cpp by `llama-bench` (`lfm_toolchain.llamacpp`), each round with the backbone on each
 runner the engine has: onnxruntime (the model's decoder graph) and llama.cpp (`model.backbone:
 llamacpp`, on the very Q4_0 file and library llama-bench runs; where llama-cpp-python is
 installed). Compared:
@@ -34,11 +34,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from models import gguf_export, llamacpp
-from models.cache import cached_model
-from models.config import config_for
-from models.llamacpp import LlamaFigures, LlamaTools
-from models.weights import RandomWeights, backbone_specs
+from lfm_toolchain import gguf_export, llamacpp
+from lfm_toolchain.cache import cached_model
+from lfm_toolchain.config import config_for
+from lfm_toolchain.llamacpp import LlamaFigures, LlamaTools
+from lfm_toolchain.weights import RandomWeights, backbone_specs
 from satellite.bench.system import cpu_model
 from satellite.settings import BACKBONES, Backbone
 

@@ -35,10 +35,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from models.config import AudioModelConfig
-from models.decoder import Lfm2Layers
-from models.onnx_graph import FLOAT, INT32, INT64, GraphBuilder
-from models.weights import Array
+from lfm_toolchain.config import AudioModelConfig
+from lfm_toolchain.decoder import Lfm2Layers
+from lfm_toolchain.onnx_graph import FLOAT, INT32, INT64, GraphBuilder
+from lfm_toolchain.weights import Array
 from satellite.modeldir.rope import rope_tables
 
 DEFAULT_MAX_FRAMES = 1024
@@ -103,7 +103,7 @@ def build_audio_detokenizer(
         return trunk.conv(i, h, None, None)
 
     _trunk_and_head(g, config, weights, x, mixer)
-    return g.model(doc="LFM2.5-Audio detokenizer (lfm-satellite models.detokenizer)")
+    return g.model(doc="LFM2.5-Audio detokenizer (lfm-satellite lfm_toolchain.detokenizer)")
 
 
 def _embed_upsample(g: GraphBuilder, config: AudioModelConfig, weights: Mapping[str, Array]) -> str:
@@ -213,7 +213,9 @@ def build_audio_detokenizer_cached(
             g.op1("Unsqueeze", [part, g.const([0])], name=f"/{name}/Unsqueeze") for part in parts
         ]
         g.op("Concat", stacked, name=f"/{name}/Concat", outputs=[name], axis=0)
-    return g.model(doc="LFM2.5-Audio streaming detokenizer (lfm-satellite models.detokenizer)")
+    return g.model(
+        doc="LFM2.5-Audio streaming detokenizer (lfm-satellite lfm_toolchain.detokenizer)"
+    )
 
 
 @dataclass(frozen=True)

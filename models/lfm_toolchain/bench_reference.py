@@ -1,10 +1,10 @@
 """The reference side of `lfm-satellite bench engine --reference`: liquid-audio 1.3.0 + torch
-on CPU (`models.reference`), on the same weights as the model directory, the same 4-second query
-and the same prompt ids, in its own process (`python -m models.bench_reference SETTINGS.json`,
+on CPU (`lfm_toolchain.reference`), on the same weights as the model directory, the same 4-second query
+and the same prompt ids, in its own process (`python -m lfm_toolchain.bench_reference SETTINGS.json`,
 started by `satellite.bench.harness.run_child`) so that its peak RSS is its own.
 
 The weights: a random-weight build names its size and seed in its manifest, and
-`models.weights` gives the identical arrays for them (before quantization: a q4 directory is
+`lfm_toolchain.weights` gives the identical arrays for them (before quantization: a q4 directory is
 compared with the fp32 originals it was quantized from); a build from a checkpoint names the
 checkpoint directory, which is read again. The reference runs in fp32 with sdpa attention.
 
@@ -39,9 +39,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from models.config import AudioModelConfig, config_for
-from models.reference import build_reference_model, liquid_audio, load_weights, reference_config
-from models.weights import random_detokenizer_weights, random_model_weights
+from lfm_toolchain.config import AudioModelConfig, config_for
+from lfm_toolchain.reference import (
+    build_reference_model,
+    liquid_audio,
+    load_weights,
+    reference_config,
+)
+from lfm_toolchain.weights import random_detokenizer_weights, random_model_weights
 from satellite.bench.harness import (
     OUTPUT_RATE,
     BenchError,
@@ -86,7 +91,7 @@ def reference_weights(
     """The architecture, main and detokenizer weights (lazy mappings, checkpoint names) the
     model directory was built from, and a description. Raises BenchError when the manifest
     does not say (a directory not built by `lfm-satellite model build`)."""
-    from models.weights import detokenizer_specs, model_specs
+    from lfm_toolchain.weights import detokenizer_specs, model_specs
 
     manifest = read_manifest(directory)
     where = directory / "manifest.json"
@@ -105,11 +110,11 @@ def reference_weights(
             config,
             random_model_weights(config, seed),
             random_detokenizer_weights(config, seed),
-            f"random weights, size {size}, seed {seed} (models.weights: the arrays the build "
+            f"random weights, size {size}, seed {seed} (lfm_toolchain.weights: the arrays the build "
             f"was made from, fp32; the directory is {manifest.variant})",
         )
     if kind == "checkpoint" and isinstance(source.get("checkpoint"), str):
-        from models.checkpoint import read_checkpoint
+        from lfm_toolchain.checkpoint import read_checkpoint
 
         checkpoint = read_checkpoint(Path(source["checkpoint"]))
         if checkpoint.detokenizer_weights is None:

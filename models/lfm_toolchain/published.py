@@ -8,8 +8,8 @@ that what users fetch can be tested without the hub (FINDINGS §1):
   `onnx/` the float32 tables `embed_tokens.bin` / `audio_embedding.bin` with their JSON
   descriptors and `mel_config.json`; no text-embedding graph and no streaming detokenizer;
 - the decoder's tied lm-head in float32 (a Transpose of `model.embed_tokens.weight` into a
-  MatMul, `models.decoder`), with no `num_logits_to_keep` input: every step pays for it;
-- the depthformer without rotary embeddings, with theta-10,000 tables (`models.depthformer`);
+  MatMul, `lfm_toolchain.decoder`), with no `num_logits_to_keep` input: every step pays for it;
+- the depthformer without rotary embeddings, with theta-10,000 tables (`lfm_toolchain.depthformer`);
 - q4: MatMulNBits in blocks of 32 (the export's), the embedding tables left in float32.
 
 The manifest is what `model fetch` writes for such files before any repair, so the engine
@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from models import decoder, depthformer, detokenizer, embeddings, encoder
-from models.config import AudioModelConfig
-from models.onnx_graph import write_graph
-from models.quantize import Progress, build_quantized
-from models.weights import Array
+from lfm_toolchain import decoder, depthformer, detokenizer, embeddings, encoder
+from lfm_toolchain.config import AudioModelConfig
+from lfm_toolchain.onnx_graph import write_graph
+from lfm_toolchain.quantize import Progress, build_quantized
+from lfm_toolchain.weights import Array
 from satellite.modeldir.make import make_manifest
 from satellite.modeldir.manifest import Manifest
 
@@ -131,7 +131,11 @@ def build_published(
         options=options,
         tokenizer=tokenizer,
         side_files=dict(SIDE_FILES),
-        source={"builder": "lfm-satellite models.published", "layout": "published", **source},
+        source={
+            "builder": "lfm-satellite lfm_toolchain.published",
+            "layout": "published",
+            **source,
+        },
     )
     return_manifest.write(out)
     return return_manifest

@@ -54,8 +54,8 @@ from onnxruntime.quantization.matmul_nbits_quantizer import (
     DefaultWeightOnlyQuantizer,
 )
 
-from models.onnx_graph import EXTERNAL_MIN_BYTES, MS_DOMAIN, ExternalData, save
-from models.weights import Array
+from lfm_toolchain.onnx_graph import EXTERNAL_MIN_BYTES, MS_DOMAIN, ExternalData, save
+from lfm_toolchain.weights import Array
 from satellite.modeldir.blockquant import packed_windows
 from satellite.modeldir.tensorio import column_step, is_external, iter_bytes, read_window
 

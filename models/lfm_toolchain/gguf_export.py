@@ -21,8 +21,8 @@ import gguf
 import numpy as np
 import numpy.typing as npt
 
-from models.config import BackboneConfig
-from models.weights import ParamSpec
+from lfm_toolchain.config import BackboneConfig
+from lfm_toolchain.weights import ParamSpec
 
 ARCH = "lfm2"
 PREFIX = "lfm."

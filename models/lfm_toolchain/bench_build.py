@@ -13,10 +13,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from models.build import build_model
-from models.config import config_for
-from models.quantize import Progress
-from models.weights import detokenizer_specs, model_specs
+from lfm_toolchain.build import build_model
+from lfm_toolchain.config import config_for
+from lfm_toolchain.quantize import Progress
+from lfm_toolchain.weights import detokenizer_specs, model_specs
 from satellite.bench.system import peak_rss_mb
 
 COMPONENTS = (

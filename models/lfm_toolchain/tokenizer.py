@@ -10,7 +10,7 @@ in the vocabulary, any UTF-8 text encodes and decodes back unchanged.
 The merges are learnt by the `tokenizers` BPE trainer from a synthetic corpus (seeded random
 words with English letter frequencies, plus the chat template's own words), so the result is
 the same on every run. It is not LFM2's vocabulary: text ids of a model built from a real
-checkpoint come from the checkpoint's own `tokenizer.json`, which `models.build` copies.
+checkpoint come from the checkpoint's own `tokenizer.json`, which `lfm_toolchain.build` copies.
 
 `tokenizer_config(...)` is the `tokenizer_config.json` that lets transformers' `AutoTokenizer`
 load the pair (a `PreTrainedTokenizerFast` with the chat template of DESIGN §3.1).

@@ -20,8 +20,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from models.build import build_model
-from models.config import config_for
+from lfm_toolchain.build import build_model
+from lfm_toolchain.config import config_for
 from satellite.modeldir import manifest as manifest_module
 from satellite.modeldir.manifest import MANIFEST_NAME
 

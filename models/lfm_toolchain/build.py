@@ -2,13 +2,13 @@
 
 `build_model` writes ONNX graphs by role, `config.json` (the checkpoint's config, liquid-audio
 layout) and `manifest.json` (`satellite.modeldir.manifest`). The weights are seeded random ones
-(`models.weights`) at tiny or full size.
+(`lfm_toolchain.weights`) at tiny or full size.
 
 Built: every role of LFM2.5-Audio (`decoder`, `audio_encoder`, `audio_embedding`, `depthformer`,
 `audio_detokenizer`) plus `embed_tokens` and `audio_detokenizer_cached` (the streaming
-detokenizer), fp32, or q8/q4 (`models.quantize`), with `tokenizer.json` and
+detokenizer), fp32, or q8/q4 (`lfm_toolchain.quantize`), with `tokenizer.json` and
 `tokenizer_config.json`; from seeded random weights or from a checkpoint directory (`--from`,
-`models.checkpoint`).
+`lfm_toolchain.checkpoint`).
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ from typing import Any
 
 import onnx
 
-from models import decoder, depthformer, detokenizer, embeddings, encoder, mimi
-from models.checkpoint import Checkpoint, CheckpointError, read_checkpoint
-from models.config import SIZES, AudioModelConfig, config_for
-from models.onnx_graph import GraphBuilder, write_graph
-from models.published import PUBLISHED_VARIANTS, build_published
-from models.quantize import Progress, build_quantized, spec_for
-from models.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, write_tokenizer
-from models.weights import Array, random_detokenizer_weights, random_model_weights
+from lfm_toolchain import decoder, depthformer, detokenizer, embeddings, encoder, mimi
+from lfm_toolchain.checkpoint import Checkpoint, CheckpointError, read_checkpoint
+from lfm_toolchain.config import SIZES, AudioModelConfig, config_for
+from lfm_toolchain.onnx_graph import GraphBuilder, write_graph
+from lfm_toolchain.published import PUBLISHED_VARIANTS, build_published
+from lfm_toolchain.quantize import Progress, build_quantized, spec_for
+from lfm_toolchain.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, write_tokenizer
+from lfm_toolchain.weights import Array, random_detokenizer_weights, random_model_weights
 from satellite.engine.template import TokenizerError
 from satellite.errors import UserError
 from satellite.modeldir.make import make_manifest
@@ -41,7 +41,7 @@ from satellite.modeldir.manifest import FAMILIES, MANIFEST_NAME, VARIANTS, Manif
 BUILT_VARIANTS: tuple[Variant, ...] = ("fp32", "q8", "q4")
 LAYOUTS = ("project", "published")
 """`project`: the project's own graphs and names; `published`: the published export's
-(`models.published`)."""
+(`lfm_toolchain.published`)."""
 DEFAULT_MAX_POSITIONS = {"tiny": 4096, "full": 32768}
 """RoPE table length (longest context) per size, unless given."""
 STAGING_PREFIX = ".building-"
@@ -66,8 +66,8 @@ def build_graphs(
     """Write every graph into `out`; returns role -> file and role -> options.
 
     `weights` are the main checkpoint's tensors, `detokenizer_weights` the detokenizer's;
-    `logits_to_keep` gives the decoder its `num_logits_to_keep` input (`models.decoder`).
-    `mimi_model` (LFM2-Audio v1: Mimi's config and weights, `models.mimi`) writes
+    `logits_to_keep` gives the decoder its `num_logits_to_keep` input (`lfm_toolchain.decoder`).
+    `mimi_model` (LFM2-Audio v1: Mimi's config and weights, `lfm_toolchain.mimi`) writes
     `mimi_decoder` and `mimi_decoder_cached` instead of the detokenizer graphs.
     """
     builders: dict[str, Callable[[GraphBuilder], onnx.ModelProto]] = {
@@ -145,16 +145,16 @@ def build_model(
 ) -> Manifest:
     """Build a model directory at `out` and return its manifest.
 
-    `size` (tiny|full) picks the architecture numbers (`models.config`), `seed` the random
+    `size` (tiny|full) picks the architecture numbers (`lfm_toolchain.config`), `seed` the random
     weights (the same seed gives byte-identical files), `max_positions` the longest decoder
     context (RoPE table length). `checkpoint` is a checkpoint directory in the hub's layout
-    (`models.checkpoint`): its config and weights replace `size` and `seed`, and its tokenizer
-    is copied; otherwise a stand-in tokenizer is written (`models.tokenizer`). `family`
+    (`lfm_toolchain.checkpoint`): its config and weights replace `size` and `seed`, and its tokenizer
+    is copied; otherwise a stand-in tokenizer is written (`lfm_toolchain.tokenizer`). `family`
     `lfm2-audio` builds LFM2-Audio v1 (random weights only): the same backbone, encoder and
-    depthformer, with Mimi (`models.mimi`) instead of the LFM2.5 detokenizer.
-    `block_size` replaces the quantized variant's default block (`models.quantize.spec_for`).
+    depthformer, with Mimi (`lfm_toolchain.mimi`) instead of the LFM2.5 detokenizer.
+    `block_size` replaces the quantized variant's default block (`lfm_toolchain.quantize.spec_for`).
     `layout` `published` writes the files of the published ONNX export instead, its defects
-    included (`models.published`: fp32 or q4, LFM2.5-Audio only).
+    included (`lfm_toolchain.published`: fp32 or q4, LFM2.5-Audio only).
     Refuses to write into a directory that already holds a manifest unless `overwrite`.
 
     The files are written into a hidden staging folder inside `out` and moved in when all are
@@ -319,7 +319,7 @@ def _write_model(
             mimi_model=mimi_model,
             progress=say,
         )
-    else:  # fp32 graphs in a scratch folder, quantized into `out` (models.quantize)
+    else:  # fp32 graphs in a scratch folder, quantized into `out` (lfm_toolchain.quantize)
         graphs, options = build_quantized(
             out,
             variant,
@@ -351,7 +351,7 @@ def _write_model(
         tokenizer=TOKENIZER_FILE,
         side_files={"config": "config.json", "tokenizer_config": TOKENIZER_CONFIG_FILE},
         source={
-            "builder": "lfm-satellite models.build",
+            "builder": "lfm-satellite lfm_toolchain.build",
             **about,
             "seconds": round(time.monotonic() - started, 1),
         },

@@ -1,5 +1,5 @@
 """The reference implementation: liquid-audio 1.3.0 + transformers 4.57, for the parity tests
-and the engine benchmark (`models.bench_reference`).
+and the engine benchmark (`lfm_toolchain.bench_reference`).
 
 liquid-audio is not a dependency of the project and its code is never committed: this helper
 fetches the wheel from PyPI on first use (once; it is cached under
@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from models.config import AudioModelConfig
+from lfm_toolchain.config import AudioModelConfig
 
 VERSION = "1.3.0"
 WHEEL = f"liquid_audio-{VERSION}-py3-none-any.whl"
@@ -184,7 +184,7 @@ def load_weights(module: Any, weights: Mapping[str, npt.NDArray[Any]], prefix: s
 
     Every parameter of `module` must be given, with its exact shape; buffers the weights do not
     name (fixed tables such as `codebook_offsets`) keep the module's own values. Tensors are
-    read from `weights` one at a time, so a lazy mapping (`models.weights.RandomWeights`, a
+    read from `weights` one at a time, so a lazy mapping (`lfm_toolchain.weights.RandomWeights`, a
     checkpoint) never holds more than one tensor besides the module.
     """
     import torch
@@ -208,7 +208,7 @@ def load_weights(module: Any, weights: Mapping[str, npt.NDArray[Any]], prefix: s
 def build_reference_model(config: AudioModelConfig, weights: Mapping[str, npt.NDArray[Any]]) -> Any:
     """The reference `LFM2AudioModel` in fp32, eval mode, sdpa attention, holding `weights`.
 
-    `weights` uses the checkpoint's parameter names (`models.weights`). Built directly from the
+    `weights` uses the checkpoint's parameter names (`lfm_toolchain.weights`). Built directly from the
     config: `from_pretrained` would insist on cuda and bf16.
     """
     import torch
@@ -230,8 +230,8 @@ def tiny_reference(
 ) -> tuple[AudioModelConfig, dict[str, npt.NDArray[Any]], Any]:
     """The tiny config, its seeded random weights (checkpoint names) and the reference model
     holding them; built once per test session."""
-    from models.config import tiny
-    from models.weights import random_model_weights
+    from lfm_toolchain.config import tiny
+    from lfm_toolchain.weights import random_model_weights
 
     config = tiny()
     weights = dict(random_model_weights(config, seed))

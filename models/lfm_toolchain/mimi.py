@@ -62,8 +62,8 @@ from typing import Any, Literal
 import numpy as np
 import onnx
 
-from models.onnx_graph import FLOAT, INT64, GraphBuilder
-from models.weights import Array, ParamSpec, RandomWeights
+from lfm_toolchain.onnx_graph import FLOAT, INT64, GraphBuilder
+from lfm_toolchain.weights import Array, ParamSpec, RandomWeights
 
 CACHED_ROLE = "mimi_decoder_cached"
 SEED_OFFSET = 0x4D494D49
@@ -348,7 +348,7 @@ def mimi_specs(config: MimiConfig) -> list[ParamSpec]:
 
 
 class MimiWeights(Mapping[str, Array]):
-    """Seeded random Mimi decoder weights, generated on access (`models.weights` rules).
+    """Seeded random Mimi decoder weights, generated on access (`lfm_toolchain.weights` rules).
 
     Transposed-conv kernels are rescaled: the N(0, 1/fan_in) rule reads their fan-in from the
     wrong axis ([in, out, kernel]); an output of a stride-s transposed conv sums in*kernel/s
@@ -752,7 +752,7 @@ def build_mimi_decoder(
     g.input("audio_codes", INT64, ["batch_size", config.codebooks, "frames"])
     g.output("audio", FLOAT, ["batch_size", 1, "samples"])
     _Writer(g, config, weights, cached=False).write()
-    return g.model(doc="LFM2-Audio Mimi decoder (lfm-satellite models.mimi)")
+    return g.model(doc="LFM2-Audio Mimi decoder (lfm-satellite lfm_toolchain.mimi)")
 
 
 def build_mimi_decoder_cached(
@@ -774,13 +774,13 @@ def build_mimi_decoder_cached(
     g.output("present_keys", FLOAT, present)
     g.output("present_values", FLOAT, present)
     _Writer(g, config, weights, cached=True).write()
-    return g.model(doc="LFM2-Audio streaming Mimi decoder (lfm-satellite models.mimi)")
+    return g.model(doc="LFM2-Audio streaming Mimi decoder (lfm-satellite lfm_toolchain.mimi)")
 
 
 def graph_builders(
     config: MimiConfig, weights: Mapping[str, Array]
 ) -> dict[str, Callable[[GraphBuilder], onnx.ModelProto]]:
-    """Role -> graph writer, for `models.build`: `mimi_decoder` and `mimi_decoder_cached`."""
+    """Role -> graph writer, for `lfm_toolchain.build`: `mimi_decoder` and `mimi_decoder_cached`."""
     return {
         "mimi_decoder": lambda g: build_mimi_decoder(g, config, weights),
         CACHED_ROLE: lambda g: build_mimi_decoder_cached(g, config, weights),

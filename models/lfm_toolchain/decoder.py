@@ -29,10 +29,10 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import onnx
 
-from models.config import BackboneConfig
-from models.layers import Layers
-from models.onnx_graph import FLOAT, INT32, INT64, MS_DOMAIN, GraphBuilder
-from models.weights import Array
+from lfm_toolchain.config import BackboneConfig
+from lfm_toolchain.layers import Layers
+from lfm_toolchain.onnx_graph import FLOAT, INT32, INT64, MS_DOMAIN, GraphBuilder
+from lfm_toolchain.weights import Array
 from satellite.modeldir.rope import rope_tables
 
 INT64_MAX = np.iinfo(np.int64).max
@@ -255,4 +255,4 @@ def build_decoder(
         g.op("MatMul", [x, head], name="logits", outputs=["logits"])
     else:
         bb.linear(x, "embed_tokens.weight", "/lm_head/MatMul", out="logits")
-    return g.model(doc="LFM2 backbone (lfm-satellite models.decoder)")
+    return g.model(doc="LFM2 backbone (lfm-satellite lfm_toolchain.decoder)")
