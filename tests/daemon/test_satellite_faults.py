@@ -29,7 +29,8 @@ from wyoming.timer import TimerFinished, TimerStarted
 from satellite.bench.system import current_rss_mb
 from satellite.daemon.core import Daemon, raise_open_files_limit
 from satellite.settings import MqttSettings
-from satellite.wyoming import incoming, satellite_server, services
+from satellite.wyoming import incoming, satellite_server
+from satellite.wyoming.services import server as services
 from tests.broker import Broker, Watcher
 from tests.conftest import PulseServer
 from tests.satellite_support import (
