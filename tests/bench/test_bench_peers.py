@@ -23,6 +23,8 @@ from lfm_toolchain.weights import RandomWeights, backbone_specs
 
 from tests.paths import REPO
 
+pytestmark = pytest.mark.slow
+
 ROOT = REPO
 
 

@@ -7,9 +7,13 @@ times and RSS growth are printed (`-s`). The full-size fuzz and flood have their
 
 from __future__ import annotations
 
+import pytest
+
 from satellite.bench.soak import run_soak
 from satellite.cli import main
 from tests.satellite_support import tiny_model
+
+pytestmark = pytest.mark.slow
 
 
 async def test_ten_broker_kills_and_fifty_client_drops() -> None:

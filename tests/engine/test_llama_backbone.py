@@ -43,6 +43,8 @@ from satellite.modeldir.fetch import FetchError, fetch_backbone
 from satellite.settings import ModelSettings
 from tests.satellite_support import daemon_settings, run_to_end, script_wav, wake_and_ask
 
+pytestmark = pytest.mark.slow
+
 SEED = 0
 STEPS = 24
 

@@ -46,6 +46,8 @@ from satellite.modeldir.tensorio import TensorReadError, iter_bytes, read_window
 from satellite.modeldir.verify import verify
 from tests.paths import REPO
 
+pytestmark = pytest.mark.slow
+
 K, N, ROWS = 128, 300, 300
 
 

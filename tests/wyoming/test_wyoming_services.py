@@ -56,6 +56,8 @@ from satellite.wyoming.workers import Job, PoolFull, WorkerPool
 from tests.paths import REPO
 from tests.satellite_support import daemon_settings, tiny_model
 
+pytestmark = pytest.mark.slow
+
 HA_TIMEOUT = 5.0
 """Home Assistant's timeout for `describe` (and a generous bound on every read here)."""
 LIMITS = Limits(asr_tokens=24, speech_seconds=3.0, reply_tokens=80, seed=1)
