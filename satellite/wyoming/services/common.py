@@ -44,13 +44,21 @@ class ServicesConfig:
     others it needs (`from_settings`), with the config's defaults."""
 
     host: str = _DEFAULTS.wyoming.services_host
+    """Address listened on (`wyoming.services_host`)."""
     port: int = _DEFAULTS.wyoming.services_port
+    """Port listened on; 0: any free one (`wyoming.services_port`)."""
     workers: int = _DEFAULTS.wyoming.services_workers
+    """Requests run at once, each in its own engine thread (`wyoming.services_workers`)."""
     queue: int = _DEFAULTS.wyoming.services_queue
+    """Requests waiting for a worker before the next is refused (`wyoming.services_queue`)."""
     request_timeout: float = _DEFAULTS.wyoming.services_request_timeout_seconds
+    """Seconds a request may take, waiting included."""
     client_timeout: float = _DEFAULTS.wyoming.services_client_timeout_seconds
+    """Seconds a client may send nothing (outside a request) or not read what is written."""
     max_text: int = _DEFAULTS.wyoming.services_max_text
+    """Longest text to speak or answer, in characters."""
     max_audio_seconds: float = _DEFAULTS.wyoming.services_max_audio_seconds
+    """Longest audio to transcribe."""
     voice: str = _DEFAULTS.model.voice
     """Voice of a `synthesize` that names none (`model.voice`)."""
     conversation_timeout: float = _DEFAULTS.satellite.conversation_timeout_seconds
@@ -60,6 +68,7 @@ class ServicesConfig:
     zeroconf_name: str | None = None
     """Announce with this zeroconf instance name; None: no announcement."""
     limits: Limits = field(default_factory=Limits)
+    """What the model may make of one request (`speech.Limits`)."""
 
     @classmethod
     def from_settings(cls, settings: Settings, home_control: bool = False) -> ServicesConfig:
