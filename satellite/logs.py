@@ -66,3 +66,8 @@ def setup_logging(level: str = "info", fmt: str = "text", file: str | None = Non
     for handler in handlers:
         root.addHandler(handler)
     root.setLevel(level.upper())
+
+
+def ms(seconds: float | None) -> str:
+    """A duration for a person: `none`, or whole milliseconds (`240 ms`)."""
+    return "none" if seconds is None else f"{seconds * 1000:.0f} ms"

@@ -44,6 +44,7 @@ from satellite.engine.events import FRAMES_PER_SECOND
 from satellite.engine.template import VOICES
 from satellite.engine.textstream import printable
 from satellite.errors import UserError
+from satellite.logs import ms
 
 if TYPE_CHECKING:
     from satellite.audio.convert import FloatArray
@@ -406,10 +407,6 @@ def _err(message: str, stream: TextIO | None = None) -> None:
     print(message, file=stream or sys.stderr, flush=True)
 
 
-def _ms(seconds: float | None) -> str:
-    return "none" if seconds is None else f"{seconds * 1000:.0f} ms"
-
-
 # ---------------------------------------------------------------------------------------------
 # transcribe
 
@@ -531,16 +528,14 @@ class AudioOut:
     def abort(self) -> None:
         self.writer.abort()
 
-    def describe(self) -> str:
+    def describe(self, frames: int, skipped: int) -> str:
         """e.g. `1.20 s of audio (15 frames, 24000 Hz)`, with the skipped frames."""
-        skipped = (
-            f", {self.skipped} skipped: a code {self.detokenizer.end_of_audio} outside codebook 0"
-            if self.skipped
+        lost = (
+            f", {skipped} skipped: a code {self.detokenizer.end_of_audio} outside codebook 0"
+            if skipped
             else ""
         )
-        return (
-            f"{self.writer.seconds:.2f} s of audio ({self.frames} frames{skipped}, {self.rate} Hz)"
-        )
+        return f"{self.writer.seconds:.2f} s of audio ({frames} frames{lost}, {self.rate} Hz)"
 
 
 def cmd_speak(args: argparse.Namespace) -> int:
@@ -578,15 +573,14 @@ def cmd_speak(args: argparse.Namespace) -> int:
     try:
         for samples in stream:
             out.write(samples)
-        out.frames, out.skipped = stream.frames, stream.skipped
-        if not out.frames:
+        if not stream.frames:
             why = {
                 "no_audio_start": f"no <|audio_start|> in its first {stream.texts} tokens",
                 "end_of_turn": f"the turn ended after {stream.texts} text tokens",
                 "context_full": "the context filled up",
             }.get(stream.reason, f"{stream.texts} text tokens, then it stopped ({stream.reason})")
-            if out.skipped:
-                why = f"{out.skipped} frames with code 2048 outside codebook 0, skipped"
+            if stream.skipped:
+                why = f"{stream.skipped} frames with code 2048 outside codebook 0, skipped"
             raise NoAudioError(f"{output}: not written: the model gave no audio ({why})")
         out.close()
     except BaseException:
@@ -600,8 +594,8 @@ def cmd_speak(args: argparse.Namespace) -> int:
     seconds = out.writer.seconds
     first = None if out.first_audio is None else out.first_audio - started
     _err(
-        f"{output}: {out.describe()}, voice {voice.replace('_', '-')}; first audio after "
-        f"{_ms(first)}, total {total:.2f} s, "
+        f"{output}: {out.describe(stream.frames, stream.skipped)}, voice {voice.replace('_', '-')}; first audio after "
+        f"{ms(first)}, total {total:.2f} s, "
         f"real-time factor {total / seconds:.2f} (setup {started - engine.started:.2f} s: "
         "model, system prompt)"
     )
@@ -665,8 +659,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     first_audio = None if out.first_audio is None else out.first_audio - started
     first_piece = None if first_text is None else first_text - started
     _err(
-        f"{output}: {out.describe()}; first text after {_ms(first_piece)}, "
-        f"first audio after {_ms(first_audio)}, total {total:.2f} s "
+        f"{output}: {out.describe(out.frames, out.skipped)}; first text after {ms(first_piece)}, "
+        f"first audio after {ms(first_audio)}, total {total:.2f} s "
         f"(input {speech.info.seconds:.2f} s; setup {started - engine.started:.2f} s: model, "
         "system prompt)"
     )

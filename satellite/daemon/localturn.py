@@ -29,6 +29,7 @@ from satellite.daemon.report import turn_report
 from satellite.devices.control import DeviceController
 from satellite.engine import costmodel
 from satellite.events import TurnReport
+from satellite.logs import ms
 from satellite.reply import ReplyAudio, ReplyDone, ReplyText, Responder
 from satellite.safety.audio import AudioCheck
 from satellite.safety.text import TextFilter
@@ -276,8 +277,8 @@ class LocalTurns:
             done.text,
             done.reason,
             done.audio_seconds,
-            _ms(report.time_to_first_audio),
-            _ms(report.engine_first_audio),
+            ms(report.time_to_first_audio),
+            ms(report.engine_first_audio),
         )
         if report.underruns:
             _LOG.warning(
@@ -286,7 +287,7 @@ class LocalTurns:
         delay, rtf = report.start_delay, report.generation_rtf
         if delay and delay > SLOW_START_SECONDS and rtf is not None:
             _LOG.info("the reply waited %s before playing: the model made its audio at %.2fx "
-                      "real time on this machine", _ms(delay), rtf)  # fmt: skip
+                      "real time on this machine", ms(delay), rtf)  # fmt: skip
         if rtf is not None and rtf > 1.0 and not self._slow_told:
             self._slow_told = True
             variant = self.responder.model.manifest.variant if self.responder else None
@@ -320,7 +321,3 @@ def _result(task: asyncio.Task[Any]) -> Any:
     if not task.done() or task.cancelled() or task.exception() is not None:
         return None
     return task.result()
-
-
-def _ms(seconds: float | None) -> str:
-    return "none" if seconds is None else f"{seconds * 1000:.0f} ms"
