@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 
 from lfm_toolchain.config import BackboneConfig
-from lfm_toolchain.layers import Layers
+from lfm_toolchain.layers import Layers, PackedLinear
 from lfm_toolchain.onnx_graph import FLOAT, INT32, INT64, MS_DOMAIN, GraphBuilder
 from lfm_toolchain.weights import Array
 from satellite.modeldir.rope import rope_tables
@@ -56,9 +56,14 @@ class Lfm2Layers(Layers):
     """LFM2 operators (short conv, attention) of the backbone `cfg`, weights under `prefix`."""
 
     def __init__(
-        self, g: GraphBuilder, cfg: BackboneConfig, weights: Mapping[str, Array], prefix: str
+        self,
+        g: GraphBuilder,
+        cfg: BackboneConfig,
+        weights: Mapping[str, Array],
+        prefix: str,
+        packed: Mapping[str, PackedLinear] | None = None,
     ) -> None:
-        super().__init__(g, weights, prefix, cfg.norm_eps)
+        super().__init__(g, weights, prefix, cfg.norm_eps, packed)
         self.cfg = cfg
 
     def stack(self, x: str, mixer: Callable[[int, str], str]) -> str:

@@ -35,8 +35,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from lfm_toolchain.config import AudioModelConfig
+from lfm_toolchain.config import AudioModelConfig, DetokenizerConfig
 from lfm_toolchain.decoder import Lfm2Layers
+from lfm_toolchain.layers import PackedLinear
 from lfm_toolchain.onnx_graph import FLOAT, INT32, INT64, GraphBuilder
 from lfm_toolchain.weights import Array
 from satellite.modeldir.rope import rope_tables
@@ -80,7 +81,7 @@ def build_audio_detokenizer(
     cfg = det.backbone
     g.input("audio_codes", INT64, ["batch_size", det.codebooks, "frames"])
     g.output("stft_features", FLOAT, ["batch_size", "stft_frames", det.output_size])
-    x = _embed_upsample(g, config, weights)
+    x = _embed_upsample(g, det, weights)
 
     lengths = ("", "")
     rope = ("", "")
@@ -102,14 +103,13 @@ def build_audio_detokenizer(
             return trunk.attention(i, h, None, None, lengths, rope, window=window)
         return trunk.conv(i, h, None, None)
 
-    _trunk_and_head(g, config, weights, x, mixer)
+    _trunk_and_head(g, det, weights, x, mixer)
     return g.model(doc="LFM2.5-Audio detokenizer (lfm-satellite lfm_toolchain.detokenizer)")
 
 
-def _embed_upsample(g: GraphBuilder, config: AudioModelConfig, weights: Mapping[str, Array]) -> str:
+def _embed_upsample(g: GraphBuilder, det: DetokenizerConfig, weights: Mapping[str, Array]) -> str:
     """`audio_codes` [B, 8, T] -> the mean of the codebooks' embeddings, each frame repeated
     6 times (nearest upsampling): [B, 6T, d]."""
-    det = config.detokenizer
     d = det.backbone.hidden_size
     offsets = (np.arange(det.codebooks, dtype=np.int64) * det.codebook_size)[:, None]
     rows = g.op1("Add", ["audio_codes", g.const(offsets)], name="/emb/offsets")
@@ -127,18 +127,19 @@ Mixer = Callable[[Lfm2Layers, int, str], str]
 
 def _trunk_and_head(
     g: GraphBuilder,
-    config: AudioModelConfig,
+    det: DetokenizerConfig,
     weights: Mapping[str, Array],
     x: str,
     mixer: Mixer,
+    packed: Mapping[str, PackedLinear] | None = None,
 ) -> None:
     """The LFM2 trunk (each layer's operator from `mixer`, then its SwiGLU), the final norm
     and the Linear head, written to the output `stft_features`."""
-    cfg = config.detokenizer.backbone
-    trunk = Lfm2Layers(g, cfg, weights, "lfm.")
+    cfg = det.backbone
+    trunk = Lfm2Layers(g, cfg, weights, "lfm.", packed)
     h = trunk.stack(x, lambda i, normed: mixer(trunk, i, normed))
 
-    head = Lfm2Layers(g, cfg, weights, "")
+    head = Lfm2Layers(g, cfg, weights, "", packed)
     head.linear(h, "lin.weight", "/lin/MatMul", bias="lin.bias", out="stft_features")
 
 
@@ -151,11 +152,23 @@ def build_audio_detokenizer_cached(
 ) -> onnx.ModelProto:
     """The streaming detokenizer graph (see the module docstring) with the detokenizer
     checkpoint's `weights`; `max_frames` is the most code frames one call may take (the RoPE
-    tables cover the cached window plus that many frames' positions).
+    tables cover the cached window plus that many frames' positions)."""
+    return build_cached_detokenizer(g, config.detokenizer, weights, max_frames=max_frames)
+
+
+def build_cached_detokenizer(
+    g: GraphBuilder,
+    det: DetokenizerConfig,
+    weights: Mapping[str, Array],
+    *,
+    max_frames: int = CACHED_MAX_FRAMES,
+    packed: Mapping[str, PackedLinear] | None = None,
+) -> onnx.ModelProto:
+    """`build_audio_detokenizer_cached` for the detokenizer `det` alone; projections in
+    `packed` (by checkpoint name) are written as the `MatMulNBits` they already are.
 
     Every attention layer must be a sliding-window one: a full-attention layer would need the
     whole history, which this graph does not keep."""
-    det = config.detokenizer
     cfg = det.backbone
     d, hd, kv_heads = cfg.hidden_size, cfg.head_dim, cfg.num_key_value_heads
     conv_layers, attention_layers = cfg.conv_layers, cfg.attention_layers
@@ -182,7 +195,7 @@ def build_audio_detokenizer_cached(
     g.output("present_keys", FLOAT, present_kv)
     g.output("present_values", FLOAT, present_kv)
 
-    x = _embed_upsample(g, config, weights)
+    x = _embed_upsample(g, det, weights)
     positions = keep + det.upsample * max_frames
     rope = _window_tables(g, hd, cfg.rope_theta, positions, window, x)
     conv_index = {layer: n for n, layer in enumerate(conv_layers)}
@@ -207,7 +220,7 @@ def build_audio_detokenizer_cached(
         presents["present_values"].append(v)
         return out
 
-    _trunk_and_head(g, config, weights, x, mixer)
+    _trunk_and_head(g, det, weights, x, mixer, packed)
     for name, parts in presents.items():
         stacked = [
             g.op1("Unsqueeze", [part, g.const([0])], name=f"/{name}/Unsqueeze") for part in parts

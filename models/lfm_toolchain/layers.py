@@ -4,11 +4,14 @@
 onnxruntime: `MatMul` with a constant, transposed weight for every projection (what the 4-bit
 quantizer turns into `MatMulNBits`), `SimplifiedLayerNormalization` for RMSNorm,
 `SkipSimplifiedLayerNormalization` for a residual add followed by RMSNorm, and the SwiGLU MLP.
+A projection handed over already packed (`PackedLinear`: a published q4 graph's `MatMulNBits`
+weights, carried into a new graph as they are) is written as that `MatMulNBits`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -16,16 +19,36 @@ from lfm_toolchain.onnx_graph import MS_DOMAIN, GraphBuilder
 from lfm_toolchain.weights import Array
 
 
+@dataclass(frozen=True)
+class PackedLinear:
+    """A projection's weights as a `MatMulNBits` node holds them (input B, scales and zero
+    points, and the node's attributes), to be written as they are."""
+
+    packed: Array
+    """uint8 [N, blocks, block_size * bits / 8]."""
+    scales: Array
+    zero_points: Array | None
+    attributes: Mapping[str, int]
+    """K, N, bits, block_size (and accuracy_level where the source set it)."""
+
+
 class Layers:
-    """Emits common layers into `g`, reading weights `prefix + name` from `weights`."""
+    """Emits common layers into `g`, reading weights `prefix + name` from `weights`, or from
+    `packed` for projections already packed as `MatMulNBits`."""
 
     def __init__(
-        self, g: GraphBuilder, weights: Mapping[str, Array], prefix: str, norm_eps: float
+        self,
+        g: GraphBuilder,
+        weights: Mapping[str, Array],
+        prefix: str,
+        norm_eps: float,
+        packed: Mapping[str, PackedLinear] | None = None,
     ) -> None:
         self.g = g
         self.weights = weights
         self.prefix = prefix
         self.norm_eps = norm_eps
+        self.packed = packed or {}
 
     def w(self, name: str) -> Array:
         return self.weights[self.prefix + name]
@@ -33,12 +56,45 @@ class Layers:
     def linear(
         self, x: str, name: str, node: str, *, bias: str | None = None, out: str | None = None
     ) -> str:
-        """x @ W.T (+ b) for a torch-layout [out, in] weight, stored transposed for MatMul."""
+        """x @ W.T (+ b) for a torch-layout [out, in] weight, stored transposed for MatMul (or
+        as the `MatMulNBits` it was packed as)."""
         g = self.g
+        packed = self.packed.get(self.prefix + name)
+        if packed is not None:
+            return self._packed_linear(x, name, node, packed, bias=bias, out=out)
         weight = g.weight(f"{self.prefix}{name}.T", np.asarray(self.w(name).T, order="C"))
         if bias is None:
             return g.op("MatMul", [x, weight], name=node, outputs=[out] if out else 1)[0]
         product = g.op1("MatMul", [x, weight], name=node)
+        b = g.weight(self.prefix + bias, self.w(bias))
+        return g.op("Add", [product, b], name=f"{node}/Add", outputs=[out] if out else 1)[0]
+
+    def _packed_linear(
+        self,
+        x: str,
+        name: str,
+        node: str,
+        packed: PackedLinear,
+        *,
+        bias: str | None,
+        out: str | None,
+    ) -> str:
+        g = self.g
+        stem = f"{self.prefix}{name}.T"
+        inputs = [
+            x,
+            g.weight(f"{stem}_Q4", packed.packed),
+            g.weight(f"{stem}_scales", packed.scales),
+        ]
+        if packed.zero_points is not None:
+            inputs.append(g.weight(f"{stem}_zero_points", packed.zero_points))
+        attrs = dict(packed.attributes)
+        if bias is None:
+            outputs: int | list[str] = [out] if out else 1
+            return g.op(
+                "MatMulNBits", inputs, name=node, outputs=outputs, domain=MS_DOMAIN, **attrs
+            )[0]
+        product = g.op1("MatMulNBits", inputs, name=node, domain=MS_DOMAIN, **attrs)
         b = g.weight(self.prefix + bias, self.w(bias))
         return g.op("Add", [product, b], name=f"{node}/Add", outputs=[out] if out else 1)[0]
 

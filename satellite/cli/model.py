@@ -128,8 +128,10 @@ def add_model_commands(commands: Any) -> None:
         "q4 builds are: the float32 lm-head (512 MB, read on every step) quantized to 4-bit "
         "blocks, skipped on audio steps, and stored once with the text embeddings; and the "
         "depthformer rewritten to read less a run (its q/k rearrangement folded into the "
-        "weights, one head per codebook). Writes new files beside the downloaded ones. "
-        "`model fetch` does this by itself.",
+        "weights, one head per codebook); and a streaming detokenizer made from the published "
+        "one's weights (new frames only, its state fed back, where the published graph re-runs "
+        "17 past frames a call), used once it is shown to give the published graph's audio. "
+        "Writes new files beside the downloaded ones. `model fetch` does this by itself.",
     )
     optimize.add_argument("directory", metavar="DIR", type=Path)
     optimize.set_defaults(handler=cmd_optimize)
@@ -263,6 +265,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
+    from lfm_toolchain.streaming_detokenizer import add_streaming_detokenizer
+
     from satellite.modeldir.fetch import fetch
 
     entry = find_entry(load_catalog(catalog_path(args.catalog)), args.name)
@@ -281,9 +285,12 @@ def cmd_fetch(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    manifest, streamed = add_streaming_detokenizer(result.directory, result.manifest)
+    for line in streamed:
+        print(line)
     print(
-        f"OK: {result.directory}: {result.manifest.name} {result.manifest.variant}, "
-        f"{len(result.manifest.files)} files, {human_size(result.total_bytes)}"
+        f"OK: {result.directory}: {manifest.name} {manifest.variant}, "
+        f"{len(manifest.files)} files, {human_size(result.total_bytes)}"
     )
     return 0
 
@@ -342,6 +349,8 @@ def cmd_fix(args: argparse.Namespace) -> int:
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
+    from lfm_toolchain.streaming_detokenizer import add_streaming_detokenizer
+
     from satellite.modeldir.depthfold import fold_model
     from satellite.modeldir.repack import repack_model
     from satellite.modeldir.repair import fix_model
@@ -351,10 +360,11 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         print(f"fixed {repair.original}: {'; '.join(repair.problems)} -> {repair.fixed}")
     manifest, done = repack_model(args.directory, manifest, progress=print_progress("lm-head"))
     manifest, folded = fold_model(args.directory, manifest)
-    for line in [*done, *folded]:
+    manifest, streamed = add_streaming_detokenizer(args.directory, manifest)
+    for line in [*done, *folded, *streamed]:
         print(line)
-    if not repairs and not done and not folded:
-        print(f"{args.directory}: nothing to fix, repack or fold")
+    if not repairs and not done and not folded and not streamed:
+        print(f"{args.directory}: nothing to fix, repack, fold or make streaming")
     report = verify(args.directory, checksums=False)
     _print_report(report)
     if not report.ok:

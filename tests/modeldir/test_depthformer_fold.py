@@ -146,7 +146,7 @@ def test_a_second_optimize_folds_nothing(
 ) -> None:
     manifest = (optimized / "manifest.json").read_text()
     assert main(["model", "optimize", str(optimized)]) == 0
-    assert "nothing to fix, repack or fold" in capsys.readouterr().out
+    assert "nothing to fix, repack, fold or make streaming" in capsys.readouterr().out
     assert (optimized / "manifest.json").read_text() == manifest
 
 

@@ -290,7 +290,9 @@ def test_optimize_on_a_full_disk_keeps_nothing_half_written(
     built = build_model(tmp_path / "built", size="tiny", variant="q4", layout="published")
     assert built.variant == "q4"
     size = sum(p.stat().st_size for p in (tmp_path / "built").rglob("*") if p.is_file())
-    with small_filesystem(disk, size // 2**20 + 16):
+    # room for what optimize writes once the filler is gone (the streaming detokenizer's
+    # 37 MB above all: its float codebook table is a copy)
+    with small_filesystem(disk, size // 2**20 + 64):
         model = shutil.copytree(tmp_path / "built", disk / "published")
         before = {p.relative_to(model): p.read_bytes() for p in model.rglob("*") if p.is_file()}
         filler = fill(disk)
