@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import numpy_helper
+from google.protobuf.message import DecodeError
 
 from lfm_toolchain.config import BackboneConfig, DetokenizerConfig, LayerType
 from lfm_toolchain.detokenizer import CACHED_MAX_FRAMES, build_cached_detokenizer
@@ -57,6 +57,7 @@ from satellite.errors import UserError
 from satellite.modeldir.make import data_file_paths
 from satellite.modeldir.manifest import FileEntry, GraphEntry, Manifest, read_manifest, sha256_file
 from satellite.modeldir.onnxread import read_graph
+from satellite.modeldir.tensorio import TensorReadError, read_array
 
 ROLE = "audio_detokenizer_cached"
 SOURCE_ROLE = "audio_detokenizer"
@@ -148,7 +149,10 @@ class _Graph:
                 self.packed[stem] = node
 
     def array(self, name: str) -> Array:
-        return numpy_helper.to_array(self.initializers[name])
+        try:
+            return read_array(self.initializers[name], self.where.parent)
+        except (OSError, TensorReadError) as err:
+            raise UnknownDetokenizerError(f"{self.where}: cannot read {name}: {err}") from None
 
     def plain(self, key: str) -> Array | None:
         for name in _plain_spellings(key):
@@ -232,7 +236,11 @@ def _width(item: Array | PackedLinear) -> int:
 def read_published(path: Path) -> PublishedDetokenizer:
     """The weights and shape of the published detokenizer graph at `path`. Raises
     UnknownDetokenizerError naming the first weight it cannot find."""
-    graph = _Graph(onnx.load(str(path), load_external_data=True), path)
+    try:  # the weights are read from their files as needed (`satellite.modeldir.tensorio`)
+        model = onnx.load(str(path), load_external_data=False)
+    except (OSError, DecodeError) as err:
+        raise UnknownDetokenizerError(f"{path}: cannot read the graph: {err}") from None
+    graph = _Graph(model, path)
 
     def need(item: Any, key: str) -> Any:
         if item is None:

@@ -13,6 +13,7 @@ or norm epsilon read wrongly puts the new graph 0.12-0.38 off: refused.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -236,3 +237,26 @@ def test_an_unknown_layout_keeps_the_windowed_detokenizer(
     assert ROLE not in manifest.graphs
     assert lines == [f"kept the windowed detokenizer: {path}: no weight for lin.bias under any "
                      "known name"]  # fmt: skip
+
+
+def test_a_hard_linked_copy_is_read(published_q4: Path, tmp_path: Path) -> None:
+    """A model directory copied with hard links (`cp -al`): onnx's own loader refuses such
+    data files ("a potential hardlink attack"); the weights are read from them directly."""
+    directory = tmp_path / "linked"
+    shutil.copytree(published_q4, directory, copy_function=os.link)
+    shutil.copy(published_q4 / "manifest.json", directory / "manifest.json.new")
+    os.replace(directory / "manifest.json.new", directory / "manifest.json")
+    manifest, lines = add_streaming_detokenizer(directory)
+    assert ROLE in manifest.graphs, lines
+    assert ROLE not in read_manifest(published_q4).graphs  # the source's manifest untouched
+
+
+def test_a_damaged_graph_keeps_the_windowed_detokenizer(published_q4: Path, tmp_path: Path) -> None:
+    directory = _copy(published_q4, tmp_path)
+    path = directory / "onnx/audio_detokenizer_q4.onnx"
+    path.write_bytes(b"\x0a\xff\xff\xff" + path.read_bytes()[:100])
+    manifest, lines = add_streaming_detokenizer(directory)
+    assert ROLE not in manifest.graphs
+    assert len(lines) == 1 and lines[0].startswith(
+        f"kept the windowed detokenizer: {path}: cannot read the graph"
+    ), lines
