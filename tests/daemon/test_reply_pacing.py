@@ -510,6 +510,15 @@ def test_the_cost_model_counts_each_graphs_bytes_and_scales_with_bandwidth() -> 
     )
     per_frame = costmodel.frame_bytes(manifest, directory)
     assert per_frame == round(expected)
+    # without the cached graph the windowed one re-runs 17 past frames a call: it counts more
+    windowed = dataclasses.replace(manifest, graphs={
+        role: entry for role, entry in manifest.graphs.items() if role != "audio_detokenizer_cached"
+    })  # fmt: skip
+    assert costmodel.frame_bytes(windowed, directory) == round(
+        expected
+        - size("audio_detokenizer_cached")
+        + size("audio_detokenizer") * costmodel.WINDOWED_DETOKENIZER_READS
+    )
     cal = costmodel.CALIBRATION
     assert costmodel.expected_rtf(cal.frame_bytes, cal.read_gbs) == pytest.approx(cal.measured_rtf)
     assert costmodel.expected_rtf(per_frame, 5.0) == pytest.approx(
