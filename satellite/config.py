@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from satellite.errors import UserError
-from satellite.settings import WAKE_WORDS, Settings
+from satellite.settings import STOP_WORDS, WAKE_WORDS, Settings
 
 CONFIG_ENV = "LFM_SATELLITE_CONFIG"
 """Environment variable naming the config file."""
@@ -121,6 +121,7 @@ PATH_KEYS: tuple[tuple[str, str], ...] = (
     ("audio", "input_file"),
     ("audio", "output_file"),
     ("audio", "awake_sound"),
+    ("audio", "listen_sound"),
     ("audio", "done_sound"),
     ("audio", "timer_sound"),
     ("model", "directory"),
@@ -132,13 +133,13 @@ PATH_KEYS: tuple[tuple[str, str], ...] = (
     ("device_control", "allowlist_file"),
     ("logging", "file"),
 )
-"""The settings that name a file or folder (besides a custom wake-word model). A relative one
+"""The settings that name a file or folder (besides a custom wake-word or stop-word model). A relative one
 is read against the config file's folder. `model.backbone_gguf` is not among them: it is read
 against the model directory."""
 
 
 def resolve_paths(settings: Settings, base: Path) -> Settings:
-    """`settings` with every path of PATH_KEYS, and a wake-word model given as a .json file,
+    """`settings` with every path of PATH_KEYS, and a wake or stop word given as a .json file,
     made absolute against `base` (the config file's folder), `~` expanded. The loader does it
     once; the satellite uses the paths as they are."""
     sections: dict[str, dict[str, str]] = {}
@@ -148,6 +149,9 @@ def resolve_paths(settings: Settings, base: Path) -> Settings:
             sections.setdefault(section, {})[key] = str(_absolute(value, base))
     if settings.wake.model not in WAKE_WORDS:
         sections.setdefault("wake", {})["model"] = str(_absolute(settings.wake.model, base))
+    if settings.wake.stop_model and settings.wake.stop_model not in STOP_WORDS:
+        stop = str(_absolute(settings.wake.stop_model, base))
+        sections.setdefault("wake", {})["stop_model"] = stop
     return replace(
         settings,
         **{name: replace(getattr(settings, name), **values) for name, values in sections.items()},
@@ -340,7 +344,7 @@ class _Checker:
                 ("audio", "input_file"),
                 "the file backend needs an input WAV file; set audio.input_file",
             )
-        for key in ("input_file", "awake_sound", "done_sound", "timer_sound"):
+        for key in ("input_file", "awake_sound", "done_sound", "listen_sound", "timer_sound"):
             self.check_readable(("audio", key), getattr(a, key))
         d = s.device_control
         self.check_readable(("device_control", "allowlist_file"), d.allowlist_file)
@@ -363,6 +367,15 @@ class _Checker:
                     f"({', '.join(WAKE_WORDS)}) nor an existing .json model file"
                     + _did_you_mean(s.wake.model, WAKE_WORDS),
                 )
+        stop = s.wake.stop_model
+        custom = stop and stop not in STOP_WORDS and self.ok("wake.stop_model")
+        if custom and not (stop.endswith(".json") and self.resolve(stop).is_file()):
+            self.problem(
+                ("wake", "stop_model"),
+                f"{_describe(stop)} is neither the shipped stop word "
+                f'({", ".join(STOP_WORDS)}), an existing .json model file, nor "" (none)'
+                + _did_you_mean(stop, STOP_WORDS),
+            )
         if s.model.directory is not None and not self.resolve(s.model.directory).is_dir():
             self.problem(
                 ("model", "directory"), f"{_describe(s.model.directory)}: directory not found"

@@ -88,6 +88,16 @@ class WakeWordHeard(DaemonEvent):
 
 
 @dataclass(frozen=True)
+class StopWordHeard(DaemonEvent):
+    """The stop word ended what the satellite was doing (no turn starts)."""
+
+    kind: ClassVar[str] = "stop"
+    stopped: str
+    """What it ended: `reply`, `announcement`, `tts` (Home Assistant's reply), `timer`, ..."""
+    probability: float
+
+
+@dataclass(frozen=True)
 class SpeechStarted(DaemonEvent):
     kind: ClassVar[str] = "speech_started"
 
@@ -129,6 +139,18 @@ class Said(DaemonEvent):
 
     kind: ClassVar[str] = "said"
     text: str
+
+
+@dataclass(frozen=True)
+class ListeningAgain(DaemonEvent):
+    """The satellite listens without the wake word (the listening tone plays)."""
+
+    kind: ClassVar[str] = "listening"
+    purpose: str
+    """`follow_up` (the reply asked something) or `confirmation` (a device action waits for
+    a spoken yes)."""
+    seconds: float
+    """How long it waits for speech to start."""
 
 
 @dataclass(frozen=True)

@@ -250,6 +250,11 @@ class Responder:
         )
 
     @property
+    def conversation_turns(self) -> int:
+        """Turns in the conversation the next reply goes on (0: a new one)."""
+        return 0 if self._chat is None else self._chat.turns
+
+    @property
     def sample_rate(self) -> int:
         return 24_000 if self._detokenizer is None else self._detokenizer.sample_rate
 

@@ -12,6 +12,8 @@ from typing import Any, Literal, get_args
 
 WAKE_WORDS = ("okay_nabu", "hey_jarvis", "alexa", "hey_mycroft")
 """Wake-word models shipped by pymicro-wakeword."""
+STOP_WORDS = ("stop",)
+"""Stop-word models shipped with the satellite (`satellite/audio/wakewords/`)."""
 
 Voice = Literal["us_female", "us_male", "uk_female", "uk_male"]
 """The model's voices (`model.voice`; the engine's prompts: `satellite.engine.template.VOICES`)."""
@@ -50,6 +52,16 @@ class SatelliteSettings:
     conversation_timeout_seconds: float = field(default=300.0, metadata=limits(0.0, 86400.0))
     """`local` mode: the model remembers earlier turns of a conversation until it has been idle
     this long; 0 starts every turn afresh."""
+
+    continue_conversation: Literal["question", "always", "never"] = "question"
+    """`local` mode: after a reply, listen `follow_up_seconds` for more without the wake word
+    (the listening tone plays; MQTT event `listening`): `question` when the reply ends with a
+    question, `always` after every reply, `never`. The conversation goes on as after a wake
+    word."""
+
+    follow_up_seconds: float = field(default=5.0, metadata=limits(1.0, 60.0))
+    """How long a follow-up waits for speech to start before the satellite goes back to
+    waiting for the wake word."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +117,10 @@ class AudioSettings:
     done_sound: str | None = None
     """WAV file played when the user has finished speaking; none by default."""
 
+    listen_sound: str | None = None
+    """WAV file played when the satellite listens without the wake word (a follow-up, or the
+    answer to a confirmation question); a built-in two-note tone when empty."""
+
     timer_sound: str | None = None
     """WAV file rung when a Home Assistant timer finishes; a built-in chime when empty."""
 
@@ -124,6 +140,15 @@ class WakeSettings:
 
     refractory_seconds: float = field(default=2.0, metadata=limits(0.0, 60.0))
     """After a detection, further detections are ignored for this many seconds."""
+
+    stop_model: str = "stop"
+    """Stop word: heard while the satellite speaks, plays what Home Assistant sends or rings a
+    timer, it ends that without starting a turn. `stop` (shipped with the satellite), the path
+    of a microWakeWord model's .json file, or "" for none. It listens with `audio.barge_in`
+    off too."""
+
+    stop_sensitivity: float = field(default=0.5, metadata=limits(0.0, 1.0))
+    """0.0 to 1.0, as `sensitivity`, for the stop word."""
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,13 @@ MALFORMED = [
         "wake.model",
         ["'okay_nabo'", "did you mean 'okay_nabu'"],
     ),
+    (
+        "wake:\n  stop_model: stopp\n",
+        "2:15",
+        "wake.stop_model",
+        ["'stopp'", "shipped stop word (stop)", 'nor "" (none)', "did you mean 'stop'"],
+    ),
+    ("wake:\n  stop_sensitivity: -1\n", "2:21", "wake.stop_sensitivity", ["-1", "0 to 1"]),
     ("vad:\n  trailing_silence_ms: 10\n", "2:24", "vad.trailing_silence_ms", ["10", "100 to 5000"]),
     ("logging:\n  level: verbose\n", "2:10", "logging.level", ["'verbose'", "debug, info"]),
     ("logging:\n  level: info\n  level: debug\n", "3:3", "logging.level", ["duplicate key"]),
@@ -281,7 +288,7 @@ def test_paths_are_read_against_the_config_file_once(
         "satellite: {state_file: state.json}\n"
         "audio: {backend: file, input_file: mic.wav, output_file: /abs/out.wav, "
         "awake_sound: sounds/awake.wav}\n"
-        "wake: {model: ww.json}\n"
+        "wake: {model: ww.json, stop_model: ww.json}\n"
         "model: {directory: ~/m, models_dir: models}\n"
         "mqtt: {enabled: true, username: u, password_file: pw}\n"
         "device_control: {enabled: true, allowlist_file: allow.yaml}\n"
@@ -293,11 +300,14 @@ def test_paths_are_read_against_the_config_file_once(
     assert s.audio.output_file == "/abs/out.wav"
     assert s.audio.awake_sound == str(folder / "sounds/awake.wav")
     assert s.audio.done_sound is None
-    assert s.wake.model == str(folder / "ww.json")
+    assert s.wake.model == s.wake.stop_model == str(folder / "ww.json")
     assert s.model.directory == str(home / "m")
     assert s.model.models_dir == str(folder / "models")
     assert s.mqtt.password_file == str(folder / "pw")
     assert s.device_control.allowlist_file == str(folder / "allow.yaml")
     config.write_text("wake: {model: hey_jarvis}\n")
     assert load_config(config).settings.wake.model == "hey_jarvis"
+    assert load_config(config).settings.wake.stop_model == "stop"
+    config.write_text("wake: {stop_model: ''}\n")
+    assert load_config(config).settings.wake.stop_model == ""
     assert {key for _, key in PATH_KEYS} >= {"state_file", "input_file", "allowlist_file"}

@@ -1,4 +1,5 @@
-"""Feedback sounds: the awake and done sounds from WAV files, and the timer chime.
+"""Feedback sounds: the awake, done and listening sounds from WAV files, the timer chime and
+the built-in listening tone.
 
 A sound is loaded once at start, so a missing or unreadable file is reported then (naming the
 config key), not when it is first needed.
@@ -65,4 +66,15 @@ def chime(rate: int = CHIME_RATE) -> Sound:
         )
         parts.append(tone)
     parts.append(np.zeros(round(0.5 * rate)))
+    return Sound(np.concatenate(parts).astype(np.float32), rate)
+
+
+def listen_tone(rate: int = CHIME_RATE) -> Sound:
+    """The built-in listening tone: two short rising notes (523 Hz, then 784 Hz), 0.3 s, softer
+    than the chime: "go on, I am listening"."""
+    parts = []
+    for frequency, seconds in ((523.25, 0.12), (783.99, 0.18)):
+        t = np.arange(round(seconds * rate)) / rate
+        envelope = np.exp(-4.0 * t / seconds) * np.minimum(1.0, t * 300.0)
+        parts.append(0.2 * envelope * np.sin(2 * np.pi * frequency * t))
     return Sound(np.concatenate(parts).astype(np.float32), rate)

@@ -15,6 +15,9 @@ piecewise-linearly around it, so 0.5 always means "as the model's author tuned i
 A detection needs the probability above the cutoff; after one, the model must fall back to or
 below the cutoff before it can fire again (one detection per utterance of the phrase), and
 detections within `refractory_seconds` of the previous one are dropped.
+
+The same detector hears the stop word (`wake.stop_model`): the satellite ships a "stop" model
+(`wakewords/`, Apache-2.0, see its README), which pymicro-wakeword does not.
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ STRICTEST_CUTOFF = 0.99
 
 BUILTIN_MODELS: tuple[str, ...] = tuple(model.value for model in Model)
 """Wake-word models shipped with pymicro-wakeword."""
+SHIPPED_DIR = Path(__file__).parent / "wakewords"
+"""Models shipped with the satellite (the stop word), each a .json beside its .tflite; their
+source and licence are in its README.md."""
+SHIPPED_MODELS: tuple[str, ...] = ("stop",)
 
 
 class WakeModelError(UserError):
@@ -70,46 +77,49 @@ def cutoff_for(sensitivity: float, model_cutoff: float) -> float:
     return model_cutoff * (1.0 - (sensitivity - 0.5))
 
 
-def _config_path(model: str) -> Path:
+def _config_path(model: str, key: str) -> Path:
     if model in BUILTIN_MODELS:
         return Path(pymicro_wakeword.__file__).parent / "models" / f"{model}.json"
+    if model in SHIPPED_MODELS:
+        return SHIPPED_DIR / f"{model}.json"
     path = Path(model).expanduser()
     if path.suffix.lower() != ".json":
+        shipped = ", ".join(BUILTIN_MODELS + SHIPPED_MODELS)
         raise WakeModelError(
-            f"wake.model {model!r}: not a shipped model ({', '.join(BUILTIN_MODELS)}) "
-            "nor the path of a microWakeWord .json file"
+            f"{key} {model!r}: not a shipped model ({shipped}) nor the path of a "
+            "microWakeWord .json file"
         )
     if not path.is_file():
-        raise WakeModelError(f"wake.model {model!r}: no such file")
+        raise WakeModelError(f"{key} {model!r}: no such file")
     return path
 
 
-def _check_config(model: str, path: Path) -> None:
+def _check_config(model: str, path: Path, key: str) -> None:
     """Check the .json and its .tflite before the native loader sees them (it does not report
     a bad file, it crashes)."""
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as err:
-        raise WakeModelError(f"wake.model {model!r}: cannot read {path}: {err}") from None
+        raise WakeModelError(f"{key} {model!r}: cannot read {path}: {err}") from None
     except json.JSONDecodeError as err:
-        raise WakeModelError(f"wake.model {model!r}: {path} is not valid JSON: {err}") from None
+        raise WakeModelError(f"{key} {model!r}: {path} is not valid JSON: {err}") from None
     if not isinstance(config, dict):
-        raise WakeModelError(f"wake.model {model!r}: {path} is not a JSON object")
+        raise WakeModelError(f"{key} {model!r}: {path} is not a JSON object")
     micro = config.get("micro")
-    for key, value in (("model", config.get("model")), ("wake_word", config.get("wake_word"))):
+    for name, value in (("model", config.get("model")), ("wake_word", config.get("wake_word"))):
         if not isinstance(value, str) or not value:
-            raise WakeModelError(f"wake.model {model!r}: {path} has no string key {key!r}")
+            raise WakeModelError(f"{key} {model!r}: {path} has no string key {name!r}")
     if not isinstance(micro, dict):
-        raise WakeModelError(f"wake.model {model!r}: {path} has no 'micro' section")
+        raise WakeModelError(f"{key} {model!r}: {path} has no 'micro' section")
     cutoff = micro.get("probability_cutoff")
     window = micro.get("sliding_window_size")
     if not isinstance(cutoff, int | float) or not 0.0 < cutoff < 1.0:
         raise WakeModelError(
-            f"wake.model {model!r}: {path}: micro.probability_cutoff {cutoff!r} is not in (0, 1)"
+            f"{key} {model!r}: {path}: micro.probability_cutoff {cutoff!r} is not in (0, 1)"
         )
     if not isinstance(window, int) or isinstance(window, bool) or window < 1:
         raise WakeModelError(
-            f"wake.model {model!r}: {path}: micro.sliding_window_size {window!r} is not a "
+            f"{key} {model!r}: {path}: micro.sliding_window_size {window!r} is not a "
             "positive integer"
         )
     tflite = path.parent / config["model"]
@@ -118,29 +128,30 @@ def _check_config(model: str, path: Path) -> None:
             head = f.read(8)
     except OSError as err:
         raise WakeModelError(
-            f"wake.model {model!r}: cannot read its TFLite file {tflite}: {err.strerror}"
+            f"{key} {model!r}: cannot read its TFLite file {tflite}: {err.strerror}"
         ) from None
     if len(head) < 8 or head[4:8] != b"TFL3":
-        raise WakeModelError(f"wake.model {model!r}: {tflite} is not a TFLite model")
+        raise WakeModelError(f"{key} {model!r}: {tflite} is not a TFLite model")
 
 
-def load_model(model: str) -> MicroWakeWord:
+def load_model(model: str, key: str = "wake.model") -> MicroWakeWord:
     """The microWakeWord model `model`: a shipped name or a .json path. Raises WakeModelError
-    naming the model when it cannot be loaded."""
-    path = _config_path(model)
-    _check_config(model, path)
+    naming the setting `key` and the model when it cannot be loaded."""
+    path = _config_path(model, key)
+    _check_config(model, path, key)
     try:
         return MicroWakeWord.from_config(path)
     except (OSError, ValueError, RuntimeError, KeyError) as err:
-        raise WakeModelError(f"wake.model {model!r}: cannot load {path}: {err}") from None
+        raise WakeModelError(f"{key} {model!r}: cannot load {path}: {err}") from None
 
 
 class WakeWordDetector:
     """Streams 16 kHz 16-bit mono PCM through a microWakeWord model (see the module docs)."""
 
-    def __init__(self, settings: WakeSettings) -> None:
+    def __init__(self, settings: WakeSettings, key: str = "wake.model") -> None:
+        """`key`: the setting that named the model, for error messages."""
         self.settings = settings
-        self._model = load_model(settings.model)
+        self._model = load_model(settings.model, key)
         self._features = MicroWakeWordFeatures()
         self.cutoff = cutoff_for(settings.sensitivity, float(self._model.probability_cutoff))
         """The probability a detection must exceed."""

@@ -221,6 +221,12 @@ async def _demo(settings: Settings, model: Path, args: argparse.Namespace) -> in
         match event:
             case events.WakeWordHeard():
                 say(f"satellite: wake word {event.wake_word!r} (p={event.probability:.2f})")
+            case events.StopWordHeard():
+                say(f"satellite: stop word (p={event.probability:.2f}): stopped the "
+                    f"{event.stopped}")  # fmt: skip
+            case events.ListeningAgain():
+                say(f"satellite: listening {event.seconds:g} s without the wake word "
+                    f"({event.purpose.replace('_', '-')})")  # fmt: skip
             case events.SpeechStarted():
                 say("satellite: speech started")
             case events.UtteranceHeard():

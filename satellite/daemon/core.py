@@ -21,14 +21,20 @@ and the VAD take well under a millisecond per 20 ms chunk):
   Assistant says it has heard enough (`voice-stopped`, `transcript`, `error`). Its reply comes
   back as `audio-start/chunk/stop` and is played, then `played` is sent.
 - **confirming**: a device action waits for a spoken yes (`satellite.devices.control`); the
-  answer is heard without a wake word.
+  answer is heard without a wake word. A reply that asks something (or every reply, by
+  `satellite.continue_conversation`) is followed up the same way, in **listening**: the
+  listening tone plays and speech within `satellite.follow_up_seconds` is the next turn of
+  the same conversation.
 - Announcements (`audio-start/chunk/stop` outside a turn) are played the same way; `timer-*`
   events keep a list of timers, and a finished one rings until the wake word is heard, Home
   Assistant cancels it, or `audio.timer_ring_seconds` pass.
 
 Barge-in: while anything plays, the wake word stops it (and a reply being generated) and starts
 a new turn; a ringing timer is only silenced. With `audio.barge_in: false` the wake-word model
-gets no audio while the satellite plays (the mic is gated).
+gets no audio while the satellite plays (the mic is gated). The stop word (`wake.stop_model`)
+hears the mic, gated or not, whenever something can be stopped outside a turn's listening
+(a reply on its way or playing, sound playing, a timer ringing): it ends that and starts
+nothing.
 
 Without speech `vad.no_speech_seconds` after the wake word, the turn is dropped. In `ha` mode a
 wake word while Home Assistant is not connected, or has paused the satellite, is logged and
@@ -68,7 +74,7 @@ from satellite.audio.endpoint import (
     UtteranceEnded,
 )
 from satellite.audio.pacing import Pacer
-from satellite.audio.sounds import chime, load_sound
+from satellite.audio.sounds import chime, listen_tone, load_sound
 from satellite.audio.wake import Detection as WakeDetection
 from satellite.audio.wake import WakeWordDetector
 from satellite.controls import Controls, ControlStore, default_state_file
@@ -126,6 +132,18 @@ class Daemon:
         self.backend = backend or open_backend(settings.audio)
         self.backend.volume = self.controls.volume
         self.wake = WakeWordDetector(self._wake_settings(self.controls))
+        wake = settings.wake
+        self.stop_word = (
+            WakeWordDetector(
+                dataclasses.replace(wake, model=wake.stop_model, sensitivity=wake.stop_sensitivity),
+                key="wake.stop_model",
+            )
+            if wake.stop_model
+            else None
+        )
+        """The stop word's detector (None: `wake.stop_model` is "")."""
+        self._stop_hearing = False
+        """The stop-word detector had the last chunk (it starts afresh on each busy spell)."""
         self.endpointer = Endpointer(settings.vad)
         self.server = SatelliteServer(
             settings.wyoming.satellite_host,
@@ -147,6 +165,7 @@ class Daemon:
         self.audio_check = AudioCheck(24_000, safety.audio_integrity)
         self.awake_sound = load_sound(audio.awake_sound, "audio.awake_sound")
         self.done_sound = load_sound(audio.done_sound, "audio.done_sound")
+        self.listen_sound = load_sound(audio.listen_sound, "audio.listen_sound") or listen_tone()
         self.timer_sound = load_sound(audio.timer_sound, "audio.timer_sound") or chime()
         self.state: State = "idle"
         """Set only by `_step` (see `satellite.daemon.machine`)."""
@@ -165,6 +184,8 @@ class Daemon:
         self._turn_audio = 0
         """Capture samples since the wake word (the no-speech timeout counts audio time)."""
         self._speech_started = False
+        self._wait = (settings.vad.no_speech_seconds, "wake word")
+        """How long the turn being listened to waits for speech to start, and after what."""
         self._speculate_on = settings.vad.speculative
         self.last_chunk = 0.0
         """`time.monotonic()` of the last capture chunk."""
@@ -189,6 +210,7 @@ class Daemon:
             done_sound=self.done_sound,
             max_reply_seconds=settings.safety.max_reply_seconds,
             playback_jitter=self.playback_jitter,
+            continue_conversation=settings.satellite.continue_conversation,
         )
         """The local model's turns (replies, device control's speech, confirmations)."""
         self.local.responder = responder
@@ -222,8 +244,11 @@ class Daemon:
             _LOG.info("wake word: barge-in, stopping the %s", self._busy_with())
             self._interrupt()
         elif action is Action.SILENCE_TIMER:
-            _LOG.info("wake word: silencing the timer")
+            _LOG.info("silencing the timer")
             self.bell.silence()
+        elif action is Action.STOP:
+            _LOG.info("stop word: stopping the %s", self._busy_with())
+            self._interrupt()
         elif action is Action.IGNORE_WAKE:
             _LOG.warning(
                 "wake word heard, but Home Assistant is not connected; nothing to stream to "
@@ -244,6 +269,10 @@ class Daemon:
         elif action is Action.RESPOND:
             ended, decided = cause
             self.local.respond(ended, decided)
+        elif action is Action.INVITE_ANSWER:
+            self._invite("confirmation", self.settings.device_control.confirm_seconds)
+        elif action is Action.INVITE_FOLLOW_UP:
+            self._invite("follow_up", self.settings.satellite.follow_up_seconds)
         elif action is Action.HEAR_ANSWER:
             self.local.hear_answer(cause[0] if cause is not None else None)
 
@@ -252,7 +281,15 @@ class Daemon:
         self.local.interrupt()
         self.playback.stop()
 
+    def _invite(self, purpose: str, seconds: float) -> None:
+        """Listen again without the wake word, `seconds` for speech to start."""
+        self._wait = (seconds, "question" if purpose == "confirmation" else "reply")
+        _LOG.info("listening %.0f s without the wake word (%s)", seconds, purpose)
+        self._notify(events.ListeningAgain(purpose=purpose, seconds=seconds))
+        self.playback.play_sound(self.listen_sound)
+
     def _greet(self, detection: WakeDetection) -> None:
+        self._wait = (self.settings.vad.no_speech_seconds, "wake word")
         self.local.wake_word = detection.model
         _LOG.info("wake word %r (p=%.2f)", detection.wake_word, detection.probability)
         self._notify(events.WakeWordHeard(detection.model, detection.probability))
@@ -300,6 +337,8 @@ class Daemon:
         self._step(machine.ChangeCourse(playing=self.playing, force=True))
         self.bell.silence()
         self.wake.reset()
+        if self.stop_word is not None:
+            self.stop_word.reset()
         self.endpointer.reset()
         if self.responder is not None:
             self.responder.reset()
@@ -528,6 +567,8 @@ class Daemon:
         if self.responder is not None:
             await asyncio.to_thread(self.responder.close)
         self.wake.close()
+        if self.stop_word is not None:
+            self.stop_word.close()
         _LOG.info("satellite stopped")
 
     async def _capture_loop(self) -> None:
@@ -571,10 +612,13 @@ class Daemon:
             muted=self.controls.muted,
             playing=self.playing,
             barge_in=self.settings.audio.barge_in,
+            state=self.state,
+            ringing=self.bell.ringing,
         )
         if route.wake_word:
             for detection in self.wake.process(pcm):
                 self._on_wake(detection)
+        self._hear_stop_word(pcm, route.stop_word)
         if not route.endpointer:
             return
         found = self.endpointer.process(pcm)
@@ -597,15 +641,10 @@ class Daemon:
             elif isinstance(event, UtteranceEnded):
                 self._on_utterance(event)
                 return
-        confirming = self.state == "confirming"
-        wait = (
-            self.settings.device_control.confirm_seconds
-            if confirming
-            else self.settings.vad.no_speech_seconds
-        )
+        wait, after = self._wait
         if not self._speech_started and self._turn_audio > 16000 * wait:
             _LOG.info("no speech %.0f s after the %s; listening for the wake word again",
-                      wait, "question" if confirming else "wake word")  # fmt: skip
+                      wait, after)  # fmt: skip
             self._step(machine.NoSpeech())
 
     def _to_16k(self, chunk: Int16Array) -> bytes:
@@ -622,6 +661,23 @@ class Daemon:
             playing=self.playing,
         )
         self._step(wake, detection)
+
+    def _hear_stop_word(self, pcm: bytes, listen: bool) -> None:
+        if self.stop_word is None:
+            return
+        if not listen:
+            self._stop_hearing = False
+            return
+        if not self._stop_hearing:  # a new busy spell: nothing from before it counts
+            self.stop_word.reset()
+            self._stop_hearing = True
+        for detection in self.stop_word.process(pcm):
+            ringing, playing = self.bell.ringing, self.playing
+            busy = playing or self.state == "responding"
+            stopped = self._busy_with() if busy else "timer"
+            _LOG.info("stop word %r (p=%.2f)", detection.wake_word, detection.probability)
+            self._notify(events.StopWordHeard(stopped=stopped, probability=detection.probability))
+            self._step(machine.StopWord(ringing=ringing, playing=playing), detection)
 
     def _busy_with(self) -> str:
         if self.state == "responding" or self.playback.kind == "reply":

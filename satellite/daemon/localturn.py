@@ -2,7 +2,9 @@
 played as it comes (`respond`), what device control says and the answer to its confirmation
 question (`act_on`, `hear_answer`), text spoken with the model's voice (`say`), and the turn
 reports. The daemon's state machine moves through `step`: `Speak` when something is about to
-be said, `Spoken` when it has been (see `satellite.daemon.machine`)."""
+be said, `Spoken` when it has been, then `ListenAgain` when the satellite should hear more
+without the wake word: a confirmation's answer, or a follow-up to a reply that asked something
+(`satellite.continue_conversation`; see `satellite.daemon.machine`)."""
 
 from __future__ import annotations
 
@@ -58,6 +60,7 @@ class LocalTurns:
         done_sound: Sound | None,
         max_reply_seconds: float,
         playback_jitter: InterarrivalJitter,
+        continue_conversation: str = "question",
     ) -> None:
         self.playback = playback
         self.backend: AudioBackend = playback.backend
@@ -72,6 +75,8 @@ class LocalTurns:
         self.done_sound = done_sound
         self.max_reply_seconds = max_reply_seconds
         self.playback_jitter = playback_jitter
+        self.continue_conversation = continue_conversation
+        """`question`, `always` or `never`: when a reply is followed up without the wake word."""
         self.responder: Responder | None = None
         self.devices: DeviceController | None = None
         """Device control from the replies (with an allowlist and MQTT)."""
@@ -191,26 +196,36 @@ class LocalTurns:
         assert done is not None
         self._finish_turn(ended, decided, playback, done, blocked)
         if done.error is None and blocked is None:
-            await self.act_on(done.text)
+            listening = await self.act_on(done.text)
+            if not listening and self.follows_up(done.text):
+                self.step(machine.ListenAgain("follow_up"))
+
+    def follows_up(self, reply: str) -> bool:
+        """Whether the reply `reply` is followed up without the wake word."""
+        if self.continue_conversation == "always":
+            return True
+        return self.continue_conversation == "question" and reply.rstrip().endswith("?")
 
     # -- device control -----------------------------------------------------------------
 
-    async def act_on(self, text: str) -> None:
+    async def act_on(self, text: str) -> bool:
         """The tool calls in a reply's text: each is sent, refused or held for a spoken yes
         (see `satellite.devices.control`), and the outcome is said. With one held, the satellite
-        listens for the answer without a wake word."""
+        listens for the answer without a wake word (then True)."""
         devices = self.devices
         if devices is None:
-            return
+            return False
         self.step(machine.Speak())
-        confirm = False
         try:
             for outcome in devices.handle(text):
                 _LOG.info("device control: %s (%s)", outcome.kind, outcome.reason or outcome.say)
                 await self.say(outcome.say)
-            confirm = devices.waiting
         finally:
-            self.step(machine.Spoken(confirm=confirm))
+            self.step(machine.Spoken())
+        if not devices.waiting:
+            return False
+        self.step(machine.ListenAgain("confirmation"))
+        return True
 
     async def _answered(self, ended: UtteranceEnded | None) -> None:
         """The user's answer to a confirmation question (None: none came in time)."""

@@ -5,12 +5,17 @@ States:
 
 - **idle**: waiting for the wake word (something may still be playing: an announcement, a
   chime, the tail of a reply);
-- **listening** (`local` mode): the endpointer looks for the end of the user's question;
+- **listening** (`local` mode): the endpointer looks for the end of the user's question (after
+  the wake word, or without one to follow up a reply);
 - **streaming** (`ha` mode): the microphone's audio goes to Home Assistant's pipeline;
 - **responding**: the local model's reply (or something the satellite says) is generated and
   played;
 - **confirming**: a device action waits for a spoken yes; the satellite listens without a
   wake word.
+
+Listening again without the wake word is one mechanism (`ListenAgain`, from idle once what was
+said has played): to a confirmation's answer (confirming) or to a follow-up (listening); both
+play the listening tone and tell observers (`INVITE_ANSWER`, `INVITE_FOLLOW_UP`).
 
 `transition(state, event)` gives the `Step` to take (None: the event means nothing in that
 state): the state after it and the `Action`s the daemon performs, in order: the old state's
@@ -21,7 +26,11 @@ one). Entry and exit actions are written once, in `ENTRY` and `EXIT`: leaving st
 always tells Home Assistant the audio stopped; entering a listening state always opens a turn
 (its counters reset, the endpointer restarted).
 
-`routing` says where a capture chunk goes, from the controls and what plays.
+The stop word (`StopWord`) ends what the satellite says, plays or rings without starting a
+turn; it counts only when nothing is being listened to (idle or responding), so "stop the
+music" said as a question is a question.
+
+`routing` says where a capture chunk goes, from the controls, the state and what plays.
 """
 
 from __future__ import annotations
@@ -34,6 +43,8 @@ State = Literal["idle", "listening", "streaming", "responding", "confirming"]
 
 LISTENING_STATES: tuple[State, ...] = ("listening", "streaming", "confirming")
 """States in which capture audio belongs to a turn (the endpointer's events count)."""
+STOPPABLE_STATES: tuple[State, ...] = ("idle", "responding")
+"""States in which the stop word counts (in the others the user is being listened to)."""
 
 
 class Action(enum.Enum):
@@ -45,6 +56,8 @@ class Action(enum.Enum):
     """The wake word came while busy: say what it stops, then as INTERRUPT."""
     SILENCE_TIMER = "silence_timer"
     """Stop the ringing timer (its chime with it); other sound plays on."""
+    STOP = "stop"
+    """The stop word came while busy: say what it stops, then as INTERRUPT."""
     IGNORE_WAKE = "ignore_wake"
     """Log that the wake word was heard with nowhere to stream to."""
     GREET = "greet"
@@ -59,6 +72,11 @@ class Action(enum.Enum):
     """Tell Home Assistant the user stopped speaking (`voice-stopped`, local mode)."""
     RESPOND = "respond"
     """Start the local model's reply to the utterance."""
+    INVITE_ANSWER = "invite_answer"
+    """Listen again without the wake word for a confirmation's answer: the listening tone,
+    observers told, `device_control.confirm_seconds` to start speaking."""
+    INVITE_FOLLOW_UP = "invite_follow_up"
+    """As INVITE_ANSWER, for a follow-up: `satellite.follow_up_seconds` to start speaking."""
     HEAR_ANSWER = "hear_answer"
     """Transcribe the answer to a confirmation question and act on it (no utterance: none
     came in time)."""
@@ -79,6 +97,16 @@ class WakeWord:
     """A finished timer is ringing (the wake word silences it, nothing else)."""
     playing: bool
     """Something plays (a barge-in stops it)."""
+
+
+@dataclass(frozen=True)
+class StopWord:
+    """The stop-word model fired."""
+
+    ringing: bool
+    """A finished timer is ringing (the stop word silences it)."""
+    playing: bool
+    """Something plays (the stop word stops it)."""
 
 
 @dataclass(frozen=True)
@@ -106,8 +134,14 @@ class Speak:
 class Spoken:
     """What was being said has been generated and played."""
 
-    confirm: bool = False
-    """A device action waits for a spoken yes: listen for it without a wake word."""
+
+@dataclass(frozen=True)
+class ListenAgain:
+    """Listen without the wake word, once what was said has played."""
+
+    purpose: Literal["confirmation", "follow_up"]
+    """`confirmation`: a device action waits for a spoken yes; `follow_up`: the reply asked
+    something (or `satellite.continue_conversation: always`)."""
 
 
 @dataclass(frozen=True)
@@ -119,7 +153,17 @@ class ChangeCourse:
     """Interrupt even when idle with nothing playing (a pipeline restart)."""
 
 
-Event = WakeWord | UtteranceEnd | NoSpeech | PipelineEnd | Speak | Spoken | ChangeCourse
+Event = (
+    WakeWord
+    | StopWord
+    | UtteranceEnd
+    | NoSpeech
+    | PipelineEnd
+    | Speak
+    | Spoken
+    | ListenAgain
+    | ChangeCourse
+)
 
 
 @dataclass(frozen=True)
@@ -165,6 +209,12 @@ def transition(state: State, event: Event) -> Step | None:
             if state != "idle" or playing:
                 return _move(state, target, (Action.BARGE_IN, Action.GREET))
             return _move(state, target, (Action.GREET,))
+        case StopWord(ringing=ringing, playing=playing) if state in STOPPABLE_STATES:
+            stops = playing or state == "responding"
+            silence = (Action.SILENCE_TIMER,) if ringing else ()
+            if stops:
+                return _move(state, "idle", (*silence, Action.STOP))
+            return Step(state, silence, ()) if silence else None
         case UtteranceEnd() if state == "streaming":
             return _move(state, "idle")
         case UtteranceEnd() if state == "listening":
@@ -179,8 +229,12 @@ def transition(state: State, event: Event) -> Step | None:
             return _move(state, "idle")
         case Speak():
             return _move(state, "responding")
-        case Spoken(confirm=confirm) if state == "responding":
-            return _move(state, "confirming" if confirm else "idle")
+        case Spoken() if state == "responding":
+            return _move(state, "idle")
+        case ListenAgain(purpose="confirmation") if state == "idle":
+            return _move(state, "confirming", (Action.INVITE_ANSWER,))
+        case ListenAgain() if state == "idle":
+            return _move(state, "listening", (Action.INVITE_FOLLOW_UP,))
         case ChangeCourse(playing=playing, force=force) if force or playing or state != "idle":
             return _move(state, "idle", (Action.INTERRUPT,))
     return None
@@ -196,15 +250,24 @@ class Routing:
 
     wake_word: bool
     """To the wake-word model."""
+    stop_word: bool
+    """To the stop-word model: something can be stopped (a reply on its way or playing,
+    sound playing, a timer ringing) in a state where the stop word counts."""
     endpointer: bool
     """To the endpointer (which keeps its history of speech between turns); its events count
     for the turn in the states of `LISTENING_STATES`, and in `streaming` the chunk goes to
     Home Assistant too."""
 
 
-def routing(*, muted: bool, playing: bool, barge_in: bool) -> Routing:
+def routing(*, muted: bool, playing: bool, barge_in: bool, state: State, ringing: bool) -> Routing:
     """Muted: nowhere. While something plays with barge-in off, the wake-word model hears
-    nothing (the mic is gated: the satellite's own voice must not wake it)."""
+    nothing (the mic is gated: the satellite's own voice must not wake it); the stop word
+    still does, being the way to end what plays."""
     if muted:
-        return Routing(wake_word=False, endpointer=False)
-    return Routing(wake_word=not (playing and not barge_in), endpointer=True)
+        return Routing(wake_word=False, stop_word=False, endpointer=False)
+    busy = playing or ringing or state == "responding"
+    return Routing(
+        wake_word=not (playing and not barge_in),
+        stop_word=busy and state in STOPPABLE_STATES,
+        endpointer=True,
+    )

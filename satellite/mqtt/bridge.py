@@ -235,6 +235,11 @@ class MqttBridge:
                            probability=round(event.probability, 3))  # fmt: skip
                 self.event("turn_started", mode=self.daemon.mode)
                 self._ha_turn = {}
+            case events.StopWordHeard():
+                self.event("stop_detected", stopped=event.stopped,
+                           probability=round(event.probability, 3))  # fmt: skip
+            case events.ListeningAgain():
+                self.event("listening", purpose=event.purpose, seconds=event.seconds)
             case events.TurnFinished():
                 self._turn_finished(event.report)
             case events.HomeAssistantTranscript():

@@ -32,6 +32,7 @@ from satellite.settings import VOICE_NAMES, WAKE_WORDS, Settings
 ORIGIN_URL = "https://github.com/lfm-satellite/lfm-satellite"
 EVENT_TYPES = (
     "wake_detected",
+    "stop_detected",
     "turn_started",
     "turn_finished",
     "error",
@@ -40,6 +41,7 @@ EVENT_TYPES = (
     "command_sent",
     "command_refused",
     "confirmation_requested",
+    "listening",
 )
 CONTROL_TOPICS = ("mute", "volume", "wake_word", "sensitivity", "voice", "mode")
 """Controls with a state and a command topic (`<base>/<name>/state`, `.../set`)."""

@@ -18,12 +18,15 @@ from satellite.daemon.machine import (
     Action,
     ChangeCourse,
     Event,
+    ListenAgain,
     NoSpeech,
     PipelineEnd,
+    Routing,
     Speak,
     Spoken,
     State,
     Step,
+    StopWord,
     UtteranceEnd,
     WakeWord,
     routing,
@@ -45,12 +48,17 @@ EVENTS: list[Event] = [
     wake("ha", connected=False),
     wake(ringing=True),
     wake(playing=True),
+    StopWord(ringing=False, playing=False),
+    StopWord(ringing=False, playing=True),
+    StopWord(ringing=True, playing=False),
+    StopWord(ringing=True, playing=True),
     UtteranceEnd(),
     NoSpeech(),
     PipelineEnd(),
     Speak(),
     Spoken(),
-    Spoken(confirm=True),
+    ListenAgain("confirmation"),
+    ListenAgain("follow_up"),
     ChangeCourse(playing=False),
     ChangeCourse(playing=True),
     ChangeCourse(playing=False, force=True),
@@ -177,11 +185,33 @@ def test_a_confirmation_round() -> None:
         UtteranceEnd(),
         Spoken(),  # the reply played; then the device actions are said
         Speak(),
-        Spoken(confirm=True),  # "do you really want to unlock the front door?"
+        Spoken(),  # "do you really want to unlock the front door?"
+        ListenAgain("confirmation"),
     )
-    assert state == "confirming" and actions[-1] is A.OPEN_TURN
+    assert state == "confirming" and actions[-2:] == [A.INVITE_ANSWER, A.OPEN_TURN]
     state, actions = run(state, UtteranceEnd(), Speak(), Spoken())  # "yes"; "done"
     assert state == "idle" and actions == [A.VOICE_STOPPED, A.HEAR_ANSWER]
+
+
+def test_a_follow_up_is_a_turn_without_the_wake_word() -> None:
+    """One mechanism with the confirmation: from idle, the tone and the turn opened."""
+    assert transition("idle", ListenAgain("follow_up")) == Step(
+        "listening", (A.INVITE_FOLLOW_UP,), (A.OPEN_TURN,)
+    )
+    assert transition("idle", ListenAgain("confirmation")) == Step(
+        "confirming", (A.INVITE_ANSWER,), (A.OPEN_TURN,)
+    )
+    # the follow-up is answered like a question after the wake word, or dropped
+    state, actions = run("idle", ListenAgain("follow_up"), UtteranceEnd(), Spoken())
+    assert state == "idle" and actions[-2:] == [A.VOICE_STOPPED, A.RESPOND]
+    assert run("idle", ListenAgain("follow_up"), NoSpeech()) == (
+        "idle",
+        [A.INVITE_FOLLOW_UP, A.OPEN_TURN],
+    )
+    # only from idle: a barge-in or a stop word that moved on is not undone
+    for state in ("listening", "streaming", "responding", "confirming"):
+        for purpose in ("follow_up", "confirmation"):
+            assert transition(state, ListenAgain(purpose)) is None  # type: ignore[arg-type]
 
 
 def test_a_change_of_course_interrupts_only_a_busy_satellite() -> None:
@@ -198,13 +228,47 @@ def test_a_change_of_course_interrupts_only_a_busy_satellite() -> None:
     )
 
 
+def route(state: State = "idle", *, muted: bool = False, playing: bool = False,
+          barge_in: bool = True, ringing: bool = False) -> Routing:  # fmt: skip
+    return routing(muted=muted, playing=playing, barge_in=barge_in, state=state, ringing=ringing)
+
+
 def test_mic_gating_and_mute() -> None:
-    assert routing(muted=True, playing=False, barge_in=True) == routing(
-        muted=True, playing=True, barge_in=False
-    )
-    muted = routing(muted=True, playing=False, barge_in=True)
-    assert not muted.wake_word and not muted.endpointer
-    gated = routing(muted=False, playing=True, barge_in=False)
+    assert route(muted=True) == route(muted=True, playing=True, barge_in=False, ringing=True)
+    muted = route("responding", muted=True, playing=True)
+    assert not muted.wake_word and not muted.stop_word and not muted.endpointer
+    gated = route(playing=True, barge_in=False)
     assert not gated.wake_word and gated.endpointer
-    assert routing(muted=False, playing=True, barge_in=True).wake_word
-    assert routing(muted=False, playing=False, barge_in=False).wake_word
+    assert route(playing=True).wake_word
+    assert route(barge_in=False).wake_word
+
+
+def test_the_stop_word_listens_only_when_something_can_be_stopped() -> None:
+    assert not route().stop_word  # idle, quiet: nothing to stop
+    assert route(playing=True).stop_word  # an announcement, Home Assistant's reply
+    assert route(ringing=True).stop_word
+    assert route("responding").stop_word  # a reply on its way, not yet playing
+    assert route("responding", playing=True, barge_in=False).stop_word  # gated or not
+    for state in LISTENING_STATES:  # the user is being listened to: "stop the music" asks
+        assert not route(state, playing=True, ringing=True).stop_word
+
+
+def test_the_stop_word_ends_what_plays_and_starts_nothing() -> None:
+    stop = StopWord(ringing=False, playing=True)
+    assert transition("responding", stop) == Step("idle", (A.STOP,), ())
+    assert transition("responding", StopWord(ringing=False, playing=False)) == Step(
+        "idle", (A.STOP,), ()
+    )  # the reply held before its first audio
+    assert transition("idle", stop) == Step("idle", (A.STOP,), ())
+    assert transition("idle", StopWord(ringing=True, playing=False)) == Step(
+        "idle", (A.SILENCE_TIMER,), ()
+    )
+    assert transition("idle", StopWord(ringing=True, playing=True)) == Step(
+        "idle", (A.SILENCE_TIMER, A.STOP), ()
+    )
+    assert transition("idle", StopWord(ringing=False, playing=False)) is None
+    for state in LISTENING_STATES:
+        for event in (stop, StopWord(ringing=True, playing=True)):
+            assert transition(state, event) is None
+    # the end of the stopped reply changes nothing
+    assert run("responding", stop, Spoken()) == ("idle", [A.STOP])

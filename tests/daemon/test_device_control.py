@@ -188,9 +188,12 @@ async def test_reply_text_drives_devices_through_mqtt(daemon: Daemon, broker: Br
     assert ha.on("zigbee2mqtt/kitchen_light/set") == [b'{"state": "ON"}']
     assert ha.on("home/front_door/set") == [], "unlocked without a yes"
     kinds = [e["event_type"] for e in events]
-    assert kinds == ["command_sent", "command_refused", "confirmation_requested", "command_refused"]
+    assert kinds == [
+        "command_sent", "command_refused", "confirmation_requested", "listening", "command_refused"
+    ]  # fmt: skip
     assert "lock.back_door is not allowed" in events[1]["reason"]
-    assert events[3]["reason"] == "no confirmation in time"
+    assert events[3] == {"event_type": "listening", "purpose": "confirmation", "seconds": 1.0}
+    assert events[4]["reason"] == "no confirmation in time"
     assert said == [
         "Done: turn on the kitchen light.",
         "Sorry, I am not allowed to unlock lock.back_door.",

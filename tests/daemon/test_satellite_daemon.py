@@ -20,7 +20,7 @@ import pytest
 from zeroconf import IPVersion
 from zeroconf.asyncio import AsyncZeroconf
 
-from satellite.audio.sounds import SoundError
+from satellite.audio.sounds import SoundError, listen_tone
 from satellite.audio.wavfile import read_wav, write_wav
 from satellite.daemon.core import Daemon
 from satellite.settings import VadSettings
@@ -82,6 +82,79 @@ async def test_mic_is_gated_while_speaking_without_barge_in(
     generated = daemon.turns[0].reply_audio_seconds
     assert generated > 2.5, f"{generated:.2f} s generated: the second wake word came after it"
     assert abs(played - generated) < 0.2, f"{played:.2f} s played of {generated:.2f} s"
+
+
+@pytest.fixture(scope="module")
+def stop_over_the_reply(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A question, then 1.5 s later (while its reply plays) "stop"."""
+    path = tmp_path_factory.mktemp("audio") / "stop.wav"
+    script_wav(path, [
+        ("silence", 1.0), ("say", "okay nabu"), ("silence", 0.6), ("say", "turn on the lights"),
+        ("silence", 1.5), ("say", "stop"), ("silence", 3.0),
+    ])  # fmt: skip
+    return path
+
+
+@pytest.mark.parametrize("barge_in", [True, False])
+async def test_the_stop_word_ends_the_reply_and_starts_nothing(
+    model: Path, stop_over_the_reply: Path, tmp_path: Path, greedy_replies: None, barge_in: bool
+) -> None:
+    """Gated mic or not (the stop word is how to end what plays either way)."""
+    output = tmp_path / "speaker.wav"
+    daemon, seen = await _run(model, stop_over_the_reply, output, barge_in=barge_in)
+    assert seen.count("wake") == 1 and seen.count("stop") == 1, seen
+    assert seen.index("stop") < seen.index("turn_interrupted"), seen
+    assert "turn_finished" not in seen and daemon.interrupted == 1 and not daemon.turns
+    assert daemon.state == "idle"
+    played = read_wav(output).samples.size / 24000
+    # the reply was cut about 1.5 s in (plus "stop" itself and the detector's decision)
+    assert 0.5 < played < REPLY_SECONDS - 2.0, f"{played:.2f} s played"
+
+
+@pytest.fixture(scope="module")
+def follow_up(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A question; 4 s later, once its 2 s reply has played, another without the wake word."""
+    path = tmp_path_factory.mktemp("audio") / "follow_up.wav"
+    script_wav(path, [
+        ("silence", 1.0), ("say", "okay nabu"), ("silence", 0.6), ("say", "turn on the lights"),
+        ("silence", 4.0), ("say", "and the kitchen too"), ("silence", 9.0),
+    ])  # fmt: skip
+    return path
+
+
+@pytest.mark.parametrize("continue_conversation", ["always", "never"])
+async def test_a_follow_up_without_the_wake_word(
+    model: Path, follow_up: Path, tmp_path: Path, greedy_replies: None, continue_conversation: str
+) -> None:
+    """`always`: the listening tone, then the second question answered in the same
+    conversation, then (no third) back to the wake word; `never`: the second question is
+    not heard."""
+    output = tmp_path / "speaker.wav"
+    settings = daemon_settings(model, input_file=follow_up, output_file=output)
+    settings = dataclasses.replace(
+        settings,
+        satellite=dataclasses.replace(
+            settings.satellite,
+            continue_conversation=continue_conversation,  # type: ignore[arg-type]
+            follow_up_seconds=3.0,
+        ),
+    )
+    daemon, seen = await run_to_end(settings, 40)
+    assert seen.count("wake") == 1, seen
+    assert daemon.state == "idle"
+    assert daemon.responder is not None
+    if continue_conversation == "never":
+        assert "listening" not in seen and len(daemon.turns) == 1, seen
+        return
+    # the second reply was followed up too, and that window closed without speech
+    assert seen.count("listening") == 2 and len(daemon.turns) == 2, seen
+    first, second = (i for i, kind in enumerate(seen) if kind == "listening")
+    assert seen.index("turn_finished") < first < seen.index("utterance", first) < second
+    assert daemon.responder.conversation_turns == 2, "the follow-up began a new conversation"
+    tone = listen_tone()
+    heard = read_wav(output).samples
+    replies = sum(turn.reply_audio_seconds for turn in daemon.turns)
+    assert heard.size / 24000 >= replies + 2 * tone.seconds - 0.1
 
 
 async def test_no_speech_after_the_wake_word_gives_up(model: Path, tmp_path: Path) -> None:

@@ -374,6 +374,32 @@ async def test_a_spoken_turn_is_reported_as_events(
     assert json.loads(ha.on(f"{BASE}/last_turn")[-1]) == last
 
 
+async def test_the_stop_word_is_reported_as_an_event(
+    model: Path, broker: Broker, tmp_path: Path, greedy_replies: None
+) -> None:
+    """ "stop" over the reply: `stop_detected` saying what it ended, and no turn_finished."""
+    from tests.satellite_support import script_wav, wake_and_ask
+
+    source = tmp_path / "mic.wav"
+    script_wav(source, [*wake_and_ask(after=1.5), ("say", "stop"), ("silence", 2.5)])
+    settings = daemon_settings(
+        model, input_file=source, mqtt=_mqtt(broker.port), max_reply_seconds=5.0
+    )
+    daemon = Daemon(settings)
+    ha = Watcher(broker.port, [f"{BASE}/event"])
+    await daemon.start()
+    try:
+        await asyncio.wait_for(daemon.wait_stopped(), 30)
+        await ha.wait(lambda: len(_events(ha)) >= 3, 5, "three events")
+    finally:
+        await daemon.close()
+        ha.close()
+    events = _events(ha)
+    assert [e["event_type"] for e in events] == ["wake_detected", "turn_started", "stop_detected"]
+    assert events[2]["stopped"] == "reply" and 0.0 < events[2]["probability"] <= 1.0
+    assert not daemon.turns and daemon.interrupted == 1
+
+
 async def _connected(daemon: Daemon, timeout: float = 10.0) -> bool:
     link = daemon.mqtt.link  # type: ignore[union-attr]
     deadline = time.monotonic() + timeout

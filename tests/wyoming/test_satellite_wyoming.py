@@ -267,10 +267,13 @@ async def test_ha_mode_paused_or_disconnected_starts_no_pipeline(
     assert "Home Assistant paused the satellite" in caplog.text
 
 
-async def test_wake_word_silences_a_ringing_timer(model: Path, tmp_path: Path) -> None:
-    """A finished timer rings until the wake word; that wake word starts no turn."""
+@pytest.mark.parametrize(("phrase", "heard"), [("okay nabu", "timer_silenced"), ("stop", "stop")])
+async def test_the_wake_word_or_stop_silences_a_ringing_timer(
+    model: Path, tmp_path: Path, phrase: str, heard: str
+) -> None:
+    """A finished timer rings until the wake word or the stop word; neither starts a turn."""
     source, output = tmp_path / "mic.wav", tmp_path / "speaker.wav"
-    script_wav(source, [("silence", 4.0), ("say", "okay nabu"), ("silence", 2.5)])
+    script_wav(source, [("silence", 4.0), ("say", phrase), ("silence", 2.5)])
     daemon = Daemon(daemon_settings(model, input_file=source, output_file=output))
     seen: list[tuple[str, float]] = []
     daemon.observe(lambda event: seen.append((event.kind, time.monotonic())))
@@ -286,7 +289,7 @@ async def test_wake_word_silences_a_ringing_timer(model: Path, tmp_path: Path) -
         await ha.close()
         await daemon.close()
     kinds = [kind for kind, _ in seen]
-    assert "timer_finished" in kinds and "timer_silenced" in kinds, kinds
+    assert "timer_finished" in kinds and "timer_silenced" in kinds and heard in kinds, kinds
     assert "wake" not in kinds and "utterance" not in kinds and not daemon.turns
     finished = dict(seen)["timer_finished"]
     silenced = dict(seen)["timer_silenced"]
