@@ -99,7 +99,7 @@ def speech_without_the_word(seconds: float) -> Iterator[tuple[str, str, FloatArr
     made = 0.0
     sentences = corpus_sentences()
     index = 0
-    while made < seconds:
+    while round((seconds - made) * RATE) > 0:  # whole samples left (not a float's last bits)
         text: list[str] = []
         while sum(len(s) + 1 for s in text) < SEGMENT_CHARACTERS:
             sentence = next(sentences, None)
