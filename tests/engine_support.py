@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -25,6 +25,9 @@ from lfm_toolchain.build import build_model
 from lfm_toolchain.config import AudioModelConfig, tiny
 from lfm_toolchain.weights import random_model_weights
 from reference import TINY_SEED, build_reference_model, liquid_audio
+
+from satellite.engine.events import AudioFrame, TextToken, TurnEnd
+from satellite.engine.sampling import Sampling
 
 TEXT_SCALES = {7: 1.8, 128: 2.8, 130: 2.5}
 """Text embedding rows scaled, and by how much."""
@@ -203,3 +206,30 @@ def to_official_layout(source: Path, out: Path, weights: dict[str, np.ndarray]) 
     )
     made.write(out)
     return out
+
+
+AUDIO = Sampling(temperature=1.0, top_k=1)
+"""Audio sampling that is greedy by the top-k rule (the parity tests' audio)."""
+Reply = list[int | tuple[int, ...]]
+"""A reply as text ids and audio frames' codes, in order."""
+
+ASR_SYSTEM = [1, 6, 20, 10, 198, 357, 316, 141, 7, 10]
+TTS_SYSTEM = [1, 6, 20, 10, 279, 141, 132, 176, 7, 10]
+CHAT_SYSTEM = [1, 6, 20, 10, 413, 400, 443, 195, 7, 10]
+USER = [6, 21, 10]
+CLOSE_AND_ASSISTANT = [7, 10, 6, 22, 10]
+
+
+def reply_of(events: Iterable[object]) -> tuple[Reply, TurnEnd]:
+    """The engine's events of one turn as a Reply, and its TurnEnd."""
+    reply: Reply = []
+    end = None
+    for event in events:
+        if isinstance(event, TextToken):
+            reply.append(event.token)
+        elif isinstance(event, AudioFrame):
+            reply.append(event.codes)
+        elif isinstance(event, TurnEnd):
+            end = event
+    assert end is not None, "the turn ended without a TurnEnd event"
+    return reply, end

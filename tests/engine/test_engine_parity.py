@@ -20,15 +20,22 @@ role names, the rest system and user text).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 from engine_support import (
+    ASR_SYSTEM,
+    AUDIO,
+    CHAT_SYSTEM,
+    CLOSE_AND_ASSISTANT,
+    TTS_SYSTEM,
     TURN_END,
+    USER,
     ReferenceChat,
     build_shaped,
+    reply_of,
     shaped_reference,
     to_official_layout,
     waveform,
@@ -40,19 +47,9 @@ from satellite.engine.chat import Chat, Speech
 from satellite.engine.events import AudioFrame, TextToken, TurnEnd
 from satellite.engine.mel import LogMel
 from satellite.engine.model import Model
-from satellite.engine.sampling import Sampling
 from satellite.engine.sessions import SessionConfig
 
 pytestmark = pytest.mark.parity
-
-AUDIO = Sampling(temperature=1.0, top_k=1)
-Reply = list[int | tuple[int, ...]]
-
-ASR_SYSTEM = [1, 6, 20, 10, 198, 357, 316, 141, 7, 10]
-TTS_SYSTEM = [1, 6, 20, 10, 279, 141, 132, 176, 7, 10]
-CHAT_SYSTEM = [1, 6, 20, 10, 413, 400, 443, 195, 7, 10]
-USER = [6, 21, 10]
-CLOSE_AND_ASSISTANT = [7, 10, 6, 22, 10]
 
 
 @pytest.fixture(scope="module", params=["onnxruntime", "llamacpp"])
@@ -68,20 +65,6 @@ def model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             config.backbone, weights, specs, directory / "backbone.gguf", float32=True
         )
     return Model.load(directory, SessionConfig(threads=1, backbone=request.param))
-
-
-def reply_of(events: Iterable[object]) -> tuple[Reply, TurnEnd]:
-    reply: Reply = []
-    end = None
-    for event in events:
-        if isinstance(event, TextToken):
-            reply.append(event.token)
-        elif isinstance(event, AudioFrame):
-            reply.append(event.codes)
-        elif isinstance(event, TurnEnd):
-            end = event
-    assert end is not None, "the turn ended without a TurnEnd event"
-    return reply, end
 
 
 def runs(reply: Sequence[int | tuple[int, ...]]) -> list[tuple[str, int]]:

@@ -24,11 +24,7 @@ from unittest import mock
 import lfm_toolchain.build
 import onnx
 import pytest
-from engine_support import shaped_reference
-from lfm_toolchain.build import build_model
-from onnx import helper
-from reference import TINY_SEED
-from test_engine_parity import (
+from engine_support import (
     AUDIO,
     CHAT_SYSTEM,
     CLOSE_AND_ASSISTANT,
@@ -37,8 +33,12 @@ from test_engine_parity import (
     USER,
     ReferenceChat,
     reply_of,
+    shaped_reference,
     waveform,
 )
+from lfm_toolchain.build import build_model
+from onnx import helper
+from reference import TINY_SEED
 
 from satellite.cli import main
 from satellite.engine.chat import Chat, Speech
