@@ -182,9 +182,11 @@ def _rearrangement(g: _Graph, transpose: onnx.NodeProto) -> Rearrangement | None
                 return None
         elif node.op_type == "SimplifiedLayerNormalization":
             gain = g.const(node.input[1])
-            view = g.producer.get(node.input[0])
+            shaper = g.producer.get(node.input[0])
             view_shape = (
-                g.const(view.input[1]) if view is not None and view.op_type == "Reshape" else None
+                g.const(shaper.input[1])
+                if shaper is not None and shaper.op_type == "Reshape"
+                else None
             )
             if gain is None or gain.shape != (head_dim,) or view_shape is None:
                 return None
