@@ -111,6 +111,13 @@ class AudioSettings:
     """Keep listening for the wake word while the satellite speaks, and stop speaking when
     it is heard. When false the microphone is gated during playback."""
 
+    echo_cancellation: bool = False
+    """Take the satellite's own sound (replies, announcements, chimes) out of the microphone
+    before the wake word and end-of-speech models hear it (WebRTC's echo canceller), with
+    what the speaker plays as the reference; about 0.1 ms of CPU per 10 ms of audio. Off by
+    default while it does not yet help the wake word heard over a reply (docs/PERFORMANCE.md,
+    `lfm-satellite bench echo`)."""
+
     awake_sound: str | None = None
     """WAV file played when the wake word is detected; none by default."""
 

@@ -216,6 +216,10 @@ class AudioBackend:
         self._resampler: StreamResampler | None = None
         self.realtime = True
         """Playback runs at the speaker's pace (False: as fast as it is queued)."""
+        self.on_played: Callable[[FloatArray], None] | None = None
+        """Told each block the speaker plays as it plays it (mono float32 at `output_rate`,
+        volume applied): the echo canceller's reference. The sound card's backend calls it
+        from its audio thread."""
 
     @property
     def chunk_seconds(self) -> float:
@@ -249,6 +253,12 @@ class AudioBackend:
     def output_silent_seconds(self) -> float:
         """How long the output stream has taken no audio though it should (0: it is alive)."""
         return 0.0
+
+    @property
+    def echo_delay_ms(self) -> int:
+        """The output's and the input's latencies as the backend knows them: how long after
+        `on_played` hears a block its echo can reach the capture, at the least."""
+        return 0
 
     def _to_output(self, samples: npt.ArrayLike, rate: int, last: bool = False) -> FloatArray:
         """`samples` at `rate` -> float32 at `output_rate`, resampler state kept across calls
@@ -384,6 +394,8 @@ class _PacedBackend(AudioBackend):
 
     def _emit(self, samples: FloatArray) -> None:
         self._played += samples.shape[0]
+        if self.on_played is not None:
+            self.on_played(samples)
         self._write(samples)
 
     def _write(self, samples: FloatArray) -> None:
@@ -545,6 +557,8 @@ class SoundDeviceBackend(AudioBackend):
         self._last_pull = time.monotonic()
         self._block = max(self._block, frames)
         self.jitter.pull(outdata[:, 0])
+        if self.on_played is not None:
+            self.on_played(outdata[:, 0])
 
     def _open_input(self) -> None:
         self.ring.reopen()
@@ -571,6 +585,14 @@ class SoundDeviceBackend(AudioBackend):
         stream.start()
         self._output_stream = stream
         self._last_pull = time.monotonic()
+
+    @property
+    def echo_delay_ms(self) -> int:
+        latency = 0.0
+        for stream in (self._input, self._output_stream):
+            with contextlib.suppress(Exception):
+                latency += float(stream.latency)
+        return round(latency * 1000)
 
     @staticmethod
     def _shut(stream: Any) -> None:

@@ -77,7 +77,7 @@ def corpus_sentences() -> Iterator[str]:
                 yield sentence
 
 
-def _espeak(text: str, voice: str, speed: int) -> FloatArray:
+def spoken(text: str, voice: str, speed: int) -> FloatArray:
     """`text` spoken by espeak-ng at 16 kHz."""
     with tempfile.TemporaryDirectory(prefix="lfm-stopword-") as folder:
         source, wav = Path(folder) / "text.txt", Path(folder) / "speech.wav"
@@ -111,7 +111,7 @@ def speech_without_the_word(seconds: float) -> Iterator[tuple[str, str, FloatArr
         voice = VOICES[index % len(VOICES)]
         speed = SPEEDS[(index // len(VOICES)) % len(SPEEDS)]
         index += 1
-        audio = _espeak(" ".join(text), voice, speed)
+        audio = spoken(" ".join(text), voice, speed)
         audio = audio[: max(0, round((seconds - made) * RATE))]
         made += audio.size / RATE
         yield f"{voice}/{speed}", " ".join(text), audio
@@ -161,7 +161,7 @@ def detections(detector: WakeWordDetector) -> dict[str, Any]:
     for phrase in STOP_PHRASES:
         for voice in VOICES:
             for speed in SPEEDS:
-                speech = _espeak(phrase, voice, speed)
+                speech = spoken(phrase, voice, speed)
                 rms = float(np.sqrt(np.mean(speech.astype(np.float64) ** 2)))
                 for snr in SNRS_DB:
                     audio = np.concatenate([pad, speech, pad])

@@ -237,6 +237,20 @@ def add_bench_commands(commands: Any) -> None:
     stopword.add_argument("--json", type=Path, metavar="FILE", help="also save the figures here")
     stopword.set_defaults(handler=cmd_bench_stopword)
 
+    echo = sub.add_parser(
+        "echo",
+        help="the echo canceller in scripted rooms: ERLE, the user's speech kept, the wake "
+        "word and end of speech over the satellite's reply",
+        description="Play a reply (espeak-ng) into simulated rooms (delay 20 to 120 ms, a "
+        "decaying impulse response, the echo 6 to 20 dB below the reply) with the user saying "
+        "the wake word and a question over it, run the microphone through the echo canceller "
+        "as the daemon does, and report echo return loss enhancement, the user's speech kept, "
+        "whether the wake word is heard and whether the echo alone looks like speech, with "
+        "and without the canceller. Needs espeak-ng.",
+    )
+    echo.add_argument("--json", type=Path, metavar="FILE", help="also save the figures here")
+    echo.set_defaults(handler=cmd_bench_echo)
+
     soak = sub.add_parser(
         "soak",
         help="the daemon under a hostile peer: Wyoming fuzz, MQTT floods, broker kills, "
@@ -445,6 +459,15 @@ def cmd_bench_stopword(args: argparse.Namespace) -> int:
     if not 0.0 < args.minutes <= 600:
         raise UserError(f"--minutes must be more than 0 and at most 600, not {args.minutes}")
     report = bench_stopword(args.model, args.sensitivity, args.minutes * 60)
+    print(format_report(report))
+    _save(args.json, report)
+    return 0
+
+
+def cmd_bench_echo(args: argparse.Namespace) -> int:
+    from satellite.bench.echo import bench_echo, format_report
+
+    report = bench_echo()
     print(format_report(report))
     _save(args.json, report)
     return 0

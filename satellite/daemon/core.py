@@ -66,6 +66,7 @@ from wyoming.wake import Detection
 from satellite import events
 from satellite.audio.backends import AudioBackend, Int16Array, open_backend
 from satellite.audio.convert import StreamResampler, float_to_pcm16
+from satellite.audio.echo import EchoCanceller
 from satellite.audio.endpoint import (
     Endpointer,
     PauseEnded,
@@ -131,6 +132,9 @@ class Daemon:
         self.mode = self.controls.mode
         self.backend = backend or open_backend(settings.audio)
         self.backend.volume = self.controls.volume
+        self.echo: EchoCanceller | None = None
+        """The echo canceller on the capture (`audio.echo_cancellation`; made at `start`,
+        once the backend knows its latencies)."""
         self.wake = WakeWordDetector(self._wake_settings(self.controls))
         wake = settings.wake
         self.stop_word = (
@@ -482,6 +486,9 @@ class Daemon:
             self.pacer.last_rtf = self.pacer.last_rtf or self.expected_rtf
             responder.batch = BATCH_FRAMES
         await self.backend.start()
+        if self.settings.audio.echo_cancellation:
+            self.echo = EchoCanceller(self.backend.output_rate, self.backend.echo_delay_ms)
+            self.backend.on_played = self.echo.played
         await self.server.start()
         if self.settings.wyoming.zeroconf:
             wyoming = self.settings.wyoming
@@ -608,6 +615,8 @@ class Daemon:
         self.chunks += 1
         self.input_jitter.add(chunk.shape[0], now)
         pcm = self._to_16k(chunk)
+        if self.echo is not None:
+            pcm = self.echo.process(pcm)
         route = machine.routing(
             muted=self.controls.muted,
             playing=self.playing,

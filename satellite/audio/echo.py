@@ -1,0 +1,89 @@
+"""Echo cancellation: the satellite's own sound taken out of the microphone before the wake
+word and end-of-speech models hear it.
+
+WebRTC's audio processing module (AEC3 and its high-pass filter), through livekit's Python
+binding (`livekit.rtc.AudioProcessingModule`): a well-kept build of the library the browsers
+use, with wheels for x86_64 and aarch64 Linux, working on 10 ms frames in the caller's thread.
+(`webrtc-noise-gain`, which wyoming-satellite uses, has noise suppression and gain only, no
+echo canceller; speexdsp's canceller is older and needs its delay and tail set by hand.)
+
+The reference is what the speaker plays, as it plays it: the backend hands each block to
+`played` when it goes to the device (the sound card's callback) or, for the simulated
+speakers, when its time comes. Blocks wait in a queue (appends from the audio thread, reads in
+the loop's) and are read 10 ms at a time as capture frames are processed, so the reference
+leads its echo in the capture by the output and input latencies and the room's path; AEC3
+finds that delay itself (`set_stream_delay_ms` gives it the backend's latencies to start
+from). Where nothing plays, the reference is silence and the capture passes through.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+from livekit import rtc
+
+from satellite.audio.convert import FloatArray, StreamResampler
+
+RATE = 16_000
+"""The capture's rate here (the wake word's and the VAD's)."""
+FRAME = RATE // 100
+"""The module works on 10 ms frames."""
+REFERENCE_SECONDS = 2.0
+"""Reference audio kept at most before it is read (older is dropped: capture has stopped)."""
+
+
+class EchoCanceller:
+    """See the module docstring. `played` may be called from any thread; `process` from one."""
+
+    def __init__(self, output_rate: int, delay_ms: int = 0) -> None:
+        """`output_rate`: the rate of the blocks `played` gets; `delay_ms`: the backend's
+        output plus input latency, AEC3's first guess of the echo's delay."""
+        self._apm = rtc.AudioProcessingModule(echo_cancellation=True, high_pass_filter=True)
+        self._apm.set_stream_delay_ms(max(0, int(delay_ms)))
+        self._blocks: collections.deque[FloatArray] = collections.deque()
+        self._resampler = StreamResampler(output_rate, RATE)
+        self._reference = np.zeros(0, np.float32)
+        self._capture = b""
+        self.frames = 0
+        """Capture frames processed."""
+        self.echo_frames = 0
+        """Of those, frames that had something playing in their reference."""
+
+    def played(self, samples: FloatArray) -> None:
+        """A block the speaker is playing now (mono float32 at `output_rate`)."""
+        self._blocks.append(np.array(samples, dtype=np.float32, copy=True))
+
+    def process(self, pcm: bytes) -> bytes:
+        """16 kHz 16-bit mono capture in, the same with the echo taken out. Whole 10 ms frames
+        are processed; the rest waits for the next call (what comes out lags by under 10 ms)."""
+        self._take_reference()
+        data = self._capture + pcm
+        whole = len(data) - len(data) % (2 * FRAME)
+        self._capture = data[whole:]
+        out = bytearray()
+        for start in range(0, whole, 2 * FRAME):
+            reference = self._reference[:FRAME]
+            self._reference = self._reference[FRAME:]
+            if reference.shape[0] < FRAME:
+                reference = np.pad(reference, (0, FRAME - reference.shape[0]))
+            self.echo_frames += bool(np.any(reference))
+            render = rtc.AudioFrame(_pcm16(reference), RATE, 1, FRAME)
+            self._apm.process_reverse_stream(render)
+            frame = rtc.AudioFrame(data[start : start + 2 * FRAME], RATE, 1, FRAME)
+            self._apm.process_stream(frame)
+            out += bytes(frame.data)
+            self.frames += 1
+        return bytes(out)
+
+    def _take_reference(self) -> None:
+        parts = [self._reference]
+        while self._blocks:
+            parts.append(self._resampler.process(self._blocks.popleft()))
+        reference = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        most = int(REFERENCE_SECONDS * RATE)
+        self._reference = reference[-most:] if reference.shape[0] > most else reference
+
+
+def _pcm16(samples: FloatArray) -> bytes:
+    return (np.clip(samples, -1.0, 32767 / 32768) * 32768).astype("<i2").tobytes()
