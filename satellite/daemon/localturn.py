@@ -170,6 +170,8 @@ class LocalTurns:
                         continue
                     queue.put_nowait(Generated(self.audio_check.inspect(event.samples)))
                 elif isinstance(event, ReplyText):
+                    if blocked is not None:
+                        continue  # what the worker wrote before the cancel reached it
                     said += event.text
                     queue.put_nowait(TextProgress(len(said), event.complete))
                     if event.text:
@@ -194,7 +196,7 @@ class LocalTurns:
             self._reply_cancel = None
             self.step(machine.Spoken())
         assert done is not None
-        self._finish_turn(ended, decided, playback, done, blocked)
+        self._finish_turn(ended, decided, playback, done, blocked, said if blocked else None)
         if done.error is None and blocked is None:
             listening = await self.act_on(done.text)
             if not listening and self.follows_up(done.text):
@@ -275,13 +277,22 @@ class LocalTurns:
         playback: asyncio.Task[Any],
         done: ReplyDone,
         blocked: str | None = None,
+        said: str | None = None,
     ) -> None:
         problems = tuple(self.audio_check.reply_problems())
         if problems:
             _LOG.warning("generated audio fixed before playback: %s", "; ".join(problems))
         played = _result(playback)
         report = turn_report(
-            self.wake_word, ended, decided, time.monotonic(), played, done, blocked, problems
+            self.wake_word,
+            ended,
+            decided,
+            time.monotonic(),
+            played,
+            done,
+            blocked,
+            problems,
+            said,
         )
         self.turns.append(report)
         if done.error:
@@ -289,8 +300,8 @@ class LocalTurns:
             self.notify(events.Failure(where="engine", message=done.error))
         _LOG.info(
             "reply: %r (%s); %.2f s of audio, first audio after %s (engine %s)",
-            done.text,
-            done.reason,
+            report.reply_text,
+            report.reply_reason,
             done.audio_seconds,
             ms(report.time_to_first_audio),
             ms(report.engine_first_audio),

@@ -18,9 +18,11 @@ def turn_report(
     done: ReplyDone,
     blocked: str | None = None,
     problems: tuple[str, ...] = (),
+    said: str | None = None,
 ) -> TurnReport:
     """The report of a turn whose end of speech was decided at `decided` and which finished
-    at `now` (`time.monotonic()`); `played` None: nothing reached the speaker."""
+    at `now` (`time.monotonic()`); `played` None: nothing reached the speaker. `said`: the
+    reply's text as far as the satellite took it (up to a block), when not all of `done`'s."""
     played = played or PlaybackReport()
     first_audio = played.first_played
     ttfa = None if first_audio is None else first_audio - decided
@@ -30,7 +32,7 @@ def turn_report(
         wake_word=wake_word,
         utterance_seconds=len(ended.audio) / 2 / SAMPLE_RATE,
         end_reason=ended.reason,
-        reply_text=done.text,
+        reply_text=done.text if said is None else said,
         reply_reason="blocked" if blocked else done.reason,
         reply_audio_seconds=done.audio_seconds,
         frames=done.frames,
