@@ -49,6 +49,8 @@ class EchoCanceller:
         """Capture frames processed."""
         self.echo_frames = 0
         """Of those, frames that had something playing in their reference."""
+        self._energy_in = 0.0
+        self._energy_out = 0.0
 
     def played(self, samples: FloatArray) -> None:
         """A block the speaker is playing now (mono float32 at `output_rate`)."""
@@ -67,14 +69,29 @@ class EchoCanceller:
             self._reference = self._reference[FRAME:]
             if reference.shape[0] < FRAME:
                 reference = np.pad(reference, (0, FRAME - reference.shape[0]))
-            self.echo_frames += bool(np.any(reference))
+            playing = bool(np.any(reference))
             render = rtc.AudioFrame(_pcm16(reference), RATE, 1, FRAME)
             self._apm.process_reverse_stream(render)
-            frame = rtc.AudioFrame(data[start : start + 2 * FRAME], RATE, 1, FRAME)
+            captured = data[start : start + 2 * FRAME]
+            frame = rtc.AudioFrame(captured, RATE, 1, FRAME)
             self._apm.process_stream(frame)
-            out += bytes(frame.data)
+            cleaned = bytes(frame.data)
+            out += cleaned
             self.frames += 1
+            if playing:
+                self.echo_frames += 1
+                self._energy_in += _energy(captured)
+                self._energy_out += _energy(cleaned)
         return bytes(out)
+
+    @property
+    def reduction_db(self) -> float | None:
+        """Capture energy in over energy out, in dB, over the frames with something playing:
+        the echo return loss enhancement where the user was quiet meanwhile (None: nothing
+        has played, or nothing was heard)."""
+        if self._energy_in <= 0.0:
+            return None
+        return float(10 * np.log10(self._energy_in / max(self._energy_out, 1.0)))
 
     def _take_reference(self) -> None:
         parts = [self._reference]
@@ -87,3 +104,8 @@ class EchoCanceller:
 
 def _pcm16(samples: FloatArray) -> bytes:
     return (np.clip(samples, -1.0, 32767 / 32768) * 32768).astype("<i2").tobytes()
+
+
+def _energy(pcm: bytes) -> float:
+    samples = np.frombuffer(pcm, "<i2").astype(np.float64)
+    return float(np.dot(samples, samples))

@@ -38,8 +38,16 @@ REPLY_TEXT = (
 USER_TEXT = ("okay nabu", "what time is it")
 USER_AT = 3.0
 """Seconds into the reply the user starts speaking."""
-ROOMS: tuple[tuple[int, float], ...] = ((20, -6.0), (60, -12.0), (120, -20.0), (120, -6.0))
-"""(delay ms, echo level dB below the reply) of each scripted room."""
+ROOMS: tuple[tuple[int, float], ...] = (
+    (20, -6.0),
+    (60, -12.0),
+    (120, -20.0),
+    (120, -6.0),
+    (60, -120.0),
+)
+"""(delay ms, echo level dB below the reply) of each scripted room; the last has no echo to
+speak of (a speaker the microphone cannot hear): what the canceller does to the user alone
+while the reply plays."""
 CONVERGE_SECONDS = 1.0
 
 

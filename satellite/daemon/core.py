@@ -457,6 +457,9 @@ class Daemon:
                 "silence_runs": self.audio_check.total.silence_runs,
             },
             "interrupted_turns": self.interrupted,
+            "echo_reduction_db": None
+            if self.echo is None or self.echo.reduction_db is None
+            else round(self.echo.reduction_db, 1),
             "expected_rtf": None if self.expected_rtf is None else round(self.expected_rtf, 2),
             "home_assistant_connected": self.server.connected,
             "wyoming_connections": self.server.connections,
