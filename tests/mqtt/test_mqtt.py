@@ -346,6 +346,23 @@ def test_settings_default_base_topic() -> None:
     assert topics.discovery == "homeassistant/device/lfm_satellite_lfm_satellite/config"
 
 
+async def _run_watching(
+    settings: Settings, broker: Broker, topics: list[str]
+) -> tuple[Daemon, Watcher]:
+    """Run a daemon on its input file to the end with Home Assistant watching `topics`,
+    until three events have come (the watcher closed, what it got kept)."""
+    daemon = Daemon(settings)
+    ha = Watcher(broker.port, topics)
+    await daemon.start()
+    try:
+        await asyncio.wait_for(daemon.wait_stopped(), 30)
+        await ha.wait(lambda: len(_events(ha)) >= 3, 5, "three events")
+    finally:
+        await daemon.close()
+        ha.close()
+    return daemon, ha
+
+
 async def test_a_spoken_turn_is_reported_as_events(
     model: Path, broker: Broker, tmp_path: Path
 ) -> None:
@@ -354,15 +371,7 @@ async def test_a_spoken_turn_is_reported_as_events(
     source = tmp_path / "mic.wav"
     script_wav(source, wake_and_ask())
     settings = daemon_settings(model, input_file=source, mqtt=_mqtt(broker.port))
-    daemon = Daemon(settings)
-    ha = Watcher(broker.port, [f"{BASE}/event", f"{BASE}/last_turn"])
-    await daemon.start()
-    try:
-        await asyncio.wait_for(daemon.wait_stopped(), 30)
-        await ha.wait(lambda: len(_events(ha)) >= 3, 5, "three events")
-    finally:
-        await daemon.close()
-        ha.close()
+    daemon, ha = await _run_watching(settings, broker, [f"{BASE}/event", f"{BASE}/last_turn"])
     events = _events(ha)
     assert [e["event_type"] for e in events] == ["wake_detected", "turn_started", "turn_finished"]
     assert events[0]["wake_word"] == "okay_nabu" and events[1]["mode"] == "local"
@@ -385,15 +394,7 @@ async def test_the_stop_word_is_reported_as_an_event(
     settings = daemon_settings(
         model, input_file=source, mqtt=_mqtt(broker.port), max_reply_seconds=5.0
     )
-    daemon = Daemon(settings)
-    ha = Watcher(broker.port, [f"{BASE}/event"])
-    await daemon.start()
-    try:
-        await asyncio.wait_for(daemon.wait_stopped(), 30)
-        await ha.wait(lambda: len(_events(ha)) >= 3, 5, "three events")
-    finally:
-        await daemon.close()
-        ha.close()
+    daemon, ha = await _run_watching(settings, broker, [f"{BASE}/event"])
     events = _events(ha)
     assert [e["event_type"] for e in events] == ["wake_detected", "turn_started", "stop_detected"]
     assert events[2]["stopped"] == "reply" and 0.0 < events[2]["probability"] <= 1.0
