@@ -114,9 +114,10 @@ class AudioSettings:
     echo_cancellation: bool = False
     """Take the satellite's own sound (replies, announcements, chimes) out of the microphone
     before the wake word and end-of-speech models hear it (WebRTC's echo canceller), with
-    what the speaker plays as the reference; about 0.1 ms of CPU per 10 ms of audio. Off by
-    default while it does not yet help the wake word heard over a reply (docs/PERFORMANCE.md,
-    `lfm-satellite bench echo`)."""
+    what the speaker plays as the reference; about 0.13 ms of CPU per 10 ms of audio. With it
+    the satellite does not wake on its own voice; off by default because the wake word said
+    over a reply is heard no more often than without it (docs/PERFORMANCE.md, `lfm-satellite
+    bench echo`)."""
 
     awake_sound: str | None = None
     """WAV file played when the wake word is detected; none by default."""

@@ -216,10 +216,10 @@ class AudioBackend:
         self._resampler: StreamResampler | None = None
         self.realtime = True
         """Playback runs at the speaker's pace (False: as fast as it is queued)."""
-        self.on_played: Callable[[FloatArray], None] | None = None
+        self.on_played: Callable[[FloatArray, float], None] | None = None
         """Told each block the speaker plays as it plays it (mono float32 at `output_rate`,
-        volume applied): the echo canceller's reference. The sound card's backend calls it
-        from its audio thread."""
+        volume applied) and the `time.monotonic()` it begins to play: the echo canceller's
+        reference. The sound card's backend calls it from its audio thread."""
 
     @property
     def chunk_seconds(self) -> float:
@@ -342,6 +342,7 @@ class _PacedBackend(AudioBackend):
             index += 1
             if self.realtime:
                 await asyncio.sleep(max(0.0, start + index * self.chunk_seconds - time.monotonic()))
+                self._flush(time.monotonic())  # the speaker plays on in step with the mic
             else:
                 await asyncio.sleep(0)
             self._chunks += 1
@@ -381,10 +382,12 @@ class _PacedBackend(AudioBackend):
         has played them), oldest first."""
         unplayed = max(0, math.ceil((self._play_until - now) * self.output_rate))
         due = self._pending_samples - unplayed
+        at = self._play_until - self._pending_samples / self.output_rate
         while due > 0 and self._pending:
             head = self._pending[0]
             take = min(due, head.shape[0])
-            self._emit(head[:take])
+            self._emit(head[:take], at)
+            at += take / self.output_rate
             due -= take
             self._pending_samples -= take
             if take == head.shape[0]:
@@ -392,10 +395,11 @@ class _PacedBackend(AudioBackend):
             else:
                 self._pending[0] = head[take:]
 
-    def _emit(self, samples: FloatArray) -> None:
+    def _emit(self, samples: FloatArray, at: float | None = None) -> None:
+        """`samples` played, beginning at `at` (`time.monotonic()`; now unless given)."""
         self._played += samples.shape[0]
         if self.on_played is not None:
-            self.on_played(samples)
+            self.on_played(samples, time.monotonic() if at is None else at)
         self._write(samples)
 
     def _write(self, samples: FloatArray) -> None:
@@ -558,7 +562,7 @@ class SoundDeviceBackend(AudioBackend):
         self._block = max(self._block, frames)
         self.jitter.pull(outdata[:, 0])
         if self.on_played is not None:
-            self.on_played(outdata[:, 0])
+            self.on_played(outdata[:, 0], time.monotonic())
 
     def _open_input(self) -> None:
         self.ring.reopen()

@@ -10,15 +10,20 @@ echo canceller; speexdsp's canceller is older and needs its delay and tail set b
 The reference is what the speaker plays, as it plays it: the backend hands each block to
 `played` when it goes to the device (the sound card's callback) or, for the simulated
 speakers, when its time comes. Blocks wait in a queue (appends from the audio thread, reads in
-the loop's) and are read 10 ms at a time as capture frames are processed, so the reference
-leads its echo in the capture by the output and input latencies and the room's path; AEC3
-finds that delay itself (`set_stream_delay_ms` gives it the backend's latencies to start
-from). Where nothing plays, the reference is silence and the capture passes through.
+the loop's) with the time they came, and are read 10 ms at a time as capture frames are
+processed, so the reference leads its echo in the capture by the output and input latencies
+and the room's path (about 100 ms on PulseAudio here); AEC3 finds that delay itself
+(`set_stream_delay_ms` gives it the backend's latencies to start from). Reference older than
+`STALE_SECONDS` when the capture comes is dropped: after the capture has stalled (a stream
+reopened, the loop held up) it would otherwise wait in the queue and lag its echo from then
+on, beyond what AEC3 can find. Where nothing plays, the reference is silence and the capture
+passes through.
 """
 
 from __future__ import annotations
 
 import collections
+import time
 
 import numpy as np
 from livekit import rtc
@@ -29,8 +34,8 @@ RATE = 16_000
 """The capture's rate here (the wake word's and the VAD's)."""
 FRAME = RATE // 100
 """The module works on 10 ms frames."""
-REFERENCE_SECONDS = 2.0
-"""Reference audio kept at most before it is read (older is dropped: capture has stopped)."""
+STALE_SECONDS = 0.05
+"""Reference played longer ago than this when a capture chunk is processed is dropped."""
 
 
 class EchoCanceller:
@@ -41,9 +46,12 @@ class EchoCanceller:
         output plus input latency, AEC3's first guess of the echo's delay."""
         self._apm = rtc.AudioProcessingModule(echo_cancellation=True, high_pass_filter=True)
         self._apm.set_stream_delay_ms(max(0, int(delay_ms)))
-        self._blocks: collections.deque[FloatArray] = collections.deque()
+        self.output_rate = output_rate
+        self._blocks: collections.deque[tuple[float, FloatArray]] = collections.deque()
         self._resampler = StreamResampler(output_rate, RATE)
         self._reference = np.zeros(0, np.float32)
+        self._reference_end = 0.0
+        """`time.monotonic()` when the last sample of `_reference` was handed to the speaker."""
         self._capture = b""
         self.frames = 0
         """Capture frames processed."""
@@ -52,14 +60,17 @@ class EchoCanceller:
         self._energy_in = 0.0
         self._energy_out = 0.0
 
-    def played(self, samples: FloatArray) -> None:
-        """A block the speaker is playing now (mono float32 at `output_rate`)."""
-        self._blocks.append(np.array(samples, dtype=np.float32, copy=True))
+    def played(self, samples: FloatArray, at: float | None = None) -> None:
+        """A block the speaker plays from `at` on (mono float32 at `output_rate`; `at`:
+        `time.monotonic()`, now unless given)."""
+        when = time.monotonic() if at is None else at
+        self._blocks.append((when, np.array(samples, dtype=np.float32, copy=True)))
 
-    def process(self, pcm: bytes) -> bytes:
+    def process(self, pcm: bytes, now: float | None = None) -> bytes:
         """16 kHz 16-bit mono capture in, the same with the echo taken out. Whole 10 ms frames
-        are processed; the rest waits for the next call (what comes out lags by under 10 ms)."""
-        self._take_reference()
+        are processed; the rest waits for the next call (what comes out lags by under 10 ms).
+        `now`: when the capture came (`time.monotonic()` unless given)."""
+        self._take_reference(time.monotonic() if now is None else now)
         data = self._capture + pcm
         whole = len(data) - len(data) % (2 * FRAME)
         self._capture = data[whole:]
@@ -93,13 +104,16 @@ class EchoCanceller:
             return None
         return float(10 * np.log10(self._energy_in / max(self._energy_out, 1.0)))
 
-    def _take_reference(self) -> None:
+    def _take_reference(self, now: float) -> None:
         parts = [self._reference]
         while self._blocks:
-            parts.append(self._resampler.process(self._blocks.popleft()))
+            when, block = self._blocks.popleft()
+            parts.append(self._resampler.process(block))
+            self._reference_end = when + block.shape[0] / self.output_rate
         reference = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        most = int(REFERENCE_SECONDS * RATE)
-        self._reference = reference[-most:] if reference.shape[0] > most else reference
+        oldest = self._reference_end - reference.shape[0] / RATE
+        stale = round((now - STALE_SECONDS - oldest) * RATE)
+        self._reference = reference[stale:] if stale > 0 else reference
 
 
 def _pcm16(samples: FloatArray) -> bytes:

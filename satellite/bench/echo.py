@@ -104,10 +104,11 @@ def cancel(scene: Scene, delay_ms: int = 0) -> tuple[FloatArray, float]:
     block = OUTPUT_RATE * CHUNK // RATE
     spent = 0.0
     for index, start in enumerate(range(0, scene.mic.shape[0] - CHUNK + 1, CHUNK)):
-        canceller.played(scene.reply[index * block : (index + 1) * block])
+        at = index * CHUNK / RATE  # the scene's own clock: the speaker and the mic in step
+        canceller.played(scene.reply[index * block : (index + 1) * block], at)
         pcm = float_to_pcm16(scene.mic[start : start + CHUNK])
         began = time.perf_counter()
-        out.append(canceller.process(pcm))
+        out.append(canceller.process(pcm, at + CHUNK / RATE))
         spent += time.perf_counter() - began
     samples = np.frombuffer(b"".join(out), "<i2").astype(np.float32) / np.float32(32768)
     return samples, 1000 * spent / max(1, canceller.frames)

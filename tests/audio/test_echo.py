@@ -41,6 +41,18 @@ def test_nothing_playing_passes_the_capture_through() -> None:
     assert abs(_db(out[4000:], tone[4000:].astype(np.float64))) < 1.0
 
 
+def test_reference_left_waiting_by_a_capture_stall_is_dropped() -> None:
+    """2 s played while the capture stalled: only what played in the last 50 ms before the
+    capture came is still its reference (before, the whole 2 s waited in the queue and
+    lagged its echo from then on; on PulseAudio the satellite then woke on its own voice)."""
+    canceller = EchoCanceller(24000)
+    t = np.arange(48000) / 24000
+    canceller.played((0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), at=0.0)
+    canceller.process(b"\0\0" * 1920, now=2.0)  # 120 ms of capture, 12 frames
+    assert canceller.frames == 12
+    assert 4 <= canceller.echo_frames <= 6, canceller.echo_frames  # 50 ms: 5 frames
+
+
 def test_odd_chunks_come_out_in_whole_frames() -> None:
     canceller = EchoCanceller(24000)
     sizes = [len(canceller.process(b"\0\0" * n)) // 2 for n in (100, 100, 100, 333)]
