@@ -23,7 +23,7 @@ from satellite.audio.convert import FloatArray, float_to_pcm16, resample
 from satellite.audio.echo import EchoCanceller
 from satellite.audio.endpoint import Endpointer, SpeechStarted
 from satellite.audio.wake import WakeWordDetector
-from satellite.bench.stopword import spoken
+from satellite.bench.query import espeak_speech
 from satellite.settings import VadSettings, WakeSettings
 
 RATE = 16_000
@@ -83,12 +83,12 @@ class Scene:
 
 
 def scene(room: Room) -> Scene:
-    reply16 = spoken(REPLY_TEXT, "en-gb", 165)
+    reply16 = espeak_speech(REPLY_TEXT, "en-gb", 165)
     reply = resample(reply16, RATE, OUTPUT_RATE)
     echo = _convolve(reply16, room_response(room))[: reply16.shape[0]]
     gap = np.zeros(RATE // 2, np.float32)
     said = np.concatenate(
-        [spoken(USER_TEXT[0], "en-us", 150), gap, spoken(USER_TEXT[1], "en-us", 150)]
+        [espeak_speech(USER_TEXT[0], "en-us", 150), gap, espeak_speech(USER_TEXT[1], "en-us", 150)]
     )
     user = np.zeros_like(echo)
     start = round(USER_AT * RATE)
@@ -121,7 +121,8 @@ def _convolve(a: FloatArray, b: FloatArray) -> FloatArray:
     return out.astype(np.float32)
 
 
-def _db(a: FloatArray, b: FloatArray) -> float:
+def db_ratio(a: FloatArray, b: FloatArray) -> float:
+    """The mean power of `a` over that of `b`, in dB."""
     return float(10 * np.log10(max(1e-12, float(np.mean(a**2))) / max(1e-12, float(np.mean(b**2)))))
 
 
@@ -156,13 +157,13 @@ def measure(room: Room) -> dict[str, Any]:
     quiet[: round(CONVERGE_SECONDS * RATE)] = False
     talking = ~(np.abs(user) == 0)
     # the user's speech kept: the output against the user alone, where they speak
-    kept = _db(out[talking], user[talking]) if talking.any() else None
+    kept = db_ratio(out[talking], user[talking]) if talking.any() else None
     echo_only = made.echo[: round(USER_AT * RATE)]
     cancelled_echo, _ = cancel(Scene(made.reply, echo_only, echo_only, np.zeros_like(echo_only)))
     return {
         "delay_ms": room.delay_ms,
         "level_db": room.level_db,
-        "erle_db": round(_db(mic[quiet], out[quiet]), 1),
+        "erle_db": round(db_ratio(mic[quiet], out[quiet]), 1),
         "user_kept_db": None if kept is None else round(kept, 1),
         "wake_heard": {"without": _wake_heard(mic), "with": _wake_heard(out)},
         "speech_in_echo": {

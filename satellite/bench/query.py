@@ -46,6 +46,28 @@ def synthetic_speech(seconds: float, rate: int = INPUT_RATE, seed: int = 0) -> F
     return (0.2 * voice * syllables + noise).astype(np.float32)
 
 
+def espeak_speech(
+    text: str, voice: str = "en-us", speed: int | None = None, rate: int = INPUT_RATE
+) -> FloatArray:
+    """`text` spoken by espeak-ng (`voice`, `speed` words a minute or its default), at `rate`.
+    Raises BenchError when espeak-ng is missing or fails."""
+    espeak = shutil.which("espeak-ng")
+    if espeak is None:
+        raise BenchError("espeak-ng is not installed (script/setup installs it)")
+    with tempfile.TemporaryDirectory(prefix="lfm-bench-") as tmp:
+        source, wav = Path(tmp) / "text.txt", Path(tmp) / "speech.wav"
+        source.write_text(text, encoding="utf-8")
+        pace = [] if speed is None else ["-s", str(speed)]
+        cmd = [espeak, "-v", voice, *pace, "-f", str(source), "-w", str(wav)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+        if done.returncode != 0 or not wav.is_file():
+            raise BenchError(
+                f"espeak-ng failed on voice {voice}: {done.stderr.strip() or done.returncode}"
+            )
+        audio = read_wav(wav)
+    return resample(audio.samples, audio.rate, rate)
+
+
 def spoken_query(
     seconds: float = QUERY_SECONDS, rate: int = INPUT_RATE, text: str = QUERY_TEXT
 ) -> Query:
@@ -53,25 +75,12 @@ def spoken_query(
     `seconds`; a synthetic stand-in when espeak-ng is not installed (the source says which)."""
 
     n = round(seconds * rate)
-    espeak = shutil.which("espeak-ng")
-    if espeak is None:
+    if shutil.which("espeak-ng") is None:
         speech = synthetic_speech(seconds, rate)
         source = "synthetic speech-like signal (espeak-ng is not installed)"
     else:
-        with tempfile.TemporaryDirectory(prefix="lfm-bench-") as tmp:
-            wav = Path(tmp) / "query.wav"
-            done = subprocess.run(
-                [espeak, "-v", "en-us", "-w", str(wav), text],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            )
-            if done.returncode != 0 or not wav.is_file():
-                raise BenchError(f"espeak-ng failed: {done.stderr.strip() or done.returncode}")
-            audio = read_wav(wav)
-        speech = resample(audio.samples, audio.rate, rate)
-        source = f"espeak-ng en-us at {audio.rate} Hz resampled to {rate}: {text!r}"
+        speech = espeak_speech(text, rate=rate)
+        source = f"espeak-ng en-us resampled to {rate} Hz: {text!r}"
     speech_seconds = min(speech.size, n) / rate
     samples = np.zeros(n, np.float32)
     samples[: min(n, speech.size)] = speech[:n]

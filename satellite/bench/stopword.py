@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import ast
 import re
-import subprocess
 import sys
 import sysconfig
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -25,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from satellite.audio.convert import FloatArray, float_to_pcm16, resample
+from satellite.audio.convert import FloatArray, float_to_pcm16
 from satellite.audio.wake import WakeWordDetector
-from satellite.audio.wavfile import read_wav
 from satellite.bench.harness import BenchError
+from satellite.bench.query import espeak_speech
 from satellite.settings import WakeSettings
 
 RATE = 16_000
@@ -77,22 +75,6 @@ def corpus_sentences() -> Iterator[str]:
                 yield sentence
 
 
-def spoken(text: str, voice: str, speed: int) -> FloatArray:
-    """`text` spoken by espeak-ng at 16 kHz."""
-    with tempfile.TemporaryDirectory(prefix="lfm-stopword-") as folder:
-        source, wav = Path(folder) / "text.txt", Path(folder) / "speech.wav"
-        source.write_text(text, encoding="utf-8")
-        cmd = ["espeak-ng", "-v", voice, "-s", str(speed), "-f", str(source), "-w", str(wav)]
-        try:
-            subprocess.run(cmd, check=True, timeout=600, capture_output=True)
-        except FileNotFoundError:
-            raise BenchError("espeak-ng is not installed (script/setup installs it)") from None
-        except subprocess.CalledProcessError as err:
-            raise BenchError(f"espeak-ng failed on voice {voice}: {err.stderr!r}") from None
-        audio = read_wav(wav)
-    return resample(audio.samples, audio.rate, RATE)
-
-
 def speech_without_the_word(seconds: float) -> Iterator[tuple[str, str, FloatArray]]:
     """(voice/speed, text, audio) segments until `seconds` of speech are made; voices and
     speeds take turns."""
@@ -111,7 +93,7 @@ def speech_without_the_word(seconds: float) -> Iterator[tuple[str, str, FloatArr
         voice = VOICES[index % len(VOICES)]
         speed = SPEEDS[(index // len(VOICES)) % len(SPEEDS)]
         index += 1
-        audio = spoken(" ".join(text), voice, speed)
+        audio = espeak_speech(" ".join(text), voice, speed)
         audio = audio[: max(0, round((seconds - made) * RATE))]
         made += audio.size / RATE
         yield f"{voice}/{speed}", " ".join(text), audio
@@ -161,7 +143,7 @@ def detections(detector: WakeWordDetector) -> dict[str, Any]:
     for phrase in STOP_PHRASES:
         for voice in VOICES:
             for speed in SPEEDS:
-                speech = spoken(phrase, voice, speed)
+                speech = espeak_speech(phrase, voice, speed)
                 rms = float(np.sqrt(np.mean(speech.astype(np.float64) ** 2)))
                 for snr in SNRS_DB:
                     audio = np.concatenate([pad, speech, pad])

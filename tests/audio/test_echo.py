@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from satellite.audio.echo import FRAME, EchoCanceller
-from satellite.bench.echo import Room, _db, cancel, scene
+from satellite.bench.echo import Room, cancel, db_ratio, scene
 from satellite.settings import Settings
 from tests.satellite_support import daemon_settings, run_to_end, script_wav, wake_and_ask
 
@@ -23,9 +23,9 @@ def test_the_echo_is_taken_out_and_the_user_kept() -> None:
     n = out.shape[0]
     quiet = made.user[:n] == 0
     quiet[:16000] = False
-    erle = _db(made.mic[:n][quiet], out[quiet])
+    erle = db_ratio(made.mic[:n][quiet], out[quiet])
     talking = made.user[:n] != 0
-    kept = _db(out[talking], made.user[:n][talking])
+    kept = db_ratio(out[talking], made.user[:n][talking])
     assert erle >= 18.0, f"ERLE {erle:.1f} dB"
     assert -4.0 <= kept <= 3.0, f"the user's speech {kept:+.1f} dB"
     assert cost < 2.0, f"{cost:.2f} ms of CPU per 10 ms"
@@ -38,7 +38,7 @@ def test_nothing_playing_passes_the_capture_through() -> None:
     tone = (0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype("<i2")
     out = np.frombuffer(canceller.process(tone.tobytes()), "<i2").astype(np.float64)
     assert out.shape[0] == 16000 and canceller.echo_frames == 0
-    assert abs(_db(out[4000:], tone[4000:].astype(np.float64))) < 1.0
+    assert abs(db_ratio(out[4000:], tone[4000:].astype(np.float64))) < 1.0
 
 
 def test_reference_left_waiting_by_a_capture_stall_is_dropped() -> None:
