@@ -10,7 +10,8 @@ echo canceller; speexdsp's canceller is older and needs its delay and tail set b
 The reference is what the speaker plays, as it plays it: the backend hands each block to
 `played` when it goes to the device (the sound card's callback) or, for the simulated
 speakers, when its time comes. Blocks wait in a queue (appends from the audio thread, reads in
-the loop's) with the time they came, and are read 10 ms at a time as capture frames are
+the loop's: the capture's preallocated `RingBuffer`, so the sound card's callback allocates
+nothing) with the time the newest ends, and are read 10 ms at a time as capture frames are
 processed, so the reference leads its echo in the capture by the output and input latencies
 and the room's path (about 100 ms on PulseAudio here); AEC3 finds that delay itself
 (`set_stream_delay_ms` gives it the backend's latencies to start from). Reference older than
@@ -22,13 +23,13 @@ passes through.
 
 from __future__ import annotations
 
-import collections
 import time
 
 import numpy as np
 from livekit import rtc
 
 from satellite.audio.convert import FloatArray, StreamResampler
+from satellite.audio.ringbuffer import RingBuffer
 
 RATE = 16_000
 """The capture's rate here (the wake word's and the VAD's)."""
@@ -36,6 +37,8 @@ FRAME = RATE // 100
 """The module works on 10 ms frames."""
 STALE_SECONDS = 0.05
 """Reference played longer ago than this when a capture chunk is processed is dropped."""
+QUEUE_SECONDS = 2.0
+"""Reference held for the capture at most (more waiting is stale in any case)."""
 
 
 class EchoCanceller:
@@ -47,11 +50,13 @@ class EchoCanceller:
         self._apm = rtc.AudioProcessingModule(echo_cancellation=True, high_pass_filter=True)
         self._apm.set_stream_delay_ms(max(0, int(delay_ms)))
         self.output_rate = output_rate
-        self._blocks: collections.deque[tuple[float, FloatArray]] = collections.deque()
+        self._queue = RingBuffer(round(QUEUE_SECONDS * output_rate), np.float32)
+        self._queued_end = 0.0
+        """`time.monotonic()` when the last sample in `_queue` is played."""
         self._resampler = StreamResampler(output_rate, RATE)
         self._reference = np.zeros(0, np.float32)
         self._reference_end = 0.0
-        """`time.monotonic()` when the last sample of `_reference` was handed to the speaker."""
+        """`time.monotonic()` when the last sample of `_reference` is played."""
         self._capture = b""
         self.frames = 0
         """Capture frames processed."""
@@ -64,7 +69,9 @@ class EchoCanceller:
         """A block the speaker plays from `at` on (mono float32 at `output_rate`; `at`:
         `time.monotonic()`, now unless given)."""
         when = time.monotonic() if at is None else at
-        self._blocks.append((when, np.array(samples, dtype=np.float32, copy=True)))
+        stored = self._queue.write(samples)
+        if stored:
+            self._queued_end = when + stored / self.output_rate
 
     def process(self, pcm: bytes, now: float | None = None) -> bytes:
         """16 kHz 16-bit mono capture in, the same with the echo taken out. Whole 10 ms frames
@@ -105,12 +112,13 @@ class EchoCanceller:
         return float(10 * np.log10(self._energy_in / max(self._energy_out, 1.0)))
 
     def _take_reference(self, now: float) -> None:
-        parts = [self._reference]
-        while self._blocks:
-            when, block = self._blocks.popleft()
-            parts.append(self._resampler.process(block))
-            self._reference_end = when + block.shape[0] / self.output_rate
-        reference = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        reference = self._reference
+        end = self._queued_end  # (a block written meanwhile shifts this by one block at most)
+        waiting = np.empty(len(self._queue), np.float32)
+        if waiting.shape[0]:
+            self._queue.read_into(waiting)
+            reference = np.concatenate([reference, self._resampler.process(waiting)])
+            self._reference_end = end
         oldest = self._reference_end - reference.shape[0] / RATE
         stale = round((now - STALE_SECONDS - oldest) * RATE)
         self._reference = reference[stale:] if stale > 0 else reference
