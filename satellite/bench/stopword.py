@@ -59,20 +59,20 @@ def corpus_sentences() -> Iterator[str]:
         except (SyntaxError, ValueError):
             continue
         for node in ast.walk(tree):
-            if not isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef):
-                continue
-            doc = ast.get_docstring(node)
-            if not doc:
-                continue
-            for sentence in re.split(r"(?<=[.!?])\s+", " ".join(doc.split())):
-                words = sentence.split()
-                if len(words) < 6 or "stop" in sentence.lower():
-                    continue
-                if sum(bool(WORD.fullmatch(w.strip(".,;:!?()'\""))) for w in words) < 0.8 * len(
-                    words
-                ):
-                    continue
-                yield sentence
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef):
+                yield from _prose(ast.get_docstring(node) or "")
+
+
+def _prose(doc: str) -> Iterator[str]:
+    """The sentences of `doc` that are prose (at least six words, four in five of them
+    words) and do not say "stop"."""
+    for sentence in re.split(r"(?<=[.!?])\s+", " ".join(doc.split())):
+        words = sentence.split()
+        if len(words) < 6 or "stop" in sentence.lower():
+            continue
+        wordlike = sum(bool(WORD.fullmatch(w.strip(".,;:!?()'\""))) for w in words)
+        if wordlike >= 0.8 * len(words):
+            yield sentence
 
 
 def speech_without_the_word(seconds: float) -> Iterator[tuple[str, str, FloatArray]]:
