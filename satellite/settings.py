@@ -119,6 +119,20 @@ class AudioSettings:
     over a reply is heard no more often than without it (docs/PERFORMANCE.md, `lfm-satellite
     bench echo`)."""
 
+    noise_suppression: int = field(default=2, metadata=limits(0, 4))
+    """WebRTC noise suppression on the microphone before the wake word and end-of-speech
+    models hear it: 0 (off) to 4 (strongest). It takes out steady noise: with a fan 5 dB
+    under the user the wake word was heard 9 times in 12 at level 2 and once without, the
+    end of speech found 12 times and 7. A TV's talk and music are not steady: over a TV it
+    changes nothing (the endpointer's `vad.voice_gate_db` is what helps there). About 0.02 ms
+    of CPU per 10 ms (docs/PERFORMANCE.md, `lfm-satellite bench noise`)."""
+
+    auto_gain: int = field(default=0, metadata=limits(0, 31))
+    """WebRTC automatic gain on the microphone, aiming for this many dB below full scale
+    (1 to 31; 0: off). For a far-away user or a quiet microphone: with the user at -60 dBFS
+    the end of speech was found 12 times in 12 at 5 and once without. Off by default: it
+    also turns the satellite's own voice and the room up, which is not yet measured."""
+
     awake_sound: str | None = None
     """WAV file played when the wake word is detected; none by default."""
 
@@ -175,6 +189,14 @@ class VadSettings:
 
     min_speech_ms: int = field(default=150, metadata=limits(0, 5000))
     """Shorter bursts of speech are ignored as noise."""
+
+    voice_gate_db: float = field(default=6.0, metadata=limits(0.0, 40.0))
+    """In a room that was loud before the user spoke, a frame counts as their speech only
+    when it is at most this many dB below their voice (the level of their louder speech so
+    far) or clearly louder than the room was, so that a TV or people talking further away do
+    not hold the utterance open: over a TV 10 dB under the user the end of speech was found
+    in 10 of 12 commands with it and 0 of 12 without (`lfm-satellite bench noise`). In a
+    quiet room it changes nothing. 0: off."""
 
     speculative: bool = True
     """`local` mode: when the user pauses (100 ms), read their speech into the model and begin

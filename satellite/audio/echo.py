@@ -29,6 +29,7 @@ import numpy as np
 from livekit import rtc
 
 from satellite.audio.convert import FloatArray, StreamResampler
+from satellite.audio.framing import FrameSplitter
 from satellite.audio.ringbuffer import RingBuffer
 
 RATE = 16_000
@@ -57,7 +58,7 @@ class EchoCanceller:
         self._reference = np.zeros(0, np.float32)
         self._reference_end = 0.0
         """`time.monotonic()` when the last sample of `_reference` is played."""
-        self._capture = b""
+        self._capture = FrameSplitter(2 * FRAME)
         self.frames = 0
         """Capture frames processed."""
         self.echo_frames = 0
@@ -78,11 +79,8 @@ class EchoCanceller:
         are processed; the rest waits for the next call (what comes out lags by under 10 ms).
         `now`: when the capture came (`time.monotonic()` unless given)."""
         self._take_reference(time.monotonic() if now is None else now)
-        data = self._capture + pcm
-        whole = len(data) - len(data) % (2 * FRAME)
-        self._capture = data[whole:]
         out = bytearray()
-        for start in range(0, whole, 2 * FRAME):
+        for captured in self._capture.split(pcm):
             reference = self._reference[:FRAME]
             self._reference = self._reference[FRAME:]
             if reference.shape[0] < FRAME:
@@ -90,7 +88,6 @@ class EchoCanceller:
             playing = bool(np.any(reference))
             render = rtc.AudioFrame(_pcm16(reference), RATE, 1, FRAME)
             self._apm.process_reverse_stream(render)
-            captured = data[start : start + 2 * FRAME]
             frame = rtc.AudioFrame(captured, RATE, 1, FRAME)
             self._apm.process_stream(frame)
             cleaned = bytes(frame.data)

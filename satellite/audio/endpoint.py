@@ -12,6 +12,14 @@ about 0.65 s after the last, which would add 0.65 s to every reply's latency. Th
 answers -1 (not speech) for its first 0.76 s of audio, so feed the endpointer continuously
 (e.g. the audio around the wake word too) rather than resetting it per utterance.
 
+In a room that was loud before the user spoke (a TV talking, people further away), the VAD
+hears speech that is not the user's and would hold the utterance open. With
+`voice_gate_db`, a speech frame of the utterance counts only when it is within that many dB
+of the user's voice (the 75th percentile of their speech frames' levels, the last 3 s) or
+more than 3 dB over the room's loud level (the 90th percentile of the 4 s of levels before
+they spoke, the wake word left out). In a quiet room every sound the user makes is over the
+room's level, so nothing changes there.
+
 - `SpeechStarted` once `min_speech_ms` of speech frames have been seen with no gap longer
   than 50 ms; shorter bursts are ignored. The start is moved back over the loud frames just
   before the VAD noticed (bounded by the ring), so it marks the first syllable.
@@ -37,6 +45,7 @@ from typing import Literal
 import numpy as np
 from pymicro_vad import MicroVad
 
+from satellite.audio.framing import FrameSplitter
 from satellite.settings import VadSettings
 
 SAMPLE_RATE = 16000
@@ -54,6 +63,19 @@ NOISE_FRAMES = 100
 ABSOLUTE_QUIET = 10 ** (-60 / 20)
 """Frame RMS (full scale 1.0) below which a frame is always quiet (-60 dBFS)."""
 QUIET_MARGIN = 10 ** (6 / 20)
+VOICE_FRAMES = 300
+"""Speech frames (3 s) over which the user's voice level is taken (`voice_gate_db`)."""
+VOICE_PERCENTILE = 75
+"""The user's voice: this percentile of the levels of their speech frames."""
+ROOM_FRAMES = 400
+"""Frames (4 s) before speech over which the room's loud level is taken (`voice_gate_db`)."""
+WAKE_WORD_FRAMES = 120
+"""The newest room frames `restart` forgets: the wake word just said (1.2 s at most)."""
+ROOM_PERCENTILE = 90
+"""The room's loud level: this percentile of the levels heard before the user spoke."""
+ROOM_MARGIN_DB = 3.0
+"""A frame this far over the room's loud level is the user's, however far below their voice
+(in a quiet room, every sound the user makes)."""
 """A frame is loud when its RMS is over the noise floor by this factor (6 dB)."""
 
 
@@ -98,6 +120,11 @@ class PauseEnded:
 EndpointEvent = SpeechStarted | UtteranceEnded | PauseStarted | PauseEnded
 
 
+def _db(level: float) -> float:
+    """A frame's RMS (full scale 1.0) in dBFS, at least -120."""
+    return float(20 * np.log10(max(level, 1e-6)))
+
+
 def _frames(ms: float) -> int:
     return max(0, round(ms / FRAME_MS))
 
@@ -113,11 +140,16 @@ class Endpointer:
         self._trailing = max(1, _frames(settings.trailing_silence_ms))
         self._pause = max(1, _frames(PAUSE_MS))
         self._max_frames = max(1, _frames(settings.max_utterance_seconds * 1000))
-        self._pending = b""
+        self._frames = FrameSplitter(FRAME_BYTES)
         self._frame = 0
         ring = self._preroll + self._min_speech + GAP_FRAMES + LOOKBACK_FRAMES
         self._ring: deque[tuple[bytes, bool]] = deque(maxlen=ring)
         self._levels: deque[float] = deque(maxlen=NOISE_FRAMES)
+        self._room: deque[float] = deque(maxlen=ROOM_FRAMES)
+        """Levels (dBFS) of the latest `ROOM_FRAMES` frames since the last utterance ended
+        (speech the VAD heard that was not the user's, a TV's, included)."""
+        self._room_db = -120.0
+        """The room's loud level when this utterance started."""
         self._run = 0
         self._gap = 0
         self._run_start = 0
@@ -126,15 +158,15 @@ class Endpointer:
         self._start_frame = 0
         self._speech_frame = 0
         self._silence = 0
+        self._voice: deque[float] = deque(maxlen=VOICE_FRAMES)
+        """Levels (dBFS) of this utterance's speech frames, the latest `VOICE_FRAMES`."""
+        self._gate = settings.voice_gate_db
 
     def process(self, chunk: bytes) -> list[EndpointEvent]:
         """Feed PCM of any length; returns the events it completes, oldest first."""
-        data = self._pending + chunk
-        whole = len(data) - len(data) % FRAME_BYTES
-        self._pending = data[whole:]
         events: list[EndpointEvent] = []
-        for offset in range(0, whole, FRAME_BYTES):
-            event = self._step(data[offset : offset + FRAME_BYTES])
+        for frame in self._frames.split(chunk):
+            event = self._step(frame)
             if event is not None:
                 events.append(event)
         return events
@@ -150,10 +182,13 @@ class Endpointer:
         loud = level > self._quiet_level()
         speech = loud and probability > self.settings.threshold
         self._frame += 1
+        self._room.append(_db(level))
         if not self._speaking:
             self._levels.append(level)
             return self._listen(frame, speech, loud)
         self._utterance.append(frame)
+        if speech and self._gate:
+            speech = self._near_the_voice(level)
         if speech:
             paused = self._silence >= self._pause
             self._silence = 0
@@ -168,6 +203,17 @@ class Endpointer:
         if self._frame - self._speech_frame >= self._max_frames:
             return self._end("max_length")
         return None
+
+    def _near_the_voice(self, level: float) -> bool:
+        """Whether a speech frame is the user's: within the gate of their voice, or clearly
+        louder than the room was before they spoke (if it is, it joins the voice's levels)."""
+        db = _db(level)
+        if len(self._voice) >= self._min_speech:
+            voice = float(np.percentile(self._voice, VOICE_PERCENTILE))
+            if db < voice - self._gate and db < self._room_db + ROOM_MARGIN_DB:
+                return False
+        self._voice.append(db)
+        return True
 
     def _listen(self, frame: bytes, speech: bool, loud: bool) -> SpeechStarted | None:
         self._ring.append((frame, loud))
@@ -188,7 +234,10 @@ class Endpointer:
             first -= 1
         start = max(0, first - self._preroll)
         self._speaking = True
+        self._voice.clear()
         self._speech_frame = self._frame - (len(frames) - first)
+        before = list(self._room)[: max(0, len(self._room) - (self._frame - self._speech_frame))]
+        self._room_db = float(np.percentile(before, ROOM_PERCENTILE)) if before else -120.0
         self._start_frame = self._frame - (len(frames) - start)
         self._utterance = [data for data, _ in frames[start:]]
         self._silence = 0
@@ -207,13 +256,17 @@ class Endpointer:
         self._speaking = False
         self._utterance = []
         self._silence = 0
+        self._room.clear()
         return event
 
     def restart(self) -> None:
         """Look for a new utterance from here on (after the wake word): any utterance or run
-        of speech in progress is dropped, and so is the preroll ring (it holds the wake word).
-        The VAD's state, the noise floor and the clock are kept."""
+        of speech in progress is dropped, and so is the preroll ring (it holds the wake word),
+        and the wake word's levels from the room's. The VAD's state, the noise floor and the
+        clock are kept."""
         self._ring.clear()
+        for _ in range(min(WAKE_WORD_FRAMES, len(self._room))):
+            self._room.pop()
         self._run = self._gap = 0
         self._speaking = False
         self._utterance = []
@@ -222,10 +275,11 @@ class Endpointer:
     def reset(self) -> None:
         """Forget all audio (the VAD's state, the ring, any utterance) and restart the clock."""
         self._vad.reset()
-        self._pending = b""
+        self._frames.clear()
         self._frame = 0
         self._ring.clear()
         self._levels.clear()
+        self._room.clear()
         self._run = self._gap = 0
         self._speaking = False
         self._utterance = []

@@ -74,6 +74,7 @@ from satellite.audio.endpoint import (
     SpeechStarted,
     UtteranceEnded,
 )
+from satellite.audio.noise import NoiseGain
 from satellite.audio.pacing import Pacer
 from satellite.audio.sounds import chime, listen_tone, load_sound
 from satellite.audio.wake import Detection as WakeDetection
@@ -135,6 +136,14 @@ class Daemon:
         self.echo: EchoCanceller | None = None
         """The echo canceller on the capture (`audio.echo_cancellation`; made at `start`,
         once the backend knows its latencies)."""
+        audio = settings.audio
+        self.noise = (
+            NoiseGain(audio.noise_suppression, audio.auto_gain)
+            if audio.noise_suppression or audio.auto_gain
+            else None
+        )
+        """Noise suppression and automatic gain on the capture, after the echo canceller
+        (`audio.noise_suppression`, `audio.auto_gain`; None when both are off)."""
         self.wake = WakeWordDetector(self._wake_settings(self.controls))
         wake = settings.wake
         self.stop_word = (
@@ -620,6 +629,8 @@ class Daemon:
         pcm = self._to_16k(chunk)
         if self.echo is not None:
             pcm = self.echo.process(pcm)
+        if self.noise is not None:
+            pcm = self.noise.process(pcm)
         route = machine.routing(
             muted=self.controls.muted,
             playing=self.playing,
