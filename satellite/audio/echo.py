@@ -12,18 +12,26 @@ The reference is what the speaker plays, as it plays it: the backend hands each 
 speakers, when its time comes. Blocks wait in a queue (appends from the audio thread, reads in
 the loop's: the capture's preallocated `RingBuffer`, so the sound card's callback allocates
 nothing) with the time the newest ends, and are read 10 ms at a time as capture frames are
-processed, so the reference leads its echo in the capture by the output and input latencies
-and the room's path (about 100 ms on PulseAudio here); AEC3 finds that delay itself
-(`set_stream_delay_ms` gives it the backend's latencies to start from). Reference older than
-`STALE_SECONDS` when the capture comes is dropped: after the capture has stalled (a stream
-reopened, the loop held up) it would otherwise wait in the queue and lag its echo from then
-on, beyond what AEC3 can find. Where nothing plays, the reference is silence and the capture
+processed, each capture frame paired with the oldest reference not yet read. AEC3 finds the
+echo's delay from there (`set_stream_delay_ms` gives it the backend's latencies to start
+from), as long as the pairing stays put and the reference comes before its echo.
+
+So the reference's lag (how long ago the oldest unread reference played, when a capture
+chunk comes) is kept small, but only by trims that are rare: over `STALL_SECONDS` (the
+capture stalled: a stream reopened, the loop held up) it is trimmed at once, else only when
+it has stayed over `STALE_SECONDS` for a whole `LAG_WINDOW_SECONDS` (then to
+`TARGET_SECONDS`). The callbacks' and the capture's times jitter by tens of milliseconds on
+PulseAudio; trimming on each reading over the limit (as this did at first) dropped a few ms
+of reference every few tenths of a second, each drop moved the echo under AEC3, and the echo
+leaked through (12-16 dB taken off; with the window, 75 dB once settled on a real
+PulseAudio server's loopback). Where nothing plays, the reference is silence and the capture
 passes through.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 
 import numpy as np
 from livekit import rtc
@@ -37,7 +45,13 @@ RATE = 16_000
 FRAME = RATE // 100
 """The module works on 10 ms frames."""
 STALE_SECONDS = 0.05
-"""Reference played longer ago than this when a capture chunk is processed is dropped."""
+"""The reference's lag: how long ago the oldest reference not yet read played, when a capture
+chunk is processed. Over this for all of `LAG_WINDOW_SECONDS`, the reference is trimmed to
+`TARGET_SECONDS` of lag."""
+TARGET_SECONDS = 0.025
+STALL_SECONDS = 0.5
+"""A lag over this is trimmed at once (to `STALE_SECONDS`): the capture stalled."""
+LAG_WINDOW_SECONDS = 1.0
 QUEUE_SECONDS = 2.0
 """Reference held for the capture at most (more waiting is stale in any case)."""
 
@@ -59,6 +73,13 @@ class EchoCanceller:
         self._reference_end = 0.0
         """`time.monotonic()` when the last sample of `_reference` is played."""
         self._capture = FrameSplitter(2 * FRAME)
+        self._lags: deque[tuple[float, float, float]] = deque()
+        """(when, lag, surplus) of the capture chunks of the last `LAG_WINDOW_SECONDS`: the
+        surplus is the reference left over once the chunk has read its share, in seconds."""
+        self._lag_known = False
+        """Whether a lag has been read (the first reading is trimmed at once)."""
+        self.trimmed = 0
+        """Reference samples (16 kHz) dropped to keep the lag."""
         self.frames = 0
         """Capture frames processed."""
         self.echo_frames = 0
@@ -78,9 +99,10 @@ class EchoCanceller:
         """16 kHz 16-bit mono capture in, the same with the echo taken out. Whole 10 ms frames
         are processed; the rest waits for the next call (what comes out lags by under 10 ms).
         `now`: when the capture came (`time.monotonic()` unless given)."""
-        self._take_reference(time.monotonic() if now is None else now)
+        frames = self._capture.split(pcm)
+        self._take_reference(time.monotonic() if now is None else now, len(frames) * FRAME)
         out = bytearray()
-        for captured in self._capture.split(pcm):
+        for captured in frames:
             reference = self._reference[:FRAME]
             self._reference = self._reference[FRAME:]
             if reference.shape[0] < FRAME:
@@ -108,7 +130,9 @@ class EchoCanceller:
             return None
         return float(10 * np.log10(self._energy_in / max(self._energy_out, 1.0)))
 
-    def _take_reference(self, now: float) -> None:
+    def _take_reference(self, now: float, needed: int) -> None:
+        """The reference queued since the last call, the lag kept (see the module docstring);
+        `needed`: the samples of it the capture frames now being processed will read."""
         reference = self._reference
         end = self._queued_end  # (a block written meanwhile shifts this by one block at most)
         waiting = np.empty(len(self._queue), np.float32)
@@ -116,9 +140,28 @@ class EchoCanceller:
             self._queue.read_into(waiting)
             reference = np.concatenate([reference, self._resampler.process(waiting)])
             self._reference_end = end
-        oldest = self._reference_end - reference.shape[0] / RATE
-        stale = round((now - STALE_SECONDS - oldest) * RATE)
-        self._reference = reference[stale:] if stale > 0 else reference
+        lag = now - (self._reference_end - reference.shape[0] / RATE)
+        surplus = (reference.shape[0] - needed) / RATE
+        self._lags.append((now, lag, surplus))
+        while self._lags and self._lags[0][0] < now - LAG_WINDOW_SECONDS:
+            self._lags.popleft()
+        least = min(seen for _, seen, _ in self._lags)
+        spare = min(left for _, _, left in self._lags)
+        settled = now - self._lags[0][0] >= LAG_WINDOW_SECONDS / 2
+        trim = 0.0
+        if lag > STALL_SECONDS:
+            trim = lag - STALE_SECONDS
+        elif (settled or not self._lag_known) and least > STALE_SECONDS:
+            # only what waited all along can go: where the capture reads the reference as
+            # it comes, a lag is the clocks' and trimming would eat the reference
+            trim = min(least - TARGET_SECONDS, spare)
+        self._lag_known = True
+        drop = min(reference.shape[0], round(trim * RATE))
+        if drop > 0:
+            reference = reference[drop:]
+            self.trimmed += drop
+            self._lags.clear()
+        self._reference = reference
 
 
 def _pcm16(samples: FloatArray) -> bytes:
