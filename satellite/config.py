@@ -344,6 +344,12 @@ class _Checker:
                 ("audio", "input_file"),
                 "the file backend needs an input WAV file; set audio.input_file",
             )
+        if a.barge_in == "voice" and not a.echo_cancellation and self.ok("audio.barge_in"):
+            self.problem(
+                ("audio", "barge_in"),
+                "barge-in by voice hears the user over the satellite's own voice through the "
+                "echo canceller; set audio.echo_cancellation: true",
+            )
         for key in ("input_file", "awake_sound", "done_sound", "listen_sound", "timer_sound"):
             self.check_readable(("audio", key), getattr(a, key))
         d = s.device_control

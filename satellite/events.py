@@ -98,6 +98,16 @@ class StopWordHeard(DaemonEvent):
 
 
 @dataclass(frozen=True)
+class VoiceBargedIn(DaemonEvent):
+    """The user spoke over what the satellite played (`audio.barge_in: voice`): it stopped
+    and a turn opened."""
+
+    kind: ClassVar[str] = "voice_barge_in"
+    stopped: str
+    """What it ended: `reply`, `announcement`, `tts` (Home Assistant's reply), ..."""
+
+
+@dataclass(frozen=True)
 class SpeechStarted(DaemonEvent):
     kind: ClassVar[str] = "speech_started"
 

@@ -107,9 +107,12 @@ class AudioSettings:
     volume: float = field(default=1.0, metadata=limits(0.0, 1.0))
     """Playback volume at start, 0.0 to 1.0 (Home Assistant can change it over MQTT)."""
 
-    barge_in: bool = True
+    barge_in: bool | Literal["voice"] = True
     """Keep listening for the wake word while the satellite speaks, and stop speaking when
-    it is heard. When false the microphone is gated during playback."""
+    it is heard. `voice`: also stop when the user simply starts speaking over it (needs
+    `audio.echo_cancellation: true`: the user is told from what is left of the satellite's
+    own voice by level; `lfm-satellite bench echo`), and take what they say as the next
+    question. When false the microphone is gated during playback."""
 
     echo_cancellation: bool = False
     """Take the satellite's own sound (replies, announcements, chimes) out of the microphone

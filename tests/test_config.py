@@ -91,6 +91,14 @@ MALFORMED = [
         ["directory not found"],
     ),
     ("logging:\n  file: /nonexistent/dir/x.log\n", "2:9", "logging.file", ["does not exist"]),
+    (
+        "audio:\n  barge_in: voice\n",
+        "2:13",
+        "audio.barge_in",
+        ["through the echo canceller", "audio.echo_cancellation: true"],
+    ),
+    ("audio:\n  barge_in: voices\n", "2:13", "audio.barge_in", ["'voices'", "true or false"]),
+    ("audio:\n  noise_suppression: 5\n", "2:22", "audio.noise_suppression", ["5"]),
 ]
 
 
@@ -138,7 +146,9 @@ def test_values_are_applied(tmp_path: Path) -> None:
         "satellite: {name: Kitchen, area: kitchen, mode: ha}\n"
         "mqtt: {port: 8883, protocol: 3.1.1, tls: true}\n"
         "model: {providers: [cuda, cpu], threads: 2}\n"
-        "audio: {input_device: 3, output_device: USB}\n"
+        "audio: {input_device: 3, output_device: USB, barge_in: voice, "
+        "echo_cancellation: true, auto_gain: 12}\n"
+        "vad: {voice_gate_db: 0}\n"
     )
     s = load_config(path).settings
     assert (s.satellite.name, s.satellite.mode, s.mqtt.port, s.mqtt.protocol) == (
@@ -149,6 +159,7 @@ def test_values_are_applied(tmp_path: Path) -> None:
     )
     assert s.model.providers == ["cuda", "cpu"]
     assert (s.audio.input_device, s.audio.output_device) == (3, "USB")
+    assert (s.audio.barge_in, s.audio.auto_gain, s.vad.voice_gate_db) == ("voice", 12, 0.0)
 
 
 def test_missing_unreadable_and_binary_files(tmp_path: Path) -> None:

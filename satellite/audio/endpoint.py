@@ -120,6 +120,12 @@ class PauseEnded:
 EndpointEvent = SpeechStarted | UtteranceEnded | PauseStarted | PauseEnded
 
 
+def _level(frame: bytes) -> float:
+    """A frame's RMS, full scale 1.0."""
+    samples = np.frombuffer(frame, dtype="<i2").astype(np.float64) / 32768.0
+    return float(np.sqrt(np.mean(samples * samples)))
+
+
 def _db(level: float) -> float:
     """A frame's RMS (full scale 1.0) in dBFS, at least -120."""
     return float(20 * np.log10(max(level, 1e-6)))
@@ -177,8 +183,7 @@ class Endpointer:
 
     def _step(self, frame: bytes) -> EndpointEvent | None:
         probability = self._vad.process_10ms(frame)
-        samples = np.frombuffer(frame, dtype="<i2").astype(np.float64) / 32768.0
-        level = float(np.sqrt(np.mean(samples * samples)))
+        level = _level(frame)
         loud = level > self._quiet_level()
         speech = loud and probability > self.settings.threshold
         self._frame += 1
@@ -259,12 +264,22 @@ class Endpointer:
         self._room.clear()
         return event
 
-    def restart(self) -> None:
+    def restart(self, keep_recent: bool = False) -> None:
         """Look for a new utterance from here on (after the wake word): any utterance or run
         of speech in progress is dropped, and so is the preroll ring (it holds the wake word),
         and the wake word's levels from the room's. The VAD's state, the noise floor and the
-        clock are kept."""
+        clock are kept. `keep_recent`: the user is already speaking their question (a
+        barge-in by voice), so the ring keeps the last second heard, from the utterance in
+        progress if there is one: the next utterance's start can reach back into it."""
+        recent: list[tuple[bytes, bool]] = []
+        if keep_recent and self._speaking:
+            quiet = self._quiet_level()
+            kept = self._utterance[-(self._ring.maxlen or 0) :]
+            recent = [(frame, _level(frame) > quiet) for frame in kept]
+        elif keep_recent:
+            recent = list(self._ring)
         self._ring.clear()
+        self._ring.extend(recent)
         for _ in range(min(WAKE_WORD_FRAMES, len(self._room))):
             self._room.pop()
         self._run = self._gap = 0

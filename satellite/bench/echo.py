@@ -8,7 +8,9 @@ from 3 s in, the user saying the wake word and a question over it. The capture r
 exactly as the daemon does. Figures per room: echo return loss enhancement (ERLE, dB, over
 the echo-only audio after the first second), how much of the user's speech is kept (dB), the
 wake word heard over the reply with and without the canceller, speech the end-of-speech
-model finds in the echo alone with and without it, and the canceller's cost per 10 ms.
+model finds in the echo alone with and without it, barge-in by voice (how soon after the
+user starts it fires, and whether it fires on the echo alone, through the canceller), and the
+canceller's cost per 10 ms.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from satellite.audio.bargein import VoiceBargeIn
 from satellite.audio.convert import FloatArray, float_to_pcm16, resample
 from satellite.audio.echo import EchoCanceller
 from satellite.audio.endpoint import Endpointer, SpeechStarted
@@ -43,6 +46,10 @@ ROOMS: tuple[tuple[int, float], ...] = (
     (60, -12.0),
     (120, -20.0),
     (120, -6.0),
+    (40, -10.0),
+    (80, -16.0),
+    (30, -3.0),
+    (100, -9.0),
     (60, -120.0),
 )
 """(delay ms, echo level dB below the reply) of each scripted room; the last has no echo to
@@ -148,6 +155,17 @@ def _speech_found(audio: FloatArray) -> int:
     return found
 
 
+def voice_heard(audio: FloatArray, mic: FloatArray) -> float | None:
+    """Seconds into `audio` (the canceller's output of the microphone's `mic`, fed 20 ms at a
+    time from the start of the reply) at which barge-in by voice fires; None: never."""
+    detector = VoiceBargeIn()
+    pcm, raw = float_to_pcm16(audio), float_to_pcm16(mic[: audio.shape[0]])
+    for i in range(0, len(pcm), 2 * CHUNK):
+        if detector.process(pcm[i : i + 2 * CHUNK], raw[i : i + 2 * CHUNK]):
+            return (i // 2 + CHUNK) / RATE
+    return None
+
+
 def measure(room: Room) -> dict[str, Any]:
     made = scene(room)
     out, cost = cancel(made)
@@ -160,6 +178,8 @@ def measure(room: Room) -> dict[str, Any]:
     kept = db_ratio(out[talking], user[talking]) if talking.any() else None
     echo_only = made.echo[: round(USER_AT * RATE)]
     cancelled_echo, _ = cancel(Scene(made.reply, echo_only, echo_only, np.zeros_like(echo_only)))
+    whole_echo, _ = cancel(Scene(made.reply, made.echo, made.echo, np.zeros_like(made.echo)))
+    barged = voice_heard(out, made.mic)
     return {
         "delay_ms": room.delay_ms,
         "level_db": room.level_db,
@@ -169,6 +189,11 @@ def measure(room: Room) -> dict[str, Any]:
         "speech_in_echo": {
             "without": _speech_found(echo_only),
             "with": _speech_found(cancelled_echo),
+        },
+        "voice_barge_in": {
+            "after_user_s": None if barged is None else round(barged - USER_AT, 2),
+            "false_in_echo_alone": voice_heard(whole_echo, made.echo) is not None,
+            "without_canceller": voice_heard(mic, mic) is not None,
         },
         "ms_per_10ms": round(cost, 3),
         "echo_seconds": round(float(np.sum(np.abs(echo) > 0)) / RATE, 1),
@@ -186,13 +211,18 @@ def format_report(report: dict[str, Any]) -> str:
         "echo canceller (WebRTC AEC3 through livekit) in scripted rooms: a 9 s reply, the user "
         f"saying {' / '.join(USER_TEXT)!r} over it from {USER_AT:g} s",
         "  delay ms  level dB   ERLE dB  user kept dB  wake word (without/with)  speech in echo "
-        "(without/with)  ms per 10 ms",
+        "(without/with)  voice barge-in (after the user starts / in the echo alone)  "
+        "ms per 10 ms",
     ]
     for r in report["rooms"]:
         wake = "/".join("yes" if r["wake_heard"][k] else "no" for k in ("without", "with"))
         speech = f"{r['speech_in_echo']['without']}/{r['speech_in_echo']['with']}"
+        voice = r["voice_barge_in"]
+        after = "never" if voice["after_user_s"] is None else f"{voice['after_user_s']:.2f} s"
+        barge = f"{after} / {'FALSE' if voice['false_in_echo_alone'] else 'none'}"
         lines.append(
             f"  {r['delay_ms']:8d}  {r['level_db']:8.0f}  {r['erle_db']:8.1f}  "
-            f"{r['user_kept_db']:12.1f}  {wake:>24}  {speech:>27}  {r['ms_per_10ms']:12.3f}"
+            f"{r['user_kept_db']:12.1f}  {wake:>24}  {speech:>27}  {barge:>56}  "
+            f"{r['ms_per_10ms']:12.3f}"
         )
     return "\n".join(lines)

@@ -65,6 +65,7 @@ from wyoming.wake import Detection
 
 from satellite import events
 from satellite.audio.backends import AudioBackend, Int16Array, open_backend
+from satellite.audio.bargein import VoiceBargeIn
 from satellite.audio.convert import StreamResampler, float_to_pcm16
 from satellite.audio.echo import EchoCanceller
 from satellite.audio.endpoint import (
@@ -108,6 +109,9 @@ CAPTURE_STALL_SECONDS = 3.0
 """No capture chunk for this long: the audio loop is unhealthy."""
 ENGINE_STALL_SECONDS = 120.0
 """One turn in the engine's worker for longer than this: the engine is unhealthy."""
+CAPTURE_GAP_SECONDS = 0.2
+"""A gap between capture chunks longer than this (they come every 20-60 ms) means the capture
+stalled or was reopened: the barge-in-by-voice detector learns the echo's residue anew."""
 
 
 class Daemon:
@@ -144,6 +148,9 @@ class Daemon:
         )
         """Noise suppression and automatic gain on the capture, after the echo canceller
         (`audio.noise_suppression`, `audio.auto_gain`; None when both are off)."""
+        self.voice_barge_in = VoiceBargeIn() if audio.barge_in == "voice" else None
+        """Listens for the user's voice over what plays (`audio.barge_in: voice`)."""
+        self._voice_hearing = False
         self.wake = WakeWordDetector(self._wake_settings(self.controls))
         wake = settings.wake
         self.stop_word = (
@@ -256,6 +263,14 @@ class Daemon:
         elif action is Action.BARGE_IN:
             _LOG.info("wake word: barge-in, stopping the %s", self._busy_with())
             self._interrupt()
+        elif action is Action.BARGE_IN_BY_VOICE:
+            stopped = self._busy_with()
+            margin = self.voice_barge_in.margin_db if self.voice_barge_in else 0.0
+            _LOG.info("the user spoke over the %s (%.0f dB over what is left of its echo): "
+                      "barge-in", stopped, margin)  # fmt: skip
+            self._wait = (self.settings.vad.no_speech_seconds, "barge-in by voice")
+            self._notify(events.VoiceBargedIn(stopped=stopped))
+            self._interrupt()
         elif action is Action.SILENCE_TIMER:
             _LOG.info("silencing the timer")
             self.bell.silence()
@@ -272,7 +287,9 @@ class Daemon:
         elif action is Action.OPEN_TURN:
             self._turn_audio = 0
             self._speech_started = False
-            self.endpointer.restart()
+            # after the wake word, what came before it is dropped; after the user's voice
+            # over a reply, what they have said so far is their question's start
+            self.endpointer.restart(keep_recent=isinstance(cause, machine.VoiceOver))
         elif action is Action.RUN_PIPELINE:
             self.pipeline.start(self.local.wake_word)
         elif action is Action.STOP_STREAM:
@@ -623,10 +640,12 @@ class Daemon:
 
     def on_chunk(self, chunk: Int16Array) -> None:
         """One capture chunk (16-bit mono at `audio.input_rate`)."""
-        self.last_chunk = now = time.monotonic()
+        now = time.monotonic()
+        gap = now - self.last_chunk
+        self.last_chunk = now
         self.chunks += 1
         self.input_jitter.add(chunk.shape[0], now)
-        pcm = self._to_16k(chunk)
+        pcm = raw = self._to_16k(chunk)
         if self.echo is not None:
             pcm = self.echo.process(pcm)
         if self.noise is not None:
@@ -642,6 +661,7 @@ class Daemon:
             for detection in self.wake.process(pcm):
                 self._on_wake(detection)
         self._hear_stop_word(pcm, route.stop_word)
+        self._hear_voice_over(pcm, raw, route.voice, gap)
         if not route.endpointer:
             return
         found = self.endpointer.process(pcm)
@@ -701,6 +721,23 @@ class Daemon:
             _LOG.info("stop word %r (p=%.2f)", detection.wake_word, detection.probability)
             self._notify(events.StopWordHeard(stopped=stopped, probability=detection.probability))
             self._step(machine.StopWord(ringing=ringing, playing=playing), detection)
+
+    def _hear_voice_over(self, pcm: bytes, raw: bytes, listen: bool, gap: float) -> None:
+        """`pcm`: the capture cleaned, `raw`: as the microphone gave it; `gap`: seconds since
+        the chunk before this one."""
+        if self.voice_barge_in is None:
+            return
+        if not listen:
+            self._voice_hearing = False
+            return
+        if not self._voice_hearing or gap > CAPTURE_GAP_SECONDS:
+            # a new spell of playing, or the capture stalled (the echo's delay may have
+            # changed under the canceller): what is left of the echo is learnt anew
+            self.voice_barge_in.restart()
+            self._voice_hearing = True
+        if self.voice_barge_in.process(pcm, raw):
+            voice = machine.VoiceOver(mode=self.mode, ha_connected=self.server.connected)
+            self._step(voice, voice)
 
     def _busy_with(self) -> str:
         if self.state == "responding" or self.playback.kind == "reply":

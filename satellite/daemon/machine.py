@@ -26,6 +26,9 @@ one). Entry and exit actions are written once, in `ENTRY` and `EXIT`: leaving st
 always tells Home Assistant the audio stopped; entering a listening state always opens a turn
 (its counters reset, the endpointer restarted).
 
+The user's voice over what plays (`VoiceOver`, `audio.barge_in: voice`) is a barge-in
+without the wake word: what plays stops and a turn opens that keeps what they have said.
+
 The stop word (`StopWord`) ends what the satellite says, plays or rings without starting a
 turn; it counts only when nothing is being listened to (idle or responding), so "stop the
 music" said as a question is a question.
@@ -54,6 +57,9 @@ class Action(enum.Enum):
     """Stop the reply being generated, the turn's task and whatever plays; drop speculation."""
     BARGE_IN = "barge_in"
     """The wake word came while busy: say what it stops, then as INTERRUPT."""
+    BARGE_IN_BY_VOICE = "barge_in_by_voice"
+    """The user spoke over what plays (`audio.barge_in: voice`): say what it stops, tell
+    observers, then as INTERRUPT; the turn that opens keeps what they have said so far."""
     SILENCE_TIMER = "silence_timer"
     """Stop the ringing timer (its chime with it); other sound plays on."""
     STOP = "stop"
@@ -110,6 +116,16 @@ class StopWord:
 
 
 @dataclass(frozen=True)
+class VoiceOver:
+    """The user's voice over what the satellite plays (`audio.barge_in: voice`)."""
+
+    mode: str
+    """`local` or `ha` (`satellite.mode`)."""
+    ha_connected: bool
+    """Home Assistant holds a live satellite connection."""
+
+
+@dataclass(frozen=True)
 class UtteranceEnd:
     """The endpointer decided the user has finished (silence or the length limit)."""
 
@@ -156,6 +172,7 @@ class ChangeCourse:
 Event = (
     WakeWord
     | StopWord
+    | VoiceOver
     | UtteranceEnd
     | NoSpeech
     | PipelineEnd
@@ -209,6 +226,11 @@ def transition(state: State, event: Event) -> Step | None:
             if state != "idle" or playing:
                 return _move(state, target, (Action.BARGE_IN, Action.GREET))
             return _move(state, target, (Action.GREET,))
+        case VoiceOver(mode="ha", ha_connected=False):
+            return None
+        case VoiceOver(mode=mode) if state in STOPPABLE_STATES:
+            target = "streaming" if mode == "ha" else "listening"
+            return _move(state, target, (Action.BARGE_IN_BY_VOICE,))
         case StopWord(ringing=ringing, playing=playing) if state in STOPPABLE_STATES:
             stops = playing or state == "responding"
             silence = (Action.SILENCE_TIMER,) if ringing else ()
@@ -257,12 +279,18 @@ class Routing:
     """To the endpointer (which keeps its history of speech between turns); its events count
     for the turn in the states of `LISTENING_STATES`, and in `streaming` the chunk goes to
     Home Assistant too."""
+    voice: bool = False
+    """To the barge-in-by-voice detector: something plays (not a ringing timer), in a state
+    where the user is not being listened to, with `audio.barge_in: voice`."""
 
 
-def routing(*, muted: bool, playing: bool, barge_in: bool, state: State, ringing: bool) -> Routing:
+def routing(
+    *, muted: bool, playing: bool, barge_in: bool | str, state: State, ringing: bool
+) -> Routing:
     """Muted: nowhere. While something plays with barge-in off, the wake-word model hears
     nothing (the mic is gated: the satellite's own voice must not wake it); the stop word
-    still does, being the way to end what plays."""
+    still does, being the way to end what plays. With barge-in by voice, what plays is also
+    listened to for the user's voice over it."""
     if muted:
         return Routing(wake_word=False, stop_word=False, endpointer=False)
     busy = playing or ringing or state == "responding"
@@ -270,4 +298,5 @@ def routing(*, muted: bool, playing: bool, barge_in: bool, state: State, ringing
         wake_word=not (playing and not barge_in),
         stop_word=busy and state in STOPPABLE_STATES,
         endpointer=True,
+        voice=barge_in == "voice" and playing and not ringing and state in STOPPABLE_STATES,
     )

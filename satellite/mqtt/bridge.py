@@ -238,6 +238,10 @@ class MqttBridge:
             case events.StopWordHeard():
                 self.event("stop_detected", stopped=event.stopped,
                            probability=round(event.probability, 3))  # fmt: skip
+            case events.VoiceBargedIn():
+                self.event("voice_barge_in", stopped=event.stopped)
+                self.event("turn_started", mode=self.daemon.mode)
+                self._ha_turn = {}
             case events.ListeningAgain():
                 self.event("listening", purpose=event.purpose, seconds=event.seconds)
             case events.TurnFinished():

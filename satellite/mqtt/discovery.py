@@ -33,6 +33,7 @@ ORIGIN_URL = "https://github.com/lfm-satellite/lfm-satellite"
 EVENT_TYPES = (
     "wake_detected",
     "stop_detected",
+    "voice_barge_in",
     "turn_started",
     "turn_finished",
     "error",

@@ -28,6 +28,7 @@ from satellite.daemon.machine import (
     Step,
     StopWord,
     UtteranceEnd,
+    VoiceOver,
     WakeWord,
     routing,
     transition,
@@ -52,6 +53,9 @@ EVENTS: list[Event] = [
     StopWord(ringing=False, playing=True),
     StopWord(ringing=True, playing=False),
     StopWord(ringing=True, playing=True),
+    VoiceOver("local", ha_connected=True),
+    VoiceOver("ha", ha_connected=True),
+    VoiceOver("ha", ha_connected=False),
     UtteranceEnd(),
     NoSpeech(),
     PipelineEnd(),
@@ -272,3 +276,27 @@ def test_the_stop_word_ends_what_plays_and_starts_nothing() -> None:
             assert transition(state, event) is None
     # the end of the stopped reply changes nothing
     assert run("responding", stop, Spoken()) == ("idle", [A.STOP])
+
+
+def test_the_users_voice_over_a_reply_stops_it_and_opens_a_turn() -> None:
+    """Barge-in by voice: from idle (something plays) or responding; the turn opens as after
+    the wake word but without the greeting (no awake sound over the user, no detection)."""
+    for state in ("idle", "responding"):
+        step = transition(state, VoiceOver("local", ha_connected=True))
+        assert step == Step("listening", (A.BARGE_IN_BY_VOICE,), (A.OPEN_TURN,)), state
+        step = transition(state, VoiceOver("ha", ha_connected=True))
+        assert step == Step("streaming", (A.BARGE_IN_BY_VOICE,), (A.OPEN_TURN, A.RUN_PIPELINE))
+    for state in LISTENING_STATES:  # the user is being listened to already
+        assert transition(state, VoiceOver("local", ha_connected=True)) is None
+    assert transition("idle", VoiceOver("ha", ha_connected=False)) is None
+
+
+def test_the_voice_is_listened_for_only_over_what_plays() -> None:
+    assert route(playing=True, barge_in="voice").voice
+    assert route("responding", playing=True, barge_in="voice").voice
+    assert not route(playing=True).voice  # barge-in by the wake word alone
+    assert not route("responding", barge_in="voice").voice  # nothing plays yet: no echo
+    assert not route(playing=True, ringing=True, barge_in="voice").voice  # the stop word's
+    assert not route(playing=True, barge_in="voice", muted=True).voice
+    for state in LISTENING_STATES:
+        assert not route(state, playing=True, barge_in="voice").voice

@@ -1,0 +1,98 @@
+"""Barge-in by voice: the user speaking over what the satellite plays (`audio.barge_in:
+voice`), heard in the echo canceller's output.
+
+Through the canceller the satellite's own voice is not gone: a residue is left (11-25 dB
+under the echo in the scripted rooms), and the VAD calls much of it speech. The user is
+told from it by level: a 10 ms frame counts toward a barge-in when the VAD scores it speech
+*and* it is `MARGIN_DB` louder than the residue has been (the 90th percentile of the levels
+of the last 4 s of frames that did not count, since playback began) *and* the canceller took
+no more than `REMOVED_DB` off it (more is a leak of the echo, not the user); `NEEDED` of
+the last `WINDOW` frames must count (200 ms of the user in 300 ms). Nothing counts in the first
+`SETTLE_SECONDS` of playback, while the canceller settles and the residue's level is being
+learnt. Measured on the scripted rooms of `bench echo` (docs/PERFORMANCE.md).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+from pymicro_vad import MicroVad
+
+from satellite.audio.framing import FrameSplitter
+
+FRAME_BYTES = 320
+"""10 ms of 16 kHz 16-bit mono: the VAD's frame."""
+MARGIN_DB = 10.0
+"""How much louder than the residue the user's speech frames must be."""
+REMOVED_DB = 12.0
+"""A frame the canceller took more than this off (its level in the microphone over its level
+out of the canceller) is mostly echo it half-removed, not the user: when the echo's delay
+moves (PulseAudio changes its latency), AEC3 leaks it for a moment, far over the residue."""
+RESIDUE_FRAMES = 400
+"""Frames (4 s) over which the residue's level is taken."""
+RESIDUE_PERCENTILE = 90
+WINDOW = 30
+NEEDED = 20
+SETTLE_SECONDS = 1.0
+THRESHOLD = 0.5
+"""The VAD's speech probability."""
+
+
+class VoiceBargeIn:
+    """Feed it the cleaned capture while something plays (`process`); `restart` when a new
+    spell of playing begins."""
+
+    def __init__(self) -> None:
+        self._vad = MicroVad()
+        self._frames = FrameSplitter(FRAME_BYTES)
+        self._raw_frames = FrameSplitter(FRAME_BYTES)
+        self._residue: deque[float] = deque(maxlen=RESIDUE_FRAMES)
+        self._recent: deque[bool] = deque(maxlen=WINDOW)
+        self._margins: deque[float] = deque(maxlen=WINDOW)
+        self._heard = 0
+        """Frames heard since `restart`."""
+        self.margin_db = 0.0
+        """By how much the last barge-in's frames were louder than the residue (the median
+        over its run), for the log."""
+
+    def restart(self) -> None:
+        """A new spell of playing: what was learnt of the residue, and any run of speech,
+        are dropped (the VAD keeps its history: it needs 0.76 s of audio to score)."""
+        self._residue.clear()
+        self._recent.clear()
+        self._margins.clear()
+        self._heard = 0
+
+    def process(self, pcm: bytes, raw: bytes) -> bool:
+        """16 kHz 16-bit mono out of the canceller (`pcm`) and the same audio as the
+        microphone gave it (`raw`); True when the user's voice has been heard over the
+        playback (once per run of it: the run is dropped, so a later call can say so again)."""
+        heard = False
+        raws = self._raw_frames.split(raw)
+        for index, frame in enumerate(self._frames.split(pcm)):
+            probability = self._vad.process_10ms(frame)
+            level = _level_db(frame)
+            removed = _level_db(raws[index]) - level if index < len(raws) else 0.0
+            self._heard += 1
+            settled = self._heard > SETTLE_SECONDS * 100 and len(self._residue) > WINDOW
+            margin = None
+            if settled and probability > THRESHOLD and removed <= REMOVED_DB:
+                margin = level - float(np.percentile(self._residue, RESIDUE_PERCENTILE))
+            voice = margin is not None and margin > MARGIN_DB
+            self._recent.append(voice)
+            if margin is not None and voice:
+                self._margins.append(margin)
+            if not voice:
+                self._residue.append(level)
+            if sum(self._recent) >= NEEDED:
+                self.margin_db = float(np.median(self._margins))
+                self._recent.clear()
+                self._margins.clear()
+                heard = True
+        return heard
+
+
+def _level_db(frame: bytes) -> float:
+    samples = np.frombuffer(frame, "<i2").astype(np.float64) / 32768.0
+    return float(10 * np.log10(float(np.mean(samples * samples)) + 1e-12))
