@@ -19,10 +19,9 @@ from collections import deque
 import numpy as np
 from pymicro_vad import MicroVad
 
-from satellite.audio.framing import FrameSplitter
+from satellite.audio.convert import pcm16_rms, to_dbfs
+from satellite.audio.framing import FRAME_BYTES, FrameSplitter
 
-FRAME_BYTES = 320
-"""10 ms of 16 kHz 16-bit mono: the VAD's frame."""
 MARGIN_DB = 10.0
 """How much louder than the residue the user's speech frames must be."""
 REMOVED_DB = 12.0
@@ -72,12 +71,11 @@ class VoiceBargeIn:
         raws = self._raw_frames.split(raw)
         for index, frame in enumerate(self._frames.split(pcm)):
             probability = self._vad.process_10ms(frame)
-            level = _level_db(frame)
-            removed = _level_db(raws[index]) - level if index < len(raws) else 0.0
+            level = to_dbfs(pcm16_rms(frame))
             self._heard += 1
             settled = self._heard > SETTLE_SECONDS * 100 and len(self._residue) > WINDOW
             margin = None
-            if settled and probability > THRESHOLD and removed <= REMOVED_DB:
+            if settled and probability > THRESHOLD and self._removed(raws, index, level):
                 margin = level - float(np.percentile(self._residue, RESIDUE_PERCENTILE))
             voice = margin is not None and margin > MARGIN_DB
             self._recent.append(voice)
@@ -92,7 +90,10 @@ class VoiceBargeIn:
                 heard = True
         return heard
 
-
-def _level_db(frame: bytes) -> float:
-    samples = np.frombuffer(frame, "<i2").astype(np.float64) / 32768.0
-    return float(10 * np.log10(float(np.mean(samples * samples)) + 1e-12))
+    @staticmethod
+    def _removed(raws: list[bytes], index: int, level: float) -> bool:
+        """Whether the canceller took at most `REMOVED_DB` off frame `index` (`level`: its
+        level out of the canceller, dBFS)."""
+        if index >= len(raws):
+            return True
+        return to_dbfs(pcm16_rms(raws[index])) - level <= REMOVED_DB

@@ -47,6 +47,17 @@ def pcm_to_float(data: bytes, width: int, channels: int) -> FloatArray:
     return samples
 
 
+def pcm16_rms(frame: bytes) -> float:
+    """The RMS of 16-bit little-endian PCM, full scale 1.0."""
+    samples = np.frombuffer(frame, dtype="<i2").astype(np.float64) / 32768.0
+    return float(np.sqrt(np.mean(samples * samples)))
+
+
+def to_dbfs(rms: float) -> float:
+    """An RMS (full scale 1.0) in dBFS, at least -120."""
+    return float(20 * np.log10(max(rms, 1e-6)))
+
+
 def float_to_pcm16(samples: npt.ArrayLike) -> bytes:
     """float audio in [-1, 1] -> 16-bit little-endian PCM, clipped at full scale."""
     values = np.clip(np.asarray(samples, dtype=np.float32), -1.0, 32767.0 / 32768.0)

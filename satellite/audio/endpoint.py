@@ -45,12 +45,11 @@ from typing import Literal
 import numpy as np
 from pymicro_vad import MicroVad
 
-from satellite.audio.framing import FrameSplitter
+from satellite.audio.convert import pcm16_rms, to_dbfs
+from satellite.audio.framing import FRAME_BYTES, FrameSplitter
 from satellite.settings import VadSettings
 
 SAMPLE_RATE = 16000
-FRAME_SAMPLES = 160
-FRAME_BYTES = 2 * FRAME_SAMPLES
 FRAME_MS = 10
 GAP_FRAMES = 5
 """Non-speech frames a run of speech may contain and still count as one run (50 ms)."""
@@ -120,17 +119,6 @@ class PauseEnded:
 EndpointEvent = SpeechStarted | UtteranceEnded | PauseStarted | PauseEnded
 
 
-def _level(frame: bytes) -> float:
-    """A frame's RMS, full scale 1.0."""
-    samples = np.frombuffer(frame, dtype="<i2").astype(np.float64) / 32768.0
-    return float(np.sqrt(np.mean(samples * samples)))
-
-
-def _db(level: float) -> float:
-    """A frame's RMS (full scale 1.0) in dBFS, at least -120."""
-    return float(20 * np.log10(max(level, 1e-6)))
-
-
 def _frames(ms: float) -> int:
     return max(0, round(ms / FRAME_MS))
 
@@ -183,11 +171,11 @@ class Endpointer:
 
     def _step(self, frame: bytes) -> EndpointEvent | None:
         probability = self._vad.process_10ms(frame)
-        level = _level(frame)
+        level = pcm16_rms(frame)
         loud = level > self._quiet_level()
         speech = loud and probability > self.settings.threshold
         self._frame += 1
-        self._room.append(_db(level))
+        self._room.append(to_dbfs(level))
         if not self._speaking:
             self._levels.append(level)
             return self._listen(frame, speech, loud)
@@ -212,11 +200,14 @@ class Endpointer:
     def _near_the_voice(self, level: float) -> bool:
         """Whether a speech frame is the user's: within the gate of their voice, or clearly
         louder than the room was before they spoke (if it is, it joins the voice's levels)."""
-        db = _db(level)
-        if len(self._voice) >= self._min_speech:
-            voice = float(np.percentile(self._voice, VOICE_PERCENTILE))
-            if db < voice - self._gate and db < self._room_db + ROOM_MARGIN_DB:
-                return False
+        db = to_dbfs(level)
+        # the room's level first: in a quiet room no frame needs the percentile
+        if (
+            len(self._voice) >= self._min_speech
+            and db < self._room_db + ROOM_MARGIN_DB
+            and db < float(np.percentile(self._voice, VOICE_PERCENTILE)) - self._gate
+        ):
+            return False
         self._voice.append(db)
         return True
 
@@ -275,7 +266,7 @@ class Endpointer:
         if keep_recent and self._speaking:
             quiet = self._quiet_level()
             kept = self._utterance[-(self._ring.maxlen or 0) :]
-            recent = [(frame, _level(frame) > quiet) for frame in kept]
+            recent = [(frame, pcm16_rms(frame) > quiet) for frame in kept]
         elif keep_recent:
             recent = list(self._ring)
         self._ring.clear()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+FRAME_BYTES = 320
+"""10 ms of 16 kHz 16-bit mono: the frame WebRTC's processors and the VAD work on."""
+
 
 class FrameSplitter:
     """Cuts a byte stream into frames of `size` bytes; a partial frame waits for the next

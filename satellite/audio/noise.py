@@ -13,10 +13,7 @@ from __future__ import annotations
 
 from webrtc_noise_gain import AudioProcessor
 
-from satellite.audio.framing import FrameSplitter
-
-FRAME_BYTES = 320
-"""10 ms of 16 kHz 16-bit mono: the unit the processor works on."""
+from satellite.audio.framing import FRAME_BYTES, FrameSplitter
 
 
 class NoiseGain:
