@@ -63,6 +63,10 @@ OPTION_SCHEMA: dict[str, str] = {
     "output_device": "str?",
     "volume": "float(0,1)",
     "barge_in": "bool",
+    "barge_in_by_voice": "bool",
+    "echo_cancellation": "bool",
+    "noise_suppression": "int(0,4)",
+    "auto_gain": "int(0,31)",
     "max_reply_seconds": "int(1,600)",
     "wyoming_services": "bool",
     "mqtt": "bool",
@@ -85,6 +89,10 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "threads": 0,
     "volume": 1.0,
     "barge_in": True,
+    "barge_in_by_voice": False,
+    "echo_cancellation": True,
+    "noise_suppression": 2,
+    "auto_gain": 0,
     "max_reply_seconds": 30,
     "wyoming_services": True,
     "mqtt": True,
@@ -174,6 +182,12 @@ def check_options(raw: Mapping[str, Any]) -> dict[str, Any]:
     if ("mqtt_password" in options or "mqtt_port" in options) and "mqtt_host" not in options:
         raise AddonError("options: mqtt_host: needed with mqtt_port/mqtt_password (or leave "
                          "all three empty to use the Mosquitto add-on)")  # fmt: skip
+    if options["barge_in_by_voice"]:
+        for needed in ("barge_in", "echo_cancellation"):
+            if not options[needed]:
+                raise AddonError(f"options: barge_in_by_voice: needs {needed}: true (the user "
+                                 "is told from the satellite's own voice through the echo "
+                                 "canceller)")  # fmt: skip
     return options
 
 
@@ -184,7 +198,14 @@ def translate(
     o = options
     config: dict[str, Any] = {
         "satellite": {"name": o["name"], "mode": o["mode"]},
-        "audio": {"backend": "sounddevice", "volume": o["volume"], "barge_in": o["barge_in"]},
+        "audio": {
+            "backend": "sounddevice",
+            "volume": o["volume"],
+            "barge_in": "voice" if o["barge_in_by_voice"] else o["barge_in"],
+            "echo_cancellation": o["echo_cancellation"],
+            "noise_suppression": o["noise_suppression"],
+            "auto_gain": o["auto_gain"],
+        },
         "wake": {"model": o["wake_word"], "sensitivity": o["wake_sensitivity"]},
         "model": {
             "name": o["model"],

@@ -201,7 +201,8 @@ def test_every_option_lands_in_its_key(tmp_path: Path) -> None:
         "voice": "uk_male", "threads": 2, "input_device": "2", "output_device": "USB Audio",
         "volume": 0.4, "barge_in": False, "max_reply_seconds": 12, "wyoming_services": False,
         "mqtt_host": "broker.lan", "mqtt_port": 8883, "mqtt_username": "sat",
-        "mqtt_password": "s3cret", "log_level": "debug",
+        "mqtt_password": "s3cret", "log_level": "debug", "echo_cancellation": False,
+        "noise_suppression": 4, "auto_gain": 9,
     }  # fmt: skip
     s = load_translated(tmp_path, options)
     assert (s.satellite.name, s.satellite.area, s.satellite.mode) == (
@@ -213,6 +214,13 @@ def test_every_option_lands_in_its_key(tmp_path: Path) -> None:
     assert (s.model.variant, s.model.voice, s.model.threads) == ("fp16", "uk_male", 2)
     assert (s.audio.input_device, s.audio.output_device) == (2, "USB Audio")
     assert (s.audio.volume, s.audio.barge_in) == (0.4, False)
+    assert (s.audio.echo_cancellation, s.audio.noise_suppression, s.audio.auto_gain) == (
+        False, 4, 9,
+    )  # fmt: skip
+    by_voice = load_translated(tmp_path, {**DEFAULT_OPTIONS, "barge_in_by_voice": True})
+    assert by_voice.audio.barge_in == "voice" and by_voice.audio.echo_cancellation
+    defaults = load_translated(tmp_path, dict(DEFAULT_OPTIONS))
+    assert defaults.audio.barge_in is True and defaults.audio.noise_suppression == 2
     assert s.safety.max_reply_seconds == 12 and not s.wyoming.services_enabled
     assert (s.mqtt.enabled, s.mqtt.host, s.mqtt.port) == (True, "broker.lan", 8883)
     assert (s.mqtt.username, s.mqtt.password) == ("sat", "s3cret")
@@ -247,6 +255,15 @@ def test_empty_optional_options_count_as_absent(caplog: pytest.LogCaptureFixture
         ({"mqtt_host": "b", "mqtt_port": 70000}, "options: mqtt_port: 70000 is out of range"),
         ({"mqtt_password": "x"}, "options: mqtt_host: needed with mqtt_port/mqtt_password"),
         ({"model": None}, "options: model: missing (the add-on's default is"),
+        ({"noise_suppression": 5}, "options: noise_suppression: 5 is out of range; expected 0"),
+        (
+            {"barge_in_by_voice": True, "echo_cancellation": False},
+            "options: barge_in_by_voice: needs echo_cancellation: true",
+        ),
+        (
+            {"barge_in_by_voice": True, "barge_in": False},
+            "options: barge_in_by_voice: needs barge_in: true",
+        ),
     ],
 )
 def test_invalid_options_are_named(change: dict[str, Any], message: str) -> None:
