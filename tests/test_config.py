@@ -92,7 +92,7 @@ MALFORMED = [
     ),
     ("logging:\n  file: /nonexistent/dir/x.log\n", "2:9", "logging.file", ["does not exist"]),
     (
-        "audio:\n  barge_in: voice\n",
+        "audio:\n  barge_in: voice\n  echo_cancellation: false\n",
         "2:13",
         "audio.barge_in",
         ["through the echo canceller", "audio.echo_cancellation: true"],

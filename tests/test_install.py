@@ -79,7 +79,7 @@ def test_readme_install_path_as_a_dry_run(tmp_path: Path) -> None:
             continue
         variant = command[command.index("--variant") + 1] if "--variant" in command else "q4"
         steps = [
-            "skipped (not the running system): apt-get install libportaudio2 python3-venv",
+            "skipped (not the running system): apt-get install libportaudio2 libspeexdsp1 python3-venv",
             f"+ systemd-sysusers --root={root} lfm-satellite.conf",
             f"-m venv {root / VENV}",
             f"+ {root / VENV}/bin/python -m pip install --upgrade {REPO}",

@@ -55,6 +55,8 @@ GAP_FRAMES = 5
 """Non-speech frames a run of speech may contain and still count as one run (50 ms)."""
 PAUSE_MS = 100
 """Non-speech after speech that counts as a pause (`PauseStarted`)."""
+HISTORY_FRAMES = 200
+"""Frames (2 s) `recent_audio` keeps."""
 LOOKBACK_FRAMES = 50
 """How far the speech start may be moved back over loud frames before the VAD noticed."""
 NOISE_FRAMES = 100
@@ -138,6 +140,7 @@ class Endpointer:
         self._frame = 0
         ring = self._preroll + self._min_speech + GAP_FRAMES + LOOKBACK_FRAMES
         self._ring: deque[tuple[bytes, bool]] = deque(maxlen=ring)
+        self._history: deque[bytes] = deque(maxlen=HISTORY_FRAMES)
         self._levels: deque[float] = deque(maxlen=NOISE_FRAMES)
         self._room: deque[float] = deque(maxlen=ROOM_FRAMES)
         """Levels (dBFS) of the latest `ROOM_FRAMES` frames since the last utterance ended
@@ -171,6 +174,7 @@ class Endpointer:
 
     def _step(self, frame: bytes) -> EndpointEvent | None:
         probability = self._vad.process_10ms(frame)
+        self._history.append(frame)
         level = pcm16_rms(frame)
         loud = level > self._quiet_level()
         speech = loud and probability > self.settings.threshold
@@ -278,12 +282,19 @@ class Endpointer:
         self._utterance = []
         self._silence = 0
 
+    def recent_audio(self) -> bytes:
+        """The last `HISTORY_FRAMES` frames heard (2 s), oldest first: after a barge-in by
+        voice, what the user said before it fired (on a real PulseAudio server it fired 1.3 s
+        into their words, more than the preroll ring holds)."""
+        return b"".join(self._history)
+
     def reset(self) -> None:
         """Forget all audio (the VAD's state, the ring, any utterance) and restart the clock."""
         self._vad.reset()
         self._frames.clear()
         self._frame = 0
         self._ring.clear()
+        self._history.clear()
         self._levels.clear()
         self._room.clear()
         self._run = self._gap = 0

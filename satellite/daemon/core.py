@@ -76,6 +76,7 @@ from satellite.audio.endpoint import (
     UtteranceEnded,
 )
 from satellite.audio.noise import NoiseGain
+from satellite.audio.ownvoice import STOP_SETTLE_SECONDS, OwnWakeWord
 from satellite.audio.pacing import Pacer
 from satellite.audio.sounds import chime, listen_tone, load_sound
 from satellite.audio.wake import Detection as WakeDetection
@@ -148,20 +149,33 @@ class Daemon:
         )
         """Noise suppression and automatic gain on the capture, after the echo canceller
         (`audio.noise_suppression`, `audio.auto_gain`; None when both are off)."""
+        self.wake_noise = (
+            NoiseGain(audio.noise_suppression, audio.auto_gain)
+            if self.noise is not None and audio.echo_cancellation
+            else None
+        )
+        """The same on the echo canceller's linear output, which the wake word hears."""
+        self.own_wake: OwnWakeWord | None = None
+        """Hears the wake word in what the satellite plays (with the echo canceller)."""
+        self.own_wake_words = 0
+        """Wake and stop words heard in the capture and taken for the satellite's own voice."""
         self.voice_barge_in = VoiceBargeIn() if audio.barge_in == "voice" else None
         """Listens for the user's voice over what plays (`audio.barge_in: voice`)."""
         self._voice_hearing = False
         self.wake = WakeWordDetector(self._wake_settings(self.controls))
         wake = settings.wake
-        self.stop_word = (
-            WakeWordDetector(
-                dataclasses.replace(wake, model=wake.stop_model, sensitivity=wake.stop_sensitivity),
-                key="wake.stop_model",
-            )
-            if wake.stop_model
+        stop = dataclasses.replace(wake, model=wake.stop_model, sensitivity=wake.stop_sensitivity)
+        self.stop_word = WakeWordDetector(stop, "wake.stop_model") if wake.stop_model else None
+        """The stop word's detector (None: `wake.stop_model` is ""), on AEC3's output."""
+        self.stop_word_linear = (
+            WakeWordDetector(stop, "wake.stop_model")
+            if wake.stop_model and audio.echo_cancellation
             else None
         )
-        """The stop word's detector (None: `wake.stop_model` is "")."""
+        """The same on the linear canceller's output: each hears "stop" over the satellite's
+        voice in rooms where the other misses it (`lfm-satellite bench echo`)."""
+        self.own_stop: OwnWakeWord | None = None
+        """Hears the stop word in what the satellite plays (with the echo canceller)."""
         self._stop_hearing = False
         """The stop-word detector had the last chunk (it starts afresh on each busy spell)."""
         self.endpointer = Endpointer(settings.vad)
@@ -292,6 +306,9 @@ class Daemon:
             self.endpointer.restart(keep_recent=isinstance(cause, machine.VoiceOver))
         elif action is Action.RUN_PIPELINE:
             self.pipeline.start(self.local.wake_word)
+            if isinstance(cause, machine.VoiceOver):
+                # the user's first words came before the barge-in fired (OPEN_TURN kept them)
+                self.pipeline.chunk(self.endpointer.recent_audio())
         elif action is Action.STOP_STREAM:
             self.pipeline.stop()
         elif action is Action.VOICE_STOPPED:
@@ -348,6 +365,9 @@ class Daemon:
             detector = WakeWordDetector(self._wake_settings(new))
             self.wake.close()
             self.wake = detector
+            if self.own_wake is not None:
+                self.own_wake.close()
+                self.own_wake = OwnWakeWord(self._wake_settings(new))
         elif new.sensitivity != old.sensitivity:
             self.wake.set_sensitivity(new.sensitivity)
         if new.mode != old.mode or (new.muted and not old.muted):
@@ -367,8 +387,9 @@ class Daemon:
         self._step(machine.ChangeCourse(playing=self.playing, force=True))
         self.bell.silence()
         self.wake.reset()
-        if self.stop_word is not None:
-            self.stop_word.reset()
+        for stop_word in (self.stop_word, self.stop_word_linear):
+            if stop_word is not None:
+                stop_word.reset()
         self.endpointer.reset()
         if self.responder is not None:
             self.responder.reset()
@@ -486,6 +507,7 @@ class Daemon:
             "echo_reduction_db": None
             if self.echo is None or self.echo.reduction_db is None
             else round(self.echo.reduction_db, 1),
+            "own_wake_words": self.own_wake_words,
             "expected_rtf": None if self.expected_rtf is None else round(self.expected_rtf, 2),
             "home_assistant_connected": self.server.connected,
             "wyoming_connections": self.server.connections,
@@ -518,6 +540,9 @@ class Daemon:
         if self.settings.audio.echo_cancellation:
             self.echo = EchoCanceller(self.backend.output_rate, self.backend.echo_delay_ms)
             self.backend.on_played = self.echo.played
+            self.own_wake = OwnWakeWord(self._wake_settings(self.controls))
+            if self.stop_word is not None:
+                self.own_stop = OwnWakeWord(self.stop_word.settings)
         await self.server.start()
         if self.settings.wyoming.zeroconf:
             wyoming = self.settings.wyoming
@@ -605,6 +630,9 @@ class Daemon:
         self.wake.close()
         if self.stop_word is not None:
             self.stop_word.close()
+        for detector in (self.own_wake, self.own_stop, self.stop_word_linear):
+            if detector is not None:
+                detector.close()
         _LOG.info("satellite stopped")
 
     async def _capture_loop(self) -> None:
@@ -645,11 +673,19 @@ class Daemon:
         self.last_chunk = now
         self.chunks += 1
         self.input_jitter.add(chunk.shape[0], now)
-        pcm = raw = self._to_16k(chunk)
-        if self.echo is not None:
-            pcm = self.echo.process(pcm)
-        if self.noise is not None:
-            pcm = self.noise.process(pcm)
+        raw = self._to_16k(chunk)
+        linear: bytes | None = None
+        if self.echo is None:
+            pcm = heard = _denoise(self.noise, raw)
+        else:
+            # the endpointer, the stop word and barge-in by voice hear AEC3's output; the
+            # wake word the linear canceller's, which keeps the user's voice whole
+            cancelled = self.echo.process(raw)
+            for own in (self.own_wake, self.own_stop):
+                if own is not None:
+                    own.hear(cancelled.reference)
+            pcm = _denoise(self.noise, cancelled.cleaned)
+            heard = linear = _denoise(self.wake_noise, cancelled.linear)
         route = machine.routing(
             muted=self.controls.muted,
             playing=self.playing,
@@ -658,9 +694,9 @@ class Daemon:
             ringing=self.bell.ringing,
         )
         if route.wake_word:
-            for detection in self.wake.process(pcm):
+            for detection in self.wake.process(heard):
                 self._on_wake(detection)
-        self._hear_stop_word(pcm, route.stop_word)
+        self._hear_stop_word(pcm, linear, route.stop_word)
         self._hear_voice_over(pcm, raw, route.voice, gap)
         if not route.endpointer:
             return
@@ -697,6 +733,11 @@ class Daemon:
         return float_to_pcm16(self._mic_resampler.process(audio))
 
     def _on_wake(self, detection: WakeDetection) -> None:
+        if self.own_wake is not None and self.own_wake.covers():
+            self.own_wake_words += 1
+            _LOG.info("wake word %r (p=%.2f) in the satellite's own voice: ignored",
+                      detection.wake_word, detection.probability)  # fmt: skip
+            return
         wake = machine.WakeWord(
             mode=self.mode,
             ha_connected=self.server.connected,
@@ -705,22 +746,49 @@ class Daemon:
         )
         self._step(wake, detection)
 
-    def _hear_stop_word(self, pcm: bytes, listen: bool) -> None:
+    def _hear_stop_word(self, pcm: bytes, linear: bytes | None, listen: bool) -> None:
+        """`pcm`: the capture through AEC3 (or as it came), `linear`: through the linear
+        canceller (None: no canceller)."""
         if self.stop_word is None:
             return
+        heard = [(self.stop_word, pcm)]
+        if self.stop_word_linear is not None and linear is not None:
+            heard.append((self.stop_word_linear, linear))
         if not listen:
             self._stop_hearing = False
             return
         if not self._stop_hearing:  # a new busy spell: nothing from before it counts
-            self.stop_word.reset()
+            for detector, _ in heard:
+                detector.reset()
             self._stop_hearing = True
-        for detection in self.stop_word.process(pcm):
-            ringing, playing = self.bell.ringing, self.playing
-            busy = playing or self.state == "responding"
-            stopped = self._busy_with() if busy else "timer"
-            _LOG.info("stop word %r (p=%.2f)", detection.wake_word, detection.probability)
-            self._notify(events.StopWordHeard(stopped=stopped, probability=detection.probability))
-            self._step(machine.StopWord(ringing=ringing, playing=playing), detection)
+        for detector, audio in heard:
+            for detection in detector.process(audio):
+                if self._own_stop_word(detection):
+                    continue
+                ringing, playing = self.bell.ringing, self.playing
+                busy = playing or self.state == "responding"
+                stopped = self._busy_with() if busy else "timer"
+                _LOG.info("stop word %r (p=%.2f)", detection.wake_word, detection.probability)
+                self._notify(
+                    events.StopWordHeard(stopped=stopped, probability=detection.probability)
+                )
+                self._step(machine.StopWord(ringing=ringing, playing=playing), detection)
+                for other, _ in heard:  # the same "stop" in the other stream is not another
+                    other.reset()
+                return
+
+    def _own_stop_word(self, detection: WakeDetection) -> bool:
+        """Whether a stop word heard is the satellite's own: said in what it plays, or in the
+        first `STOP_SETTLE_SECONDS` of playing, while the cancellers still find the echo."""
+        own = self.own_stop
+        if own is None:
+            return False
+        if own.covers() or 0.0 < own.sounding_seconds < STOP_SETTLE_SECONDS:
+            self.own_wake_words += 1
+            _LOG.info("stop word (p=%.2f) in the satellite's own voice, %.1f s into playing: "
+                      "ignored", detection.probability, own.sounding_seconds)  # fmt: skip
+            return True
+        return False
 
     def _hear_voice_over(self, pcm: bytes, raw: bytes, listen: bool, gap: float) -> None:
         """`pcm`: the capture cleaned, `raw`: as the microphone gave it; `gap`: seconds since
@@ -845,3 +913,7 @@ def raise_open_files_limit(want: int = OPEN_FILES) -> int:
         except (OSError, ValueError) as err:
             _LOG.debug("open-file limit stays at %d: %s", soft, err)
     return soft
+
+
+def _denoise(gain: NoiseGain | None, pcm: bytes) -> bytes:
+    return pcm if gain is None else gain.process(pcm)

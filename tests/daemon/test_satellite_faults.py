@@ -28,6 +28,7 @@ from wyoming.satellite import PauseSatellite
 from wyoming.timer import TimerFinished, TimerStarted
 
 from satellite.audio.convert import float_to_pcm16
+from satellite.audio.wavfile import read_wav
 from satellite.bench.system import current_rss_mb
 from satellite.daemon.core import Daemon, raise_open_files_limit
 from satellite.settings import MqttSettings, WakeSettings
@@ -482,7 +483,9 @@ async def test_the_satellite_does_not_wake_on_its_own_voice_on_pulseaudio(
     """The microphone is the null sink's monitor: it hears exactly what the satellite plays,
     through the real server's clocks and latency. An announcement that says the wake word
     wakes the satellite without the echo canceller (measured: 4.4 s in), and not with it,
-    through the whole announcement; with it the capture loses at least 12 dB while the
+    through the whole announcement (the wake word hears the linear canceller, which leaves
+    enough of the announcement to wake on: the own-voice check, hearing the wake word in what
+    plays, is what keeps it awake; it ignored 0-2 detections a run); with it the capture loses at least 12 dB while the
     announcement plays (measured 14.4-23.4 dB over all of it, from the start: PulseAudio's
     input stalls for its first 2 s and is reopened meanwhile, and the canceller converges;
     about 75 dB once settled).
@@ -516,6 +519,9 @@ async def test_the_satellite_does_not_wake_on_its_own_voice_on_pulseaudio(
     assert woke == 0, f"woke on its own voice {woke} time(s); echo cut by {reduction} dB"
     assert took >= seconds - 0.5, f"played {seconds:.1f} s of audio in {took:.1f} s"
     assert reduction is not None and reduction >= 12.0, f"echo cut by {reduction} dB"
+    # the wake word hears the linear canceller's output; the own-voice check heard the
+    # announcement say it (twice) in the reference
+    assert daemon.own_wake is not None and daemon.own_wake.detections >= 1
 
 
 async def _until_capture_flows(daemon: Daemon, seconds: float, timeout: float = 20.0) -> None:
@@ -597,3 +603,65 @@ async def test_the_user_speaking_over_an_announcement_stops_it_on_pulseaudio(
     utterance = seen.of("utterance")[0]
     assert utterance["reason"] == "silence" and utterance["seconds"] >= 1.5, utterance
     assert took < seconds, f"the announcement ran {took:.1f} s of {seconds:.1f} s"
+
+
+async def test_in_ha_mode_home_assistant_hears_the_words_before_a_voice_barge_in(
+    pulseaudio: PulseServer, model: Path, tmp_path: Path
+) -> None:
+    """`mode: ha`, `barge_in: voice`, on the real PulseAudio server as above: the user's voice
+    over an announcement opens a Home Assistant pipeline, and what streams to it begins with
+    what the user said before the barge-in fired (here about 1.3 s into their words): the stream holds their voice from
+    its start. (Before, it began with the preroll ring's last second, 0.2 s into their words.)"""
+    gap = np.zeros(6400, np.float32)
+    said = [spoken("the laundry is done, and the dryer too"), gap,
+            spoken("the dishwasher will be done in ten minutes, and the oven is hot"), gap]  # fmt: skip
+    user = tmp_path / "user.wav"
+    script_wav(user, [("say", "what is the weather like tomorrow morning"), ("silence", 1.0)])
+    recording = read_wav(user)
+    assert recording.rate == 16000
+    words = recording.samples
+    loud = np.flatnonzero(np.abs(words) > 0.05)
+    settings = daemon_settings(model, backend="sounddevice", input_device="pulse",
+                               output_device="pulse", barge_in="voice", mode="ha")  # fmt: skip
+    settings = dataclasses.replace(settings, wake=WakeSettings(stop_model=""))
+    daemon = Daemon(settings)
+    seen = Seen(daemon)
+    await daemon.start()
+    try:
+        async with home_assistant(daemon.server.bound_port) as ha:
+            await _until_capture_flows(daemon, 1.5)
+            await send_audio(ha, float_to_pcm16(said[1]), rate=16000)
+            await ha.wait_for("played", 15)
+            sending = asyncio.create_task(send_audio(ha, float_to_pcm16(np.concatenate(said)),
+                                                     rate=16000))  # fmt: skip
+            await asyncio.sleep(4.0)
+            player = await asyncio.create_subprocess_exec("paplay", "--device=satsink", str(user))
+            await _until(lambda: seen.of("voice_barge_in"), 3.0)
+            await player.wait()
+            await ha.wait_for("run-pipeline", 3.0)
+            await asyncio.sleep(1.0)
+            await sending
+    finally:
+        await daemon.close()
+    at = ha.types().index("run-pipeline")
+    chunks = [AudioChunk.from_event(r.event).audio for r in ha.received[at:]
+              if r.event.type == "audio-chunk"]  # fmt: skip
+    streamed = np.frombuffer(b"".join(chunks), "<i2").astype(np.float32) / 32768
+    assert streamed.shape[0] >= 16000, f"{streamed.shape[0] / 16000:.2f} s streamed"
+    # where the user's voice begins in the stream, from where later pieces of it are found
+    # (the first ones were said over the announcement, through the canceller: they match less)
+    offsets = (4800, 9600, 14400, 19200)
+    found = [_found(streamed, words[loud[0] + k : loud[0] + k + 4800]) for k in offsets]
+    score, at, k = max((score, at, k) for (score, at), k in zip(found, offsets, strict=True))
+    assert score > 0.5, f"the user's words are not in the stream ({found})"
+    onset = (at - k) / 16000
+    assert onset >= 0.0, f"the stream begins {-onset:.2f} s into the user's words"
+
+
+def _found(audio: np.ndarray, piece: np.ndarray) -> tuple[float, int]:
+    """The best normalised correlation of `piece` in `audio`, and where."""
+    scores = np.correlate(audio, piece, "valid")
+    energy = np.convolve(audio**2, np.ones(piece.shape[0]), "valid") * float(piece @ piece)
+    normalised = scores / np.maximum(np.sqrt(energy), 1e-9)
+    at = int(np.argmax(normalised))
+    return float(normalised[at]), at
