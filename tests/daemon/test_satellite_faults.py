@@ -476,6 +476,16 @@ async def test_the_speaker_comes_back_after_the_audio_server_restarts(
         assert seen.of("played")[-1]["ending"] == "complete"
 
 
+def _on_pulseaudio(model: Path, mode: str = "local", **audio: Any) -> tuple[Daemon, Seen]:
+    """A daemon (not started) whose microphone and speaker are the PulseAudio server's null
+    sink, the stop word off: through the canceller it once heard "stop" (p=0.61) in the
+    residue of an announcement that does not say it."""
+    settings = daemon_settings(model, mode=mode, backend="sounddevice", input_device="pulse",
+                               output_device="pulse", **audio)  # fmt: skip
+    daemon = Daemon(dataclasses.replace(settings, wake=WakeSettings(stop_model="")))
+    return daemon, Seen(daemon)
+
+
 @pytest.mark.parametrize("echo_cancellation", [False, True])
 async def test_the_satellite_does_not_wake_on_its_own_voice_on_pulseaudio(
     pulseaudio: PulseServer, model: Path, echo_cancellation: bool
@@ -495,11 +505,7 @@ async def test_the_satellite_does_not_wake_on_its_own_voice_on_pulseaudio(
     said = [spoken("the laundry is done, and the dryer too"), gap, spoken("okay nabu"), gap,
             spoken("the dishwasher will be done in ten minutes"), gap]  # fmt: skip
     pcm = float_to_pcm16(np.concatenate(said + said))
-    settings = daemon_settings(model, backend="sounddevice", input_device="pulse",
-                               output_device="pulse", echo_cancellation=echo_cancellation)  # fmt: skip
-    settings = dataclasses.replace(settings, wake=WakeSettings(stop_model=""))
-    daemon = Daemon(settings)
-    seen = Seen(daemon)
+    daemon, seen = _on_pulseaudio(model, echo_cancellation=echo_cancellation)
     await daemon.start()
     try:
         async with home_assistant(daemon.server.bound_port) as ha:
@@ -557,12 +563,7 @@ async def test_the_user_speaking_over_an_announcement_stops_it_on_pulseaudio(
     seconds = len(pcm) / 2 / 16000
     user = tmp_path / "user.wav"
     script_wav(user, [("say", "what is the weather like tomorrow morning"), ("silence", 1.0)])
-    settings = daemon_settings(model, backend="sounddevice", input_device="pulse",
-                               output_device="pulse", echo_cancellation=True,
-                               barge_in="voice")  # fmt: skip
-    settings = dataclasses.replace(settings, wake=WakeSettings(stop_model=""))
-    daemon = Daemon(settings)
-    seen = Seen(daemon)
+    daemon, seen = _on_pulseaudio(model, barge_in="voice")
     await daemon.start()
     player: asyncio.subprocess.Process | None = None
     try:
@@ -621,11 +622,7 @@ async def test_in_ha_mode_home_assistant_hears_the_words_before_a_voice_barge_in
     assert recording.rate == 16000
     words = recording.samples
     loud = np.flatnonzero(np.abs(words) > 0.05)
-    settings = daemon_settings(model, backend="sounddevice", input_device="pulse",
-                               output_device="pulse", barge_in="voice", mode="ha")  # fmt: skip
-    settings = dataclasses.replace(settings, wake=WakeSettings(stop_model=""))
-    daemon = Daemon(settings)
-    seen = Seen(daemon)
+    daemon, seen = _on_pulseaudio(model, mode="ha", barge_in="voice")
     await daemon.start()
     try:
         async with home_assistant(daemon.server.bound_port) as ha:
