@@ -39,7 +39,10 @@ class OwnWakeWord:
     capture's wake-word detector gets the same frames; `covers` then says whether a detection
     now is the satellite's own voice. Any microWakeWord model: the stop word has one too."""
 
-    def __init__(self, settings: WakeSettings) -> None:
+    def __init__(self, settings: WakeSettings, settle_seconds: float = 0.0) -> None:
+        """`settle_seconds`: also cover the first this many seconds of each spell of playing
+        (the stop word's `STOP_SETTLE_SECONDS`)."""
+        self._settle = settle_seconds
         self._detector = WakeWordDetector(replace(settings, sensitivity=SENSITIVITY))
         self._heard = 0
         """Reference samples heard."""
@@ -55,7 +58,7 @@ class OwnWakeWord:
         found = self._detector.process(reference)
         samples = len(reference) // 2
         self._heard += samples
-        if any(reference):
+        if reference.strip(b"\0"):  # (in C: this runs on every capture chunk)
             if self._quiet >= QUIET_SECONDS * 16_000:
                 self._sounding = 0
             self._sounding += samples
@@ -69,8 +72,9 @@ class OwnWakeWord:
             self._until = self._heard + round(HOLD_SECONDS * 16_000)
 
     def covers(self) -> bool:
-        """Whether a wake word heard in the capture up to now is the satellite's own."""
-        return self._heard <= self._until
+        """Whether a wake word heard in the capture up to now is the satellite's own: the
+        reference said it lately, or playing began less than `settle_seconds` ago."""
+        return self._heard <= self._until or 0.0 < self.sounding_seconds < self._settle
 
     @property
     def sounding_seconds(self) -> float:

@@ -177,19 +177,32 @@ def wake_heard(audio: FloatArray, reference: bytes | None = None) -> bool:
 
 def wake_at(audio: FloatArray, reference: bytes | None = None) -> float | None:
     """Seconds into `audio` at which the wake word is first heard (see `wake_heard`)."""
-    detector = WakeWordDetector(WakeSettings())
-    own = OwnWakeWord(WakeSettings()) if reference is not None else None
-    pcm = float_to_pcm16(audio)
+    return first_heard(WakeSettings(), [audio], reference)
+
+
+def first_heard(
+    settings: WakeSettings,
+    streams: list[FloatArray],
+    reference: bytes | None = None,
+    settle_seconds: float = 0.0,
+) -> float | None:
+    """Seconds into the audio at which `settings`' model is first heard in any of `streams`
+    (one detector each, fed 20 ms at a time); with the `reference` they were paired with, as
+    the daemon hears them: not what `OwnWakeWord` covers."""
+    detectors = [WakeWordDetector(settings) for _ in streams]
+    own = OwnWakeWord(settings, settle_seconds) if reference is not None else None
+    pcms = [float_to_pcm16(audio) for audio in streams]
     try:
-        for i in range(0, len(pcm), 2 * CHUNK):
+        for i in range(0, min(len(pcm) for pcm in pcms), 2 * CHUNK):
             if own is not None and reference is not None:
                 own.hear(reference[i : i + 2 * CHUNK])
-            for _ in detector.process(pcm[i : i + 2 * CHUNK]):
-                if own is None or not own.covers():
+            for detector, pcm in zip(detectors, pcms, strict=True):
+                if detector.process(pcm[i : i + 2 * CHUNK]) and (own is None or not own.covers()):
                     return (i // 2 + CHUNK) / RATE
         return None
     finally:
-        detector.close()
+        for detector in detectors:
+            detector.close()
         if own is not None:
             own.close()
 
@@ -220,27 +233,8 @@ def voice_heard(audio: FloatArray, mic: FloatArray) -> float | None:
 
 def stop_at(streams: list[FloatArray], reference: bytes | None = None) -> float | None:
     """Seconds into the audio at which the stop word is first heard in any of `streams`;
-    with the `reference`, as the daemon hears it: not what the reference covers, nor in its
-    first `STOP_SETTLE_SECONDS` of playing."""
-    settings = WakeSettings(model="stop")
-    detectors = [WakeWordDetector(settings, "wake.stop_model") for _ in streams]
-    own = OwnWakeWord(settings) if reference is not None else None
-    pcms = [float_to_pcm16(audio) for audio in streams]
-    try:
-        for i in range(0, min(len(pcm) for pcm in pcms), 2 * CHUNK):
-            if own is not None and reference is not None:
-                own.hear(reference[i : i + 2 * CHUNK])
-            for detector, pcm in zip(detectors, pcms, strict=True):
-                for _ in detector.process(pcm[i : i + 2 * CHUNK]):
-                    settling = own is not None and 0 < own.sounding_seconds < STOP_SETTLE_SECONDS
-                    if own is None or not (own.covers() or settling):
-                        return (i // 2 + CHUNK) / RATE
-        return None
-    finally:
-        for detector in detectors:
-            detector.close()
-        if own is not None:
-            own.close()
+    with the `reference`, as the daemon hears it (`STOP_SETTLE_SECONDS` included)."""
+    return first_heard(WakeSettings(model="stop"), streams, reference, STOP_SETTLE_SECONDS)
 
 
 def stop_scene(room: Room) -> Scene:

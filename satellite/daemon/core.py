@@ -542,7 +542,7 @@ class Daemon:
             self.backend.on_played = self.echo.played
             self.own_wake = OwnWakeWord(self._wake_settings(self.controls))
             if self.stop_word is not None:
-                self.own_stop = OwnWakeWord(self.stop_word.settings)
+                self.own_stop = OwnWakeWord(self.stop_word.settings, STOP_SETTLE_SECONDS)
         await self.server.start()
         if self.settings.wyoming.zeroconf:
             wyoming = self.settings.wyoming
@@ -783,7 +783,7 @@ class Daemon:
         own = self.own_stop
         if own is None:
             return False
-        if own.covers() or 0.0 < own.sounding_seconds < STOP_SETTLE_SECONDS:
+        if own.covers():
             self.own_wake_words += 1
             _LOG.info("stop word (p=%.2f) in the satellite's own voice, %.1f s into playing: "
                       "ignored", detection.probability, own.sounding_seconds)  # fmt: skip
