@@ -32,6 +32,9 @@ with the same reference: AEC3's output is for the end-of-speech model, the stop 
 barge-in by voice (it takes the most echo off); the linear output is for the wake word (it
 keeps the user's voice whole while the satellite talks). Both come out of `process`, with
 the reference the frames were paired with (`Cancelled`).
+
+`EchoMeter` reads the echo's figures for the health report from the same frames (see its
+docstring; `lfm-satellite bench room` checks them against scripted rooms).
 """
 
 from __future__ import annotations
@@ -68,6 +71,26 @@ the linear canceller then took 1-6 dB off, not 13-16 (`bench echo`); LQ holds ba
 the reference needs no more than the 16 kHz capture hears."""
 QUEUE_SECONDS = 2.0
 """Reference held for the capture at most (more waiting is stale in any case)."""
+METER_BLOCK_FRAMES = 50
+"""The health report's echo figures are read over blocks of this many frames (0.5 s: longer
+than an echo's delay, so a block's echo is mostly of its own reference)..."""
+METER_BLOCKS = 60
+"""... the last this many blocks with something playing (30 s of it)."""
+ECHO_OVER_NOISE = 4.0
+"""A playing block's capture must hold this much more energy than the room's noise at the
+microphone (6 dB) for its echo to count as heard: under that, what the microphone hears is
+the room, and neither figure can be read from it."""
+SILENT_ENERGY = 4.0
+"""Energy per sample (PCM16 units: an RMS of 2 LSB, -84 dBFS) under which the microphone
+heard nothing at all."""
+RECOGNISED_DB = 3.0
+"""ERL is read only from blocks the linear canceller took this much off: it takes off only
+what follows from the reference, so there the microphone heard the echo (where it took less,
+it heard the user or the room over a reply it could not hear; AEC3's suppressor takes some
+of those off too, and cannot tell)."""
+LOSS_PERCENTILE = 75
+"""ERL over the blocks: this percentile. The user speaking over the reply only adds to what
+the microphone hears (lowers a block's ERL); the upper quarter is the echo alone."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +137,8 @@ class EchoCanceller:
         """Of those, frames that had something playing in their reference."""
         self._energy_in = 0.0
         self._energy_out = 0.0
+        self.meter = EchoMeter()
+        """The echo's figures for the health report."""
 
     def played(self, samples: FloatArray, at: float | None = None) -> None:
         """A block the speaker plays from `at` on (mono float32 at `output_rate`; `at`:
@@ -139,7 +164,8 @@ class EchoCanceller:
             playing = bool(np.any(reference))
             reference_pcm = _pcm16(reference)
             played += reference_pcm
-            linear += self._linear.process(captured, reference_pcm)
+            kept = self._linear.process(captured, reference_pcm)
+            linear += kept
             render = rtc.AudioFrame(reference_pcm, RATE, 1, FRAME)
             self._apm.process_reverse_stream(render)
             frame = rtc.AudioFrame(captured, RATE, 1, FRAME)
@@ -147,10 +173,12 @@ class EchoCanceller:
             cleaned = bytes(frame.data)
             out += cleaned
             self.frames += 1
+            heard, left = _energy(captured), _energy(cleaned)
+            self.meter.add(_energy(reference_pcm) if playing else 0.0, heard, left, _energy(kept))
             if playing:
                 self.echo_frames += 1
-                self._energy_in += _energy(captured)
-                self._energy_out += _energy(cleaned)
+                self._energy_in += heard
+                self._energy_out += left
         return Cancelled(bytes(out), bytes(linear), bytes(played))
 
     @property
@@ -194,6 +222,74 @@ class EchoCanceller:
             self.trimmed += drop
             self._lags.clear()
         self._reference = reference
+
+
+class EchoMeter:
+    """Echo return loss (ERL: how far below what the speaker plays its echo reaches the
+    microphone, digital full scale to full scale) and echo return loss enhancement (ERLE:
+    how much of what the microphone heard AEC3 took off), read over the last `METER_BLOCKS`
+    blocks of `METER_BLOCK_FRAMES` frames in which the echo was heard: something played, the
+    capture rose over the room's noise (the median level of the blocks with nothing
+    playing), and the linear canceller took `RECOGNISED_DB` off it. ERL is the
+    `LOSS_PERCENTILE` of the blocks', ERLE their median: the user speaking over a reply (a
+    minority of the blocks) must not pull them down. None where no block qualifies: nothing
+    has played, or no echo rose over the room's noise (ERL is then more than the microphone
+    can show)."""
+
+    def __init__(self) -> None:
+        self._playing = [0.0, 0.0, 0.0, 0.0]
+        """Energies of the playing block in progress: reference, capture, AEC3's output, the
+        linear canceller's output."""
+        self._playing_frames = 0
+        self._quiet = 0.0
+        """Capture energy of the quiet block in progress."""
+        self._quiet_frames = 0
+        self._noise: deque[float] = deque(maxlen=METER_BLOCKS)
+        """Capture energies of the latest blocks with nothing playing."""
+        self._loss: deque[float] = deque(maxlen=METER_BLOCKS)
+        self._enhancement: deque[float] = deque(maxlen=METER_BLOCKS)
+
+    def add(self, reference: float, captured: float, cleaned: float, linear: float) -> None:
+        """One 10 ms frame: the energies (PCM16 units) of its reference (0: nothing
+        played), its capture, AEC3's output and the linear canceller's."""
+        if reference <= 0.0:
+            self._quiet += captured
+            self._quiet_frames += 1
+            if self._quiet_frames == METER_BLOCK_FRAMES:
+                self._noise.append(self._quiet)
+                self._quiet, self._quiet_frames = 0.0, 0
+            return
+        block = self._playing
+        block[0] += reference
+        block[1] += captured
+        block[2] += cleaned
+        block[3] += linear
+        self._playing_frames += 1
+        if self._playing_frames < METER_BLOCK_FRAMES:
+            return
+        played, heard, left, linear_left = block
+        self._playing, self._playing_frames = [0.0, 0.0, 0.0, 0.0], 0
+        noise = float(np.median(self._noise)) if self._noise else 0.0
+        silent = SILENT_ENERGY * METER_BLOCK_FRAMES * FRAME
+        if heard < max(silent, ECHO_OVER_NOISE * noise):
+            return
+        if _db(heard, max(linear_left, 1.0)) >= RECOGNISED_DB:
+            self._loss.append(_db(played, heard))
+            self._enhancement.append(_db(heard, max(left, 1.0)))
+
+    @property
+    def return_loss_db(self) -> float | None:
+        """ERL (dB); None: see the class docstring."""
+        return float(np.percentile(self._loss, LOSS_PERCENTILE)) if self._loss else None
+
+    @property
+    def enhancement_db(self) -> float | None:
+        """ERLE (dB); None: see the class docstring."""
+        return float(np.median(self._enhancement)) if self._enhancement else None
+
+
+def _db(a: float, b: float) -> float:
+    return float(10 * np.log10(a / b))
 
 
 def _pcm16(samples: FloatArray) -> bytes:

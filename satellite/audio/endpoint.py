@@ -32,6 +32,11 @@ room's level, so nothing changes there.
   first speech frame (kept in a ring of recent frames) to the frame that ended it, trailing
   silence included.
 
+For the health report it also measures what it hears: the noise (`noise_dbfs`, the median
+level of the frames that are not speech, the last 30 s of them) and each utterance's voice
+(`UtteranceEnded.voice_dbfs`, the median level of its speech frames). Both are levels of
+the stream the models hear: after echo cancellation, noise suppression and gain.
+
 After an utterance ends the endpointer listens for the next one. Times are audio seconds since
 the endpointer was made or reset.
 """
@@ -64,6 +69,7 @@ NOISE_FRAMES = 100
 ABSOLUTE_QUIET = 10 ** (-60 / 20)
 """Frame RMS (full scale 1.0) below which a frame is always quiet (-60 dBFS)."""
 QUIET_MARGIN = 10 ** (6 / 20)
+"""A frame is loud when its RMS is over the noise floor by this factor (6 dB)."""
 VOICE_FRAMES = 300
 """Speech frames (3 s) over which the user's voice level is taken (`voice_gate_db`)."""
 VOICE_PERCENTILE = 75
@@ -77,7 +83,8 @@ ROOM_PERCENTILE = 90
 ROOM_MARGIN_DB = 3.0
 """A frame this far over the room's loud level is the user's, however far below their voice
 (in a quiet room, every sound the user makes)."""
-"""A frame is loud when its RMS is over the noise floor by this factor (6 dB)."""
+NOISE_LEVEL_FRAMES = 3000
+"""Frames that were not speech (30 s of them) over which `noise_dbfs` is taken."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +109,8 @@ class UtteranceEnded:
     """Audio time of the end of `audio`."""
     audio: bytes
     """16 kHz 16-bit mono PCM of the utterance, preroll included."""
+    voice_dbfs: float | None = None
+    """The median level (dBFS) of the utterance's speech frames; None: none counted."""
 
 
 @dataclass(frozen=True)
@@ -158,6 +167,10 @@ class Endpointer:
         self._voice: deque[float] = deque(maxlen=VOICE_FRAMES)
         """Levels (dBFS) of this utterance's speech frames, the latest `VOICE_FRAMES`."""
         self._gate = settings.voice_gate_db
+        self._voice_levels: list[float] = []
+        """Levels (dBFS) of all this utterance's speech frames (`UtteranceEnded.voice_dbfs`)."""
+        self._noise_levels: deque[float] = deque(maxlen=NOISE_LEVEL_FRAMES)
+        """Levels (dBFS) of the latest frames that were not speech (`noise_dbfs`)."""
 
     def process(self, chunk: bytes) -> list[EndpointEvent]:
         """Feed PCM of any length; returns the events it completes, oldest first."""
@@ -179,7 +192,10 @@ class Endpointer:
         loud = level > self._quiet_level()
         speech = loud and probability > self.settings.threshold
         self._frame += 1
-        self._room.append(to_dbfs(level))
+        db = to_dbfs(level)
+        self._room.append(db)
+        if not speech:
+            self._noise_levels.append(db)
         if not self._speaking:
             self._levels.append(level)
             return self._listen(frame, speech, loud)
@@ -187,6 +203,7 @@ class Endpointer:
         if speech and self._gate:
             speech = self._near_the_voice(level)
         if speech:
+            self._voice_levels.append(db)
             paused = self._silence >= self._pause
             self._silence = 0
             if paused:
@@ -252,9 +269,11 @@ class Endpointer:
             speech_seconds=self._speech_frame * FRAME_MS / 1000,
             end_seconds=self._frame * FRAME_MS / 1000,
             audio=b"".join(self._utterance),
+            voice_dbfs=float(np.median(self._voice_levels)) if self._voice_levels else None,
         )
         self._speaking = False
         self._utterance = []
+        self._voice_levels = []
         self._silence = 0
         self._room.clear()
         return event
@@ -280,7 +299,14 @@ class Endpointer:
         self._run = self._gap = 0
         self._speaking = False
         self._utterance = []
+        self._voice_levels = []
         self._silence = 0
+
+    @property
+    def noise_dbfs(self) -> float | None:
+        """The noise the models hear: the median level (dBFS) of the latest frames that
+        were not speech (`NOISE_LEVEL_FRAMES`); None before any."""
+        return float(np.median(self._noise_levels)) if self._noise_levels else None
 
     def recent_audio(self) -> bytes:
         """The last `HISTORY_FRAMES` frames heard (2 s), oldest first: after a barge-in by
@@ -289,7 +315,8 @@ class Endpointer:
         return b"".join(self._history)
 
     def reset(self) -> None:
-        """Forget all audio (the VAD's state, the ring, any utterance) and restart the clock."""
+        """Forget all audio (the VAD's state, the ring, any utterance) and restart the clock.
+        The noise level is kept: it is the room's, not the stream's."""
         self._vad.reset()
         self._frames.clear()
         self._frame = 0
@@ -300,4 +327,5 @@ class Endpointer:
         self._run = self._gap = 0
         self._speaking = False
         self._utterance = []
+        self._voice_levels = []
         self._silence = 0

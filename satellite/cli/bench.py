@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 from satellite.cli.model import load_toolchain, print_step
 from satellite.errors import UserError
 from satellite.modeldir.manifest import VARIANTS, human_size
-from satellite.settings import BACKBONES
+from satellite.settings import BACKBONES, AudioSettings
 
 
 def add_bench_commands(commands: Any) -> None:
@@ -250,6 +251,42 @@ def add_bench_commands(commands: Any) -> None:
     )
     echo.add_argument("--json", type=Path, metavar="FILE", help="also save the figures here")
     echo.set_defaults(handler=cmd_bench_echo)
+
+    room = sub.add_parser(
+        "room",
+        help="the scripted rooms through the daemon's capture chain: the health report's "
+        "echo, noise and speech meters beside what each room was made with, the detection "
+        "marks, as JSON and a PNG",
+        description="Replay bench echo's rooms (the reply's echo at 20 to 120 ms, 3 to 20 dB "
+        "below it, the user saying the wake word and a question over it) with a fan's noise "
+        "under each, through what the daemon runs (echo cancellers, noise suppression and "
+        "gain, wake word with the own-voice check, barge-in by voice when on, end of "
+        "speech); print the echo return loss and its enhancement, the noise and speech "
+        "levels as the health report reads them, beside the room's own, and when the wake "
+        "word, the barge-in and the question's start and end were heard. --png draws each "
+        "room: the microphone, what the models hear, the user's words, the marks. Needs "
+        "espeak-ng (and matplotlib for --png).",
+    )
+    room.add_argument(
+        "--noise-suppression",
+        type=int,
+        default=AudioSettings().noise_suppression,
+        help=f"as audio.noise_suppression, 0 to 4 (default {AudioSettings().noise_suppression})",
+    )
+    room.add_argument(
+        "--auto-gain",
+        type=int,
+        default=AudioSettings().auto_gain,
+        help=f"as audio.auto_gain, 0 to 31 dBFS (default {AudioSettings().auto_gain})",
+    )
+    room.add_argument(
+        "--barge-in-by-voice",
+        action="store_true",
+        help="as audio.barge_in: voice (default: the wake word only)",
+    )
+    room.add_argument("--json", type=Path, metavar="FILE", help="also save the figures here")
+    room.add_argument("--png", type=Path, metavar="FILE", help="also draw the rooms here")
+    room.set_defaults(handler=cmd_bench_room)
 
     noise = sub.add_parser(
         "noise",
@@ -493,6 +530,27 @@ def cmd_bench_echo(args: argparse.Namespace) -> int:
     report = bench_echo()
     print(format_report(report))
     _save(args.json, report)
+    return 0
+
+
+def cmd_bench_room(args: argparse.Namespace) -> int:
+    from satellite.bench.room import bench_room, format_report
+
+    if not 0 <= args.noise_suppression <= 4:
+        raise UserError(f"--noise-suppression must be 0 to 4, not {args.noise_suppression}")
+    if not 0 <= args.auto_gain <= 31:
+        raise UserError(f"--auto-gain must be 0 to 31, not {args.auto_gain}")
+    audio = dataclasses.replace(
+        AudioSettings(),
+        noise_suppression=args.noise_suppression,
+        auto_gain=args.auto_gain,
+        barge_in="voice" if args.barge_in_by_voice else True,
+    )
+    report = bench_room(audio, png=args.png)
+    print(format_report(report))
+    _save(args.json, report)
+    if args.png is not None:
+        print(f"saved {args.png}")
     return 0
 
 

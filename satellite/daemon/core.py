@@ -49,6 +49,7 @@ import dataclasses
 import logging
 import resource
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,8 @@ ENGINE_STALL_SECONDS = 120.0
 CAPTURE_GAP_SECONDS = 0.2
 """A gap between capture chunks longer than this (they come every 20-60 ms) means the capture
 stalled or was reopened: the barge-in-by-voice detector learns the echo's residue anew."""
+VOICE_LEVEL_UTTERANCES = 10
+"""Utterances over which the health report's speech level is taken."""
 
 
 class Daemon:
@@ -158,6 +161,9 @@ class Daemon:
         self.own_wake: OwnWakeWord | None = None
         """Hears the wake word in what the satellite plays (with the echo canceller)."""
         self.own_wake_words = 0
+        self.voice_levels: deque[float] = deque(maxlen=VOICE_LEVEL_UTTERANCES)
+        """The voice levels (dBFS) of the latest utterances the satellite took as the user's
+        (in a listening state): the health report's speech level is their median."""
         """Wake and stop words heard in the capture and taken for the satellite's own voice."""
         self.voice_barge_in = VoiceBargeIn() if audio.barge_in == "voice" else None
         """Listens for the user's voice over what plays (`audio.barge_in: voice`)."""
@@ -504,9 +510,16 @@ class Daemon:
                 "silence_runs": self.audio_check.total.silence_runs,
             },
             "interrupted_turns": self.interrupted,
-            "echo_reduction_db": None
-            if self.echo is None or self.echo.reduction_db is None
-            else round(self.echo.reduction_db, 1),
+            "echo_return_loss_db": _rounded(
+                None if self.echo is None else self.echo.meter.return_loss_db
+            ),
+            "echo_return_loss_enhancement_db": _rounded(
+                None if self.echo is None else self.echo.meter.enhancement_db
+            ),
+            "noise_level_dbfs": _rounded(self.endpointer.noise_dbfs),
+            "speech_level_dbfs": _rounded(
+                float(np.median(self.voice_levels)) if self.voice_levels else None
+            ),
             "own_wake_words": self.own_wake_words,
             "expected_rtf": None if self.expected_rtf is None else round(self.expected_rtf, 2),
             "home_assistant_connected": self.server.connected,
@@ -818,6 +831,8 @@ class Daemon:
         decided = time.monotonic()
         seconds = len(ended.audio) / 2 / MIC_FORMAT.rate
         _LOG.info("utterance: %.2f s (%s)", seconds, ended.reason)
+        if ended.voice_dbfs is not None:
+            self.voice_levels.append(ended.voice_dbfs)
         self._notify(events.UtteranceHeard(seconds=seconds, reason=ended.reason))
         self._step(machine.UtteranceEnd(), (ended, decided))
 
@@ -913,6 +928,10 @@ def raise_open_files_limit(want: int = OPEN_FILES) -> int:
         except (OSError, ValueError) as err:
             _LOG.debug("open-file limit stays at %d: %s", soft, err)
     return soft
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
 
 
 def _denoise(gain: NoiseGain | None, pcm: bytes) -> bytes:

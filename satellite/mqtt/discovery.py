@@ -200,6 +200,19 @@ def device_payload(settings: Settings, topics: Topics, model: str) -> dict[str, 
         "memory": _health_sensor(
             "Memory", "memory_mb", "MB", expire, device_class="data_size", icon="mdi:memory"
         ),
+        "echo_return_loss": _health_sensor(
+            "Echo return loss", "echo_return_loss_db", "dB", expire, icon="mdi:speaker-wireless"
+        ),
+        "echo_return_loss_enhancement": _health_sensor(
+            "Echo cancelled", "echo_return_loss_enhancement_db", "dB", expire,
+            icon="mdi:speaker-off",
+        ),
+        "noise_level": _health_sensor(
+            "Noise level", "noise_level_dbfs", "dBFS", expire, icon="mdi:waveform"
+        ),
+        "speech_level": _health_sensor(
+            "Speech level", "speech_level_dbfs", "dBFS", expire, icon="mdi:account-voice"
+        ),
         "uptime": _health_sensor("Uptime", "uptime_s", "s", expire, device_class="duration"),
         "mqtt_outbox": _health_sensor("MQTT outbox", "queues.mqtt_outbox", None, expire,
                                       state_class="measurement"),

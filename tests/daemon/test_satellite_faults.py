@@ -525,6 +525,12 @@ async def test_the_satellite_does_not_wake_on_its_own_voice_on_pulseaudio(
     assert woke == 0, f"woke on its own voice {woke} time(s); echo cut by {reduction} dB"
     assert took >= seconds - 0.5, f"played {seconds:.1f} s of audio in {took:.1f} s"
     assert reduction is not None and reduction >= 12.0, f"echo cut by {reduction} dB"
+    # the health report's echo figures: the microphone is the speaker's monitor (no loss on
+    # the way, so ERL near 0 dB) and the canceller's enhancement, over the blocks it heard
+    counters = daemon.counters()
+    erl, erle = counters["echo_return_loss_db"], counters["echo_return_loss_enhancement_db"]
+    assert erl is not None and abs(erl) < 3.0, counters
+    assert erle is not None and erle >= 12.0, counters
     # the wake word hears the linear canceller's output; the own-voice check heard the
     # announcement say it (twice) in the reference
     assert daemon.own_wake is not None and daemon.own_wake.detections >= 1

@@ -311,6 +311,18 @@ async def test_jitter_spike_raises_and_clears_the_alert(
         health = [json.loads(p) for p in ha.on(f"{BASE}/health")]
         assert any(h["alerts"]["jitter"] for h in health)
         assert all(k in health[-1] for k in ("ttfa_ms", "input_jitter_ms", "memory_mb", "uptime_s"))
+        # every diagnostic sensor's value is in the report it reads (the file's silence: a
+        # noise level of digital silence, no echo read, no speech heard)
+        payload = device_payload(settings, Topics.from_settings(settings), "tiny (q4)")
+        for key, sensor in payload["cmps"].items():
+            template = sensor.get("value_template", "")
+            if sensor.get("state_topic") == "~/health" and template.startswith("{{ value_json."):
+                value: Any = health[-1]
+                for part in template.removeprefix("{{ value_json.").removesuffix(" }}").split("."):
+                    assert isinstance(value, dict) and part in value, (key, template)
+                    value = value[part]
+        assert health[-1]["noise_level_dbfs"] == -120.0 and health[-1]["speech_level_dbfs"] is None
+        assert health[-1]["echo_return_loss_db"] is None
     finally:
         ha.close()
         await daemon.close()
