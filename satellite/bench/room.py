@@ -213,6 +213,8 @@ def bench_room(
 ) -> dict[str, Any]:
     """Every room through the chain with `audio`'s noise suppression and gain; `png`: draw
     them there too."""
+    if png is not None:
+        _pyplot()  # before the work: say at once what is missing
     scenes = [
         room_scene(Room(delay, level, seed), BEDS_DBFS[seed % len(BEDS_DBFS)])
         for seed, (delay, level) in enumerate(rooms)
@@ -240,15 +242,7 @@ MARK_STYLES = {
 def draw(scenes: list[RoomScene], heard: list[Heard], report: dict[str, Any], path: Path) -> None:
     """A row per room: the microphone (grey), AEC3's output (blue), the user's words
     (shaded), the marks (vertical lines), the meters in the title."""
-    try:
-        import matplotlib  # noqa: PLC0415 -- only `--png` needs it (the `plots` extra)
-
-        matplotlib.use("Agg")
-        from matplotlib import pyplot  # noqa: PLC0415
-    except ImportError as error:
-        raise UserError(
-            "bench room --png needs matplotlib: pip install 'lfm-satellite[plots]'"
-        ) from error
+    pyplot = _pyplot()
     figure, axes = pyplot.subplots(len(scenes), 1, figsize=(14, 2.2 * len(scenes)), squeeze=False)
     for row, made, h, r in zip(axes[:, 0], scenes, heard, report["rooms"], strict=True):
         t = np.arange(made.mic.shape[0]) / RATE
@@ -282,6 +276,21 @@ def draw(scenes: list[RoomScene], heard: list[Heard], report: dict[str, Any], pa
     figure.tight_layout()
     figure.savefig(path, dpi=80)
     pyplot.close(figure)
+
+
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (no display); a `UserError` naming the extra
+    where matplotlib is not installed."""
+    try:
+        import matplotlib  # noqa: PLC0415 -- only `--png` needs it (the `plots` extra)
+
+        matplotlib.use("Agg")
+        from matplotlib import pyplot  # noqa: PLC0415
+    except ImportError as error:
+        raise UserError(
+            "bench room --png needs matplotlib: pip install 'lfm-satellite[plots]'"
+        ) from error
+    return pyplot
 
 
 def _text(value: float | None) -> str:

@@ -11,7 +11,7 @@ import pytest
 
 from satellite.audio import linear_echo
 from satellite.audio.convert import float_to_pcm16, resample
-from satellite.audio.echo import FRAME, EchoCanceller
+from satellite.audio.echo import FRAME, METER_BLOCK_FRAMES, EchoCanceller, EchoMeter
 from satellite.audio.ownvoice import HOLD_SECONDS, OwnWakeWord
 from satellite.bench.echo import (
     OWN_WAKE_TEXT,
@@ -108,6 +108,24 @@ def test_reference_left_waiting_by_a_capture_stall_is_dropped() -> None:
     canceller.process(b"\0\0" * 1920, now=2.0)  # 120 ms of capture, 12 frames
     assert canceller.frames == 12
     assert 4 <= canceller.echo_frames <= 6, canceller.echo_frames  # 50 ms: 5 frames
+
+
+def test_the_echo_meter_reads_only_blocks_that_held_the_echo() -> None:
+    """ERL and ERLE (the health report's) come from blocks with something playing, heard over
+    the room's noise, that the linear canceller took 3 dB off; nothing else moves them."""
+    meter = EchoMeter()
+    n = METER_BLOCK_FRAMES
+    for _ in range(2 * n):  # the room: nothing playing, energy 1000 a frame
+        meter.add(0.0, 1000.0, 1000.0, 1000.0)
+    for _ in range(n):  # a reply the microphone hears under the room's noise x 4
+        meter.add(1e6, 3000.0, 10.0, 10.0)
+    for _ in range(n):  # the user over a reply it cannot hear: the linear filter takes nothing
+        meter.add(1e6, 1e5, 1e4, 1e5)
+    assert meter.return_loss_db is None and meter.enhancement_db is None
+    for _ in range(n):  # the echo 10 dB under the reference; AEC3 takes 20 dB off it
+        meter.add(1e6, 1e5, 1e3, 1e4)
+    assert meter.return_loss_db == pytest.approx(10.0)
+    assert meter.enhancement_db == pytest.approx(20.0)
 
 
 def test_odd_chunks_come_out_in_whole_frames() -> None:

@@ -12,10 +12,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from matplotlib import image
 
 from satellite.bench.echo import ROOMS
 from satellite.bench.room import bench_room
+from satellite.errors import UserError
 from satellite.settings import AudioSettings
 
 QUIET = dataclasses.replace(AudioSettings(), noise_suppression=0)
@@ -77,6 +79,16 @@ def test_bench_room_refuses_bad_options() -> None:
         cmd = [sys.executable, "-m", "satellite", "bench", "room", option, value]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode != 0 and option in done.stderr, done.stderr
+
+
+def test_a_picture_without_matplotlib_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    with pytest.raises(UserError) as raised:
+        bench_room(QUIET, ROOMS[:1], png=tmp_path / "room.png")
+    assert "lfm-satellite[plots]" in str(raised.value)
+    assert not (tmp_path / "room.png").exists()
 
 
 def _colour(pixels: np.ndarray, rgb: tuple[int, int, int]) -> np.ndarray:
