@@ -11,7 +11,11 @@ the last `WINDOW` frames must count (200 ms of the user in 300 ms; 120 ms heard 
 word's vowels sooner in the scripted rooms, but on a real PulseAudio server it also fired on
 the canceller's leaks, in 3 runs of 8 with nobody speaking). Nothing counts in the first
 `SETTLE_SECONDS` of playback, while the canceller settles and the residue's level is being
-learnt. Measured on the scripted rooms of `bench echo` (docs/PERFORMANCE.md).
+learnt. When the canceller loses the echo for a moment (on PulseAudio, in the seconds after
+its input opens) the residue is the echo itself; once it has the echo again and the last
+second's residue is `RECONVERGED_DB` under the 4 s one, the older levels are forgotten, or
+the user speaking then would not be 10 dB over them (and their frames would keep the level
+up). Measured on the scripted rooms of `bench echo` (docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
@@ -33,11 +37,21 @@ moves (PulseAudio changes its latency), AEC3 leaks it for a moment, far over the
 RESIDUE_FRAMES = 400
 """Frames (4 s) over which the residue's level is taken."""
 RESIDUE_PERCENTILE = 90
+RECENT_RESIDUE_FRAMES = 100
+"""Frames (1 s): when the residue of the last second is `RECONVERGED_DB` under the last 4 s',
+the canceller has found the echo again after losing it, and what it leaked meanwhile is
+forgotten."""
+RECONVERGED_DB = 15.0
 WINDOW = 30
 NEEDED = 20
 SETTLE_SECONDS = 1.0
 THRESHOLD = 0.5
 """The VAD's speech probability."""
+ONSET_PROBABILITY = 0.2
+"""A frame `MARGIN_DB` over the residue that the VAD scores over this (but not yet
+`THRESHOLD`) is kept out of the residue's levels: the user's voice as the VAD catches up
+with it (before, on PulseAudio, their first 0.3 s raised the residue's level by 30 dB and
+the rest of their words did not clear it)."""
 
 
 class VoiceBargeIn:
@@ -76,14 +90,20 @@ class VoiceBargeIn:
             level = to_dbfs(pcm16_rms(frame))
             self._heard += 1
             settled = self._heard > SETTLE_SECONDS * 100 and len(self._residue) > WINDOW
-            margin = None
-            if settled and probability > THRESHOLD and self._removed(raws, index, level):
-                margin = level - float(np.percentile(self._residue, RESIDUE_PERCENTILE))
-            voice = margin is not None and margin > MARGIN_DB
+            over = level - self._residue_level() if settled else None
+            voice = (
+                over is not None
+                and over > MARGIN_DB
+                and probability > THRESHOLD
+                and self._removed(raws, index, level)
+            )
             self._recent.append(voice)
-            if margin is not None and voice:
-                self._margins.append(margin)
-            if not voice:
+            if voice:
+                self._margins.append(level - self._residue_level())
+            # a loud frame the VAD is only starting to call speech is not the residue: it
+            # lags the user's first syllables by up to 0.3 s, and they would raise the bar
+            onset = over is not None and over > MARGIN_DB and probability > ONSET_PROBABILITY
+            if not voice and not onset:
                 self._residue.append(level)
             if sum(self._recent) >= NEEDED:
                 self.margin_db = float(np.median(self._margins))
@@ -91,6 +111,18 @@ class VoiceBargeIn:
                 self._margins.clear()
                 heard = True
         return heard
+
+    def _residue_level(self) -> float:
+        """The residue's level (dBFS): the `RESIDUE_PERCENTILE` of the last 4 s, or of the
+        last second where that is `RECONVERGED_DB` lower (then the older levels go)."""
+        levels = np.fromiter(self._residue, np.float64, len(self._residue))
+        whole = float(np.percentile(levels, RESIDUE_PERCENTILE))
+        recent = float(np.percentile(levels[-RECENT_RESIDUE_FRAMES:], RESIDUE_PERCENTILE))
+        if recent < whole - RECONVERGED_DB:
+            for _ in range(len(self._residue) - RECENT_RESIDUE_FRAMES):
+                self._residue.popleft()
+            return recent
+        return whole
 
     @staticmethod
     def _removed(raws: list[bytes], index: int, level: float) -> bool:

@@ -27,6 +27,12 @@ leaked through (12-16 dB taken off; with the window, 75 dB once settled on a rea
 PulseAudio server's loopback). Where nothing plays, the reference is silence and the capture
 passes through.
 
+The pairing also stays put when a block comes late: a capture frame whose reference has not
+come yet, while the speaker's next block is due, waits for it (`LATE_SECONDS`) instead of
+being paired with silence, which moved the whole reference later by as much (on PulseAudio,
+17 ms in the first half second after its input opened, and AEC3 lost the echo for seconds).
+The queue keeps the newest blocks when a stalled capture leaves it full.
+
 Each frame also goes through a linear canceller (`satellite.audio.linear_echo`, SpeexDSP)
 with the same reference: AEC3's output is for the end-of-speech model, the stop word and
 barge-in by voice (it takes the most echo off); the linear output is for the wake word (it
@@ -69,6 +75,15 @@ late with its capture, and an echo that comes before its reference cannot be can
 held back 21 ms and the pairing lost 37 ms all told: in rooms with an echo delay under 40 ms
 the linear canceller then took 1-6 dB off, not 13-16 (`bench echo`); LQ holds back 6 ms, and
 the reference needs no more than the 16 kHz capture hears."""
+LATE_SECONDS = 0.1
+"""A capture frame whose reference has not come yet, less than this after the last block
+queued ends playing: the speaker's next block is late (its callback jitters), not absent.
+The frame waits for it (`MAX_HELD` frames at most: on PulseAudio one or two, 10-20 ms; where
+the speaker has stopped for good, as the simulated ones do after a sound, the capture waits
+`LATE_SECONDS` once); before, it was paired with silence and the whole reference moved later
+by that much for good (17 ms in the first half second on PulseAudio after its input opened:
+AEC3 then lost the echo for a second or more, and barge-in by voice missed the user)."""
+MAX_HELD = round(LATE_SECONDS * 100)
 QUEUE_SECONDS = 2.0
 """Reference held for the capture at most (more waiting is stale in any case)."""
 METER_BLOCK_FRAMES = 50
@@ -95,8 +110,9 @@ the microphone hears (lowers a block's ERL); the upper quarter is the echo alone
 
 @dataclass(frozen=True)
 class Cancelled:
-    """What `EchoCanceller.process` makes of a capture chunk: whole 10 ms frames, each 16 kHz
-    16-bit mono, all three the same length."""
+    """What `EchoCanceller.process` makes of the capture so far: whole 10 ms frames, each
+    16 kHz 16-bit mono, all four the same length (frames that wait for their reference come
+    out with a later call)."""
 
     cleaned: bytes
     """Through AEC3: the echo taken down as far as it goes, the user's voice too in part."""
@@ -104,6 +120,8 @@ class Cancelled:
     """Through the linear canceller only: less echo taken off, the user's voice kept."""
     reference: bytes
     """What the speaker played, as paired with these frames (silence where nothing did)."""
+    captured: bytes
+    """The capture frames these came from, as the microphone gave them."""
 
 
 class EchoCanceller:
@@ -120,6 +138,11 @@ class EchoCanceller:
         self._queued_end = 0.0
         """`time.monotonic()` when the last sample in `_queue` is played."""
         self._resampler = StreamResampler(output_rate, RATE, REFERENCE_QUALITY)
+        # the resampler holds back a few ms of what it is given: primed with silence, what
+        # it holds back comes out ahead of the first block, not as a wait for every chunk
+        # (it still gives its output 300 samples at a time, so a capture frame waits for up
+        # to 19 ms at times: in 2 chunks of 3 in `bench echo`'s rooms, one frame)
+        self._resampler.process(np.zeros(output_rate // 10, np.float32))
         self._reference = np.zeros(0, np.float32)
         self._reference_end = 0.0
         """`time.monotonic()` when the last sample of `_reference` is played."""
@@ -129,6 +152,10 @@ class EchoCanceller:
         surplus is the reference left over once the chunk has read its share, in seconds."""
         self._lag_known = False
         """Whether a lag has been read (the first reading is trimmed at once)."""
+        self._held: list[bytes] = []
+        """Capture frames waiting for their reference (see `LATE_SECONDS`)."""
+        self.waits = 0
+        """Times capture frames have had to wait for their reference."""
         self.trimmed = 0
         """Reference samples (16 kHz) dropped to keep the lag."""
         self.frames = 0
@@ -144,19 +171,31 @@ class EchoCanceller:
         """A block the speaker plays from `at` on (mono float32 at `output_rate`; `at`:
         `time.monotonic()`, now unless given)."""
         when = time.monotonic() if at is None else at
-        stored = self._queue.write(samples)
-        if stored:
-            self._queued_end = when + stored / self.output_rate
+        # a capture that stalled leaves the queue full: the oldest reference makes room, so
+        # what is queued stays the last `QUEUE_SECONDS` played, with no hole before the
+        # newest (dropping the newest, as at first, left a hole of every block played while
+        # it was full)
+        if self._queue.write(samples, keep_newest=True):
+            self._queued_end = when + samples.shape[0] / self.output_rate
 
     def process(self, pcm: bytes, now: float | None = None) -> Cancelled:
         """16 kHz 16-bit mono capture in, the same with the echo taken out (two ways, see
         `Cancelled`). Whole 10 ms frames are processed; the rest waits for the next call (what
-        comes out lags by under 10 ms). `now`: when the capture came (`time.monotonic()`
-        unless given)."""
-        frames = self._capture.split(pcm)
-        self._take_reference(time.monotonic() if now is None else now, len(frames) * FRAME)
+        comes out lags by under 10 ms, and by up to `LATE_SECONDS` more while the speaker's
+        next block is late). `now`: when the capture came (`time.monotonic()` unless
+        given)."""
+        frames = self._held + self._capture.split(pcm)
+        when = time.monotonic() if now is None else now
+        self._take_reference(when, len(frames) * FRAME)
+        ready = len(frames)
+        if when - self._queued_end < LATE_SECONDS:  # the speaker's next block is due
+            ready = max(ready - MAX_HELD, min(ready, self._reference.shape[0] // FRAME))
+        if ready < len(frames) and not self._held:
+            self.waits += 1
+        self._held = frames[ready:]
         out, linear, played = bytearray(), bytearray(), bytearray()
-        for captured in frames:
+        taken = frames[:ready]
+        for captured in taken:
             reference = self._reference[:FRAME]
             self._reference = self._reference[FRAME:]
             if reference.shape[0] < FRAME:
@@ -179,7 +218,7 @@ class EchoCanceller:
                 self.echo_frames += 1
                 self._energy_in += heard
                 self._energy_out += left
-        return Cancelled(bytes(out), bytes(linear), bytes(played))
+        return Cancelled(bytes(out), bytes(linear), bytes(played), b"".join(taken))
 
     @property
     def reduction_db(self) -> float | None:

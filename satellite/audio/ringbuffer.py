@@ -45,11 +45,24 @@ class RingBuffer:
     def closed(self) -> bool:
         return self._closed
 
-    def write(self, samples: npt.NDArray[Any]) -> int:
+    def write(self, samples: npt.NDArray[Any], keep_newest: bool = False) -> int:
         """Append `samples` (1-D); never blocks for the reader and allocates no sample storage.
-        Returns how many were stored; the rest are dropped and counted."""
+        Returns how many were stored; the rest are dropped and counted. `keep_newest`: what
+        does not fit makes room by dropping the oldest samples instead (counted the same), so
+        that what is held stays contiguous with the newest: a queue whose reader is late
+        keeps the last `capacity` samples, not the first."""
         count = int(samples.shape[0])
         with self._ready:
+            if keep_newest and count > self.capacity - self._size:
+                if count > self.capacity:
+                    samples = samples[count - self.capacity :]
+                    self.dropped += count - self.capacity
+                    count = self.capacity
+                old = count - (self.capacity - self._size)
+                self._start = (self._start + old) % self.capacity
+                self._size -= old
+                self.overflows += 1
+                self.dropped += old
             stored = min(count, self.capacity - self._size)
             if stored < count:
                 self.overflows += 1

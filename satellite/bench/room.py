@@ -124,8 +124,8 @@ def hear(made: RoomScene, audio: AudioSettings) -> Heard:
             at = index * CHUNK / RATE
             now = at + CHUNK / RATE
             canceller.played(made.reply[index * block : (index + 1) * block], at)
-            raw = float_to_pcm16(made.mic[start : start + CHUNK])
-            out = canceller.process(raw, now)
+            out = canceller.process(float_to_pcm16(made.mic[start : start + CHUNK]), now)
+            raw = out.captured
             own.hear(out.reference)
             pcm = out.cleaned if noise is None else noise.process(out.cleaned)
             linear = out.linear if wake_noise is None else wake_noise.process(out.linear)

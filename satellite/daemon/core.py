@@ -694,6 +694,7 @@ class Daemon:
             # the endpointer, the stop word and barge-in by voice hear AEC3's output; the
             # wake word the linear canceller's, which keeps the user's voice whole
             cancelled = self.echo.process(raw)
+            raw = cancelled.captured  # the frames that came out (some may wait a little)
             for own in (self.own_wake, self.own_stop):
                 if own is not None:
                     own.hear(cancelled.reference)

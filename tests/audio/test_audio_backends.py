@@ -87,6 +87,18 @@ def test_ring_counts_overflows_and_drops_the_excess() -> None:
     assert out is not None and out.tolist() == [0, 1, 2, 3, 4, 5, 6, 7]
 
 
+def test_ring_keeping_the_newest_drops_the_oldest() -> None:
+    ring = RingBuffer(8, np.float32)
+    ring.write(np.arange(6, dtype=np.float32))
+    assert ring.write(np.arange(6, 11, dtype=np.float32), keep_newest=True) == 5
+    assert ring.overflows == 1 and ring.dropped == 3
+    out = np.empty(8, np.float32)
+    assert ring.read_into(out) == 8
+    assert out.tolist() == [3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]
+    ring.write(np.arange(20, dtype=np.float32), keep_newest=True)  # more than it holds
+    assert ring.read_into(out) == 8 and out.tolist() == list(range(12, 20))
+
+
 def test_ring_write_uses_the_preallocated_array() -> None:
     ring = RingBuffer(48_000)
     storage = ring.array

@@ -552,16 +552,26 @@ async def _until_capture_flows(daemon: Daemon, seconds: float, timeout: float = 
     raise AssertionError(f"the capture did not flow for {seconds} s in {timeout} s")
 
 
-@pytest.mark.parametrize("user_speaks", [True, False])
+@pytest.mark.parametrize(
+    ("user_speaks", "cold"),
+    [(True, False), (False, False), (False, True)],
+    ids=["user", "nobody", "nobody_from_the_start"],
+)
 async def test_the_user_speaking_over_an_announcement_stops_it_on_pulseaudio(
-    pulseaudio: PulseServer, model: Path, tmp_path: Path, user_speaks: bool
+    pulseaudio: PulseServer, model: Path, tmp_path: Path, user_speaks: bool, cold: bool
 ) -> None:
     """`audio.barge_in: voice` with the echo canceller, on a real PulseAudio server whose
     null-sink monitor is the microphone: a 13 s announcement plays into the sink; 4 s in, the
     user (a second client, `paplay`, into the same sink: the microphone hears both, the
     canceller's reference holds only the satellite's) asks something over it. The satellite
     stops the announcement and listens, the user's words being the turn's utterance; with
-    nobody speaking, its own voice never barges in, through the whole announcement."""
+    nobody speaking, its own voice never barges in, through the whole announcement.
+
+    `from_the_start`: the announcement plays from the daemon's first moment, while
+    PulseAudio's input delivers nothing (its first 2 s) and the canceller finds the echo from
+    nothing: its own voice must not barge in there either. (The user speaking there is
+    measured, not asserted: caught in 24 runs of 26 after the fixes of 2026-12-07, 1 in 8
+    before; docs/PERFORMANCE.md.)"""
     gap = np.zeros(6400, np.float32)
     said = [spoken("the laundry is done, and the dryer too"), gap,
             spoken("the dishwasher will be done in ten minutes, and the oven is hot"), gap]  # fmt: skip
@@ -574,13 +584,13 @@ async def test_the_user_speaking_over_an_announcement_stops_it_on_pulseaudio(
     player: asyncio.subprocess.Process | None = None
     try:
         async with home_assistant(daemon.server.bound_port) as ha:
-            # a satellite that has been running: the capture has settled (PulseAudio's input
-            # stalls for its first 2 s here and is reopened) and the canceller has heard its
-            # voice before. (Right after a reopen the canceller can stay lost for a while:
-            # docs/PERFORMANCE.md.)
-            await _until_capture_flows(daemon, 1.5)
-            await send_audio(ha, float_to_pcm16(said[1]), rate=16000)
-            await ha.wait_for("played", 15)
+            if not cold:
+                # a satellite that has been running: the capture has settled (PulseAudio's
+                # input stalls for its first 2 s here and is reopened) and the canceller has
+                # heard its voice before
+                await _until_capture_flows(daemon, 1.5)
+                await send_audio(ha, float_to_pcm16(said[1]), rate=16000)
+                await ha.wait_for("played", 15)
             start = time.monotonic()
             sending = asyncio.create_task(send_audio(ha, pcm, rate=16000))
             await asyncio.sleep(4.0)
@@ -593,14 +603,15 @@ async def test_the_user_speaking_over_an_announcement_stops_it_on_pulseaudio(
                 heard = time.monotonic() - spoke
                 await _until(lambda: seen.of("utterance"), 10.0)
             else:
-                await ha.wait_for("played", seconds + 10, count=2)
+                await ha.wait_for("played", seconds + 10, count=1 if cold else 2)
             took = time.monotonic() - start
             await sending
     finally:
         if player is not None:
             await player.wait()
         await daemon.close()
-    assert daemon.echo is not None and daemon.echo.echo_frames > 300
+    # (from the start, the input delivers nothing for 2 s and the user stops it at 4 s)
+    assert daemon.echo is not None and daemon.echo.echo_frames > (150 if cold else 300)
     if not user_speaks:
         assert not seen.of("voice_barge_in"), seen.of("voice_barge_in")
         assert took >= seconds - 0.5, f"played {seconds:.1f} s of audio in {took:.1f} s"
