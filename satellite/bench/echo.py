@@ -95,7 +95,7 @@ class Scene:
 def scene(room: Room) -> Scene:
     reply16 = espeak_speech(REPLY_TEXT, "en-gb", 165)
     reply = resample(reply16, RATE, OUTPUT_RATE)
-    echo = _convolve(reply16, room_response(room))[: reply16.shape[0]]
+    echo = convolve(reply16, room_response(room))[: reply16.shape[0]]
     gap = np.zeros(RATE // 2, np.float32)
     said = np.concatenate(
         [espeak_speech(USER_TEXT[0], "en-us", 150), gap, espeak_speech(USER_TEXT[1], "en-us", 150)]
@@ -157,7 +157,7 @@ def _floats(pcm: bytes) -> FloatArray:
     return np.frombuffer(pcm, "<i2").astype(np.float32) / np.float32(32768)
 
 
-def _convolve(a: FloatArray, b: FloatArray) -> FloatArray:
+def convolve(a: FloatArray, b: FloatArray) -> FloatArray:
     n = a.shape[0] + b.shape[0] - 1
     size = 1 << (n - 1).bit_length()
     out = np.fft.irfft(np.fft.rfft(a, size) * np.fft.rfft(b, size), size)[:n]
@@ -261,7 +261,7 @@ def own_wake_cost(reference: bytes) -> float:
 def own_wake_scene(room: Room) -> Scene:
     """The satellite playing an announcement that says the wake word, nobody speaking."""
     said = espeak_speech(OWN_WAKE_TEXT, "en-gb", 165)
-    echo = _convolve(said, room_response(room))[: said.shape[0]]
+    echo = convolve(said, room_response(room))[: said.shape[0]]
     return Scene(resample(said, RATE, OUTPUT_RATE), echo, echo, np.zeros_like(echo))
 
 

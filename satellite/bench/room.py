@@ -15,11 +15,15 @@ speech levels as the endpointer reads them (what the health report shows), each 
 the scene was made with (the echo path's level, the bed's level, the user's speech level),
 and the times of the wake word, the barge-in, the start and end of the question. `--png`
 draws a row per room: the microphone, AEC3's output, the user's words shaded, the marks.
+
+Then the false triggers (`false_triggers`): the satellite talking on its own for minutes in
+each room, nobody else speaking, through the same chain (the stop word too); every wake
+word, "stop" or barge-in by voice it takes from that is one its user would have suffered.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +32,23 @@ import numpy as np
 from satellite.audio.bargein import VoiceBargeIn
 from satellite.audio.convert import FloatArray, float_to_pcm16, pcm16_rms, resample, to_dbfs
 from satellite.audio.echo import EchoCanceller
-from satellite.audio.endpoint import Endpointer, SpeechStarted, UtteranceEnded
+from satellite.audio.endpoint import Endpointer, EndpointEvent, SpeechStarted, UtteranceEnded
 from satellite.audio.noise import NoiseGain
-from satellite.audio.ownvoice import OwnWakeWord
+from satellite.audio.ownvoice import STOP_SETTLE_SECONDS, OwnWakeWord
 from satellite.audio.wake import WakeWordDetector
-from satellite.bench.echo import CHUNK, OUTPUT_RATE, RATE, ROOMS, USER_AT, Room, db_ratio, scene
-from satellite.bench.noise import TV_DBFS, fan
+from satellite.bench.echo import (
+    CHUNK,
+    OUTPUT_RATE,
+    RATE,
+    ROOMS,
+    USER_AT,
+    Room,
+    convolve,
+    db_ratio,
+    room_response,
+    scene,
+)
+from satellite.bench.noise import TV_DBFS, fan, talk
 from satellite.errors import UserError
 from satellite.settings import AudioSettings, VadSettings, WakeSettings
 
@@ -97,16 +112,66 @@ class Heard:
     speech_dbfs: float | None
 
 
+@dataclass
+class Step:
+    """What the chain made of one 20 ms capture chunk."""
+
+    cleaned: bytes
+    """AEC3's output after noise suppression and gain (the endpointer's, barge-in's)."""
+    wake: bool
+    """The wake word, not the satellite's own."""
+    stop: bool
+    """The stop word in either canceller's output, not the satellite's own."""
+    voice_barge_in: bool
+    endpoint: list[EndpointEvent]
+
+
+class Chain:
+    """The daemon's capture chain while something plays (`Daemon.on_chunk`): the echo
+    cancellers, noise suppression and gain, the wake word on the linear output with the
+    own-voice check, the stop word on both outputs with its own, barge-in by voice (when
+    `audio.barge_in` is `voice`) and the endpointer on AEC3's."""
+
+    def __init__(self, audio: AudioSettings) -> None:
+        on = audio.noise_suppression or audio.auto_gain
+        self.canceller = EchoCanceller(OUTPUT_RATE)
+        self._noise = NoiseGain(audio.noise_suppression, audio.auto_gain) if on else None
+        self._wake_noise = NoiseGain(audio.noise_suppression, audio.auto_gain) if on else None
+        stop = WakeSettings(model="stop")
+        self._wake = WakeWordDetector(WakeSettings())
+        self._own = OwnWakeWord(WakeSettings())
+        self._stops = (WakeWordDetector(stop), WakeWordDetector(stop))
+        self._own_stop = OwnWakeWord(stop, STOP_SETTLE_SECONDS)
+        self.endpointer = Endpointer(VadSettings())
+        self._barge = VoiceBargeIn() if audio.barge_in == "voice" else None
+
+    def step(self, played: FloatArray, mic: FloatArray, at: float, playing: bool) -> Step:
+        """`played`: what the speaker plays from `at` on (24 kHz); `mic`: 20 ms the
+        microphone heard, ending 20 ms after `at`; `playing`: the satellite is in a spell of
+        playing (barge-in by voice is listened for)."""
+        self.canceller.played(played, at)
+        out = self.canceller.process(float_to_pcm16(mic), at + CHUNK / RATE)
+        for own in (self._own, self._own_stop):
+            own.hear(out.reference)
+        pcm = out.cleaned if self._noise is None else self._noise.process(out.cleaned)
+        linear = out.linear if self._wake_noise is None else self._wake_noise.process(out.linear)
+        wake = bool(self._wake.process(linear)) and not self._own.covers()
+        stop = False
+        for detector, audio in zip(self._stops, (pcm, linear), strict=True):
+            stop = stop or (bool(detector.process(audio)) and not self._own_stop.covers())
+        barge = playing and self._barge is not None and self._barge.process(pcm, out.captured)
+        return Step(pcm, wake, stop, barge, self.endpointer.process(pcm))
+
+    def close(self) -> None:
+        for detector in (self._wake, *self._stops):
+            detector.close()
+        self._own.close()
+        self._own_stop.close()
+
+
 def hear(made: RoomScene, audio: AudioSettings) -> Heard:
     """The room through the daemon's capture chain (see the module docstring)."""
-    canceller = EchoCanceller(OUTPUT_RATE)
-    on = audio.noise_suppression or audio.auto_gain
-    noise = NoiseGain(audio.noise_suppression, audio.auto_gain) if on else None
-    wake_noise = NoiseGain(audio.noise_suppression, audio.auto_gain) if on else None
-    wake = WakeWordDetector(WakeSettings())
-    own = OwnWakeWord(WakeSettings())
-    endpointer = Endpointer(VadSettings())
-    barge = VoiceBargeIn() if audio.barge_in == "voice" else None
+    chain = Chain(audio)
     user_at = LEAD_SECONDS + USER_AT
     marks: dict[str, float | None] = dict.fromkeys(
         ("wake", "voice_barge_in", "speech_started", "utterance_ended")
@@ -123,24 +188,20 @@ def hear(made: RoomScene, audio: AudioSettings) -> Heard:
         for index, start in enumerate(range(0, made.mic.shape[0] - CHUNK + 1, CHUNK)):
             at = index * CHUNK / RATE
             now = at + CHUNK / RATE
-            canceller.played(made.reply[index * block : (index + 1) * block], at)
-            out = canceller.process(float_to_pcm16(made.mic[start : start + CHUNK]), now)
-            raw = out.captured
-            own.hear(out.reference)
-            pcm = out.cleaned if noise is None else noise.process(out.cleaned)
-            linear = out.linear if wake_noise is None else wake_noise.process(out.linear)
-            cleaned.append(pcm)
+            played = made.reply[index * block : (index + 1) * block]
+            step = chain.step(played, made.mic[start : start + CHUNK], at, start >= reply_starts)
+            cleaned.append(step.cleaned)
             heard: list[str] = []
-            if wake.process(linear) and not own.covers():
+            if step.wake:
                 heard.append("wake")
-                endpointer.restart()  # as the daemon does at the wake word (a greeting)
+                chain.endpointer.restart()  # as the daemon does at the wake word (a greeting)
                 listening = True
-            if barge is not None and start >= reply_starts and barge.process(pcm, raw):
+            if step.voice_barge_in:
                 heard.append("voice_barge_in")
                 if not listening:
-                    endpointer.restart(keep_recent=True)
+                    chain.endpointer.restart(keep_recent=True)
                     listening = True
-            for event in endpointer.process(pcm):
+            for event in step.endpoint:
                 if not listening:
                     continue
                 if isinstance(event, SpeechStarted):
@@ -155,18 +216,53 @@ def hear(made: RoomScene, audio: AudioSettings) -> Heard:
                 elif marks[name] is None:
                     marks[name] = round(now, 2)
     finally:
-        wake.close()
-        own.close()
-    meter = canceller.meter
+        chain.close()
+    meter = chain.canceller.meter
     return Heard(
         cleaned=np.frombuffer(b"".join(cleaned), "<i2").astype(np.float32) / np.float32(32768),
         marks=marks,
         false_marks=false_marks,
         erl_db=meter.return_loss_db,
         erle_db=meter.enhancement_db,
-        noise_dbfs=endpointer.noise_dbfs,
+        noise_dbfs=chain.endpointer.noise_dbfs,
         speech_dbfs=voice,
     )
+
+
+def false_triggers(
+    audio: AudioSettings, seconds: float, rooms: tuple[tuple[int, float], ...]
+) -> dict[str, Any]:
+    """The satellite talking on its own (`bench noise`'s presenter: prose in four voices,
+    with pauses) for `seconds` in each room, its fan under it, nobody else speaking: what the
+    chain takes for the wake word, for "stop" and for the user barging in (barge-in by
+    voice is listened for whatever `audio.barge_in` says: it is what is counted)."""
+    audio = replace(audio, barge_in="voice")
+    per_room = []
+    block = OUTPUT_RATE * CHUNK // RATE
+    for seed, (delay, level) in enumerate(rooms):
+        room = Room(delay, level, seed)
+        said = talk(seconds, seed)
+        echo = convolve(said, room_response(room))[: said.shape[0]]
+        bed_dbfs = BEDS_DBFS[seed % len(BEDS_DBFS)]
+        mic = echo + fan(seconds, seed)[: said.shape[0]] * np.float32(
+            10 ** ((bed_dbfs - TV_DBFS) / 20)
+        )
+        played = resample(said, RATE, OUTPUT_RATE)
+        chain = Chain(audio)
+        counts = dict.fromkeys(("wake", "stop", "voice_barge_in"), 0)
+        try:
+            for index, start in enumerate(range(0, mic.shape[0] - CHUNK + 1, CHUNK)):
+                step = chain.step(played[index * block : (index + 1) * block],
+                                  mic[start : start + CHUNK], index * CHUNK / RATE, True)  # fmt: skip
+                counts["wake"] += step.wake
+                counts["stop"] += step.stop
+                counts["voice_barge_in"] += step.voice_barge_in
+        finally:
+            chain.close()
+        per_room.append({"delay_ms": delay, "level_db": level, "bed_dbfs": bed_dbfs, **counts})
+    total = {name: sum(r[name] for r in per_room) for name in ("wake", "stop", "voice_barge_in")}
+    return {"seconds_per_room": seconds, "rooms": per_room, "total": total,
+            "seconds": round(seconds * len(rooms), 1)}  # fmt: skip
 
 
 def speech_level(user: FloatArray) -> float:
@@ -210,9 +306,11 @@ def bench_room(
     audio: AudioSettings,
     rooms: tuple[tuple[int, float], ...] = ROOMS,
     png: Path | None = None,
+    false_seconds: float = 0.0,
 ) -> dict[str, Any]:
     """Every room through the chain with `audio`'s noise suppression and gain; `png`: draw
-    them there too."""
+    them there too; `false_seconds`: also the satellite talking alone this long in each room
+    (`false_triggers`)."""
     if png is not None:
         _pyplot()  # before the work: say at once what is missing
     scenes = [
@@ -220,12 +318,14 @@ def bench_room(
         for seed, (delay, level) in enumerate(rooms)
     ]
     heard = [hear(made, audio) for made in scenes]
-    report = {
+    report: dict[str, Any] = {
         "barge_in": audio.barge_in,
         "noise_suppression": audio.noise_suppression,
         "auto_gain": audio.auto_gain,
         "rooms": [figures(made, h) for made, h in zip(scenes, heard, strict=True)],
     }
+    if false_seconds > 0:
+        report["false_triggers"] = false_triggers(audio, false_seconds, rooms)
     if png is not None:
         draw(scenes, heard, report, png)
     return report
@@ -321,6 +421,14 @@ def format_report(report: dict[str, Any]) -> str:
             f"{_text(m['speech_dbfs']):>11} ({made['speech_dbfs']:g})  "
             f"{marks[0]:>4}  {marks[1]:>8}  {marks[2]:>11}  {marks[3]:>5}  "
             f"{len(r['false_marks_s'])}"
+        )
+    false = report.get("false_triggers")
+    if false is not None:
+        total = false["total"]
+        lines.append(
+            f"  the satellite talking alone, {false['seconds_per_room']:g} s in each room "
+            f"({false['seconds']:g} s): wake words {total['wake']}, stop words {total['stop']}, "
+            f"barge-ins by voice {total['voice_barge_in']}"
         )
     return "\n".join(lines)
 

@@ -264,8 +264,10 @@ def add_bench_commands(commands: Any) -> None:
         "speech); print the echo return loss and its enhancement, the noise and speech "
         "levels as the health report reads them, beside the room's own, and when the wake "
         "word, the barge-in and the question's start and end were heard. --png draws each "
-        "room: the microphone, what the models hear, the user's words, the marks. Needs "
-        "espeak-ng (and matplotlib for --png).",
+        "room: the microphone, what the models hear, the user's words, the marks. Then the "
+        "satellite talks alone in each room (--false-minutes) and what it takes for the "
+        "wake word, 'stop' or the user barging in is counted. Needs espeak-ng (and "
+        "matplotlib for --png).",
     )
     room.add_argument(
         "--noise-suppression",
@@ -283,6 +285,13 @@ def add_bench_commands(commands: Any) -> None:
         "--barge-in-by-voice",
         action="store_true",
         help="as audio.barge_in: voice (default: the wake word only)",
+    )
+    room.add_argument(
+        "--false-minutes",
+        type=float,
+        default=2.0,
+        help="the satellite talking alone in each room, nobody else: false wake words, stop "
+        "words and barge-ins (default 2 minutes a room; 0: none)",
     )
     room.add_argument("--json", type=Path, metavar="FILE", help="also save the figures here")
     room.add_argument("--png", type=Path, metavar="FILE", help="also draw the rooms here")
@@ -540,13 +549,15 @@ def cmd_bench_room(args: argparse.Namespace) -> int:
         raise UserError(f"--noise-suppression must be 0 to 4, not {args.noise_suppression}")
     if not 0 <= args.auto_gain <= 31:
         raise UserError(f"--auto-gain must be 0 to 31, not {args.auto_gain}")
+    if not 0 <= args.false_minutes <= 600:
+        raise UserError(f"--false-minutes must be 0 to 600, not {args.false_minutes}")
     audio = dataclasses.replace(
         AudioSettings(),
         noise_suppression=args.noise_suppression,
         auto_gain=args.auto_gain,
         barge_in="voice" if args.barge_in_by_voice else True,
     )
-    report = bench_room(audio, png=args.png)
+    report = bench_room(audio, png=args.png, false_seconds=args.false_minutes * 60)
     print(format_report(report))
     _save(args.json, report)
     if args.png is not None:

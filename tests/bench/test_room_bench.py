@@ -53,7 +53,7 @@ def test_the_meters_read_each_room_as_it_was_made() -> None:
 def test_bench_room_saves_the_figures_and_draws_every_room(tmp_path: Path) -> None:
     figures, drawing = tmp_path / "room.json", tmp_path / "room.png"
     cmd = [sys.executable, "-m", "satellite", "bench", "room", "--barge-in-by-voice",
-           "--json", str(figures), "--png", str(drawing)]  # fmt: skip
+           "--false-minutes", "0.1", "--json", str(figures), "--png", str(drawing)]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     report = json.loads(figures.read_text())
@@ -63,6 +63,12 @@ def test_bench_room_saves_the_figures_and_draws_every_room(tmp_path: Path) -> No
     # barge-in by voice fires on the user in every room, never before they speak
     assert all(r["marks_s"]["voice_barge_in"] is not None for r in report["rooms"])
     assert all(r["false_marks_s"] == [] for r in report["rooms"])
+    # 6 s of the satellite talking alone in each room (the long run is the benchmark's):
+    # nothing taken for the wake word, "stop" or the user
+    false = report["false_triggers"]
+    assert false["seconds"] == 54.0 and len(false["rooms"]) == len(ROOMS)
+    assert false["total"] == {"wake": 0, "stop": 0, "voice_barge_in": 0}, false
+    assert "the satellite talking alone, 6 s in each room (54 s)" in done.stdout
     pixels = image.imread(str(drawing))[:, :, :3]
     height = pixels.shape[0]
     assert pixels.shape[1] == 14 * 80 and height == round(2.2 * len(ROOMS) * 80), pixels.shape
@@ -75,7 +81,8 @@ def test_bench_room_saves_the_figures_and_draws_every_room(tmp_path: Path) -> No
 
 
 def test_bench_room_refuses_bad_options() -> None:
-    for option, value in (("--noise-suppression", "5"), ("--auto-gain", "-1")):
+    for option, value in (("--noise-suppression", "5"), ("--auto-gain", "-1"),
+                          ("--false-minutes", "-1")):  # fmt: skip
         cmd = [sys.executable, "-m", "satellite", "bench", "room", option, value]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode != 0 and option in done.stderr, done.stderr
