@@ -98,8 +98,8 @@ class VoiceBargeIn:
                 and self._removed(raws, index, level)
             )
             self._recent.append(voice)
-            if voice:
-                self._margins.append(level - self._residue_level())
+            if voice and over is not None:
+                self._margins.append(over)
             # a loud frame the VAD is only starting to call speech is not the residue: it
             # lags the user's first syllables by up to 0.3 s, and they would raise the bar
             onset = over is not None and over > MARGIN_DB and probability > ONSET_PROBABILITY

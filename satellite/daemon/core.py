@@ -161,10 +161,10 @@ class Daemon:
         self.own_wake: OwnWakeWord | None = None
         """Hears the wake word in what the satellite plays (with the echo canceller)."""
         self.own_wake_words = 0
+        """Wake and stop words heard in the capture and taken for the satellite's own voice."""
         self.voice_levels: deque[float] = deque(maxlen=VOICE_LEVEL_UTTERANCES)
         """The voice levels (dBFS) of the latest utterances the satellite took as the user's
         (in a listening state): the health report's speech level is their median."""
-        """Wake and stop words heard in the capture and taken for the satellite's own voice."""
         self.voice_barge_in = VoiceBargeIn() if audio.barge_in == "voice" else None
         """Listens for the user's voice over what plays (`audio.barge_in: voice`)."""
         self._voice_hearing = False
