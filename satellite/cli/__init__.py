@@ -31,23 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lfm-satellite",
         description="Local voice satellite for Home Assistant running LFM2-Audio on ONNX Runtime.",
         epilog="Config file search order: --config, $LFM_SATELLITE_CONFIG, ./satellite.yaml, "
-        "/etc/lfm-satellite/config.yaml. Run `lfm-satellite COMMAND --help` for a command's options.",
+        "/etc/lfm-satellite/config.yaml. -c, -v, --log-level and --log-format go before or after "
+        "COMMAND; given in both places, the one after it wins. "
+        "Run `lfm-satellite COMMAND --help` for a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"lfm-satellite {__version__}")
-    parser.add_argument("-c", "--config", metavar="FILE", help="config file (YAML)")
-    parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more log output (-v: info, -vv: debug)"
-    )
-    parser.add_argument(
-        "--log-level",
-        choices=("debug", "info", "warning", "error"),
-        help="log level (overrides -v and the config)",
-    )
-    parser.add_argument(
-        "--log-format",
-        choices=("text", "json"),
-        help="log lines as text or JSON (overrides the config)",
-    )
+    add_global_options(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     commands.required = True
 
@@ -105,7 +94,60 @@ def build_parser() -> argparse.ArgumentParser:
     from satellite.cli.demo import add_demo_command
 
     add_demo_command(commands)
+    for command in _subcommands(parser):
+        add_global_options(
+            command.add_argument_group(
+                "global options",
+                "also accepted before the command; given in both places, the one here wins",
+            ),
+            after_command=True,
+        )
     return parser
+
+
+def add_global_options(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, after_command: bool = False
+) -> None:
+    """The options every command takes, before or after its name. After it their default is
+    SUPPRESS: a command's parser then sets only what was given there, which replaces what was
+    given before the command, and the top-level defaults stay for the rest."""
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if after_command else value
+
+    parser.add_argument(
+        "-c", "--config", metavar="FILE", default=default(None), help="config file (YAML)"
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=default(0),
+        help="more log output (-v: info, -vv: debug)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default=default(None),
+        help="log level (overrides -v and the config)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=default(None),
+        help="log lines as text or JSON (overrides the config)",
+    )
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every command's parser under `parser`, nested ones (`model fetch`) included."""
+    found: list[argparse.ArgumentParser] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                if all(command is not seen for seen in found):  # an alias names it twice
+                    found += [command, *_subcommands(command)]
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> int:
