@@ -2,7 +2,8 @@
 of the README's commands prints every step and changes nothing; a real run creates the user,
 the venv with the package, the config (kept on upgrade), fetches the model from a hub on
 127.0.0.1 and enables the unit in the tree; `--uninstall` keeps config and models unless
-`--purge`."""
+`--purge`. Before any step, a board with too little memory for the chosen model variant is
+told so (the memory read from a stand-in for /proc/meminfo)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,18 @@ CONFIG = "etc/lfm-satellite/config.yaml"
 MODEL = f"var/lib/lfm-satellite/models/{NAME}/q4"
 UNIT = "etc/systemd/system/lfm-satellite.service"
 WANTS = "etc/systemd/system/multi-user.target.wants/lfm-satellite.service"
+
+
+def meminfo(path: Path, kib: int) -> Path:
+    """A /proc/meminfo stand-in saying MemTotal is `kib` kB (the kernel's kB are KiB)."""
+    path.write_text(f"MemTotal:       {kib} kB\nMemFree:        {kib // 2} kB\n")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def plenty_of_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The installer's memory check reads a board with 16 GB, not the test machine."""
+    monkeypatch.setenv("LFM_SATELLITE_MEMINFO", str(meminfo(tmp_path / "meminfo-16g", 16 << 20)))
 
 
 def install(
@@ -118,6 +131,64 @@ def test_refuses_bad_arguments(tmp_path: Path) -> None:
     assert install("--purge", "--root", tmp_path).returncode == 2
     gone = install("--dry-run", "--root", tmp_path / "missing")
     assert gone.returncode == 2 and "no such directory" in gone.stderr
+
+
+def test_too_little_memory_stops_before_anything(tmp_path: Path) -> None:
+    """A 2 GB board (MemTotal 1.94 GB): the q4 model does not fit. The installer says so
+    before any step: nothing is written into the tree, pip and the hub are never asked."""
+    root = tmp_path / "root"
+    root.mkdir()
+    prepared_venv(root)
+    before = tree(root)
+    small = meminfo(tmp_path / "meminfo-2g", 1_897_988)
+    with serve_hub({NAME: tmp_path / "empty-repo"}) as hub:
+        env = {**os.environ, "LFM_SATELLITE_MEMINFO": str(small), "HF_ENDPOINT": hub.url}
+        env.pop("HF_HUB_OFFLINE", None)
+        done = install("--root", root, "--pip-arg=--no-index", "--source", tmp_path / "nothing",
+                       env=env)  # fmt: skip
+        assert hub.requests == []
+    assert done.returncode == 1, done.stdout + done.stderr
+    err = done.stderr
+    assert f"this machine has 1.94 GB (MemTotal in {small})" in err
+    assert f"the q4 variant of {NAME} needs about 2.12 GB" in err
+    assert "peaks at about 1.62 GB, measured" in err
+    assert "Nothing was installed or downloaded" in err
+    assert "q4, the smallest variant" in err and "--ignore-memory" in err
+    assert "satellite.mode: ha" in err  # why that alone does not help
+    assert "[1]" not in done.stdout and "+ " not in done.stdout  # no step ran
+    assert tree(root) == before
+    # the same in a dry run; with --ignore-memory it goes on, saying so
+    assert install("--dry-run", "--root", root, env=env).returncode == 1
+    anyway = install("--dry-run", "--root", root, "--ignore-memory", env=env)
+    assert anyway.returncode == 0, anyway.stderr
+    assert "installing anyway (--ignore-memory)" in anyway.stdout
+    assert f"model fetch {NAME} --variant q4" in anyway.stdout
+    # no model, nothing to check
+    assert install("--dry-run", "--root", root, "--model", "none", env=env).returncode == 0
+    real_system_untouched()
+
+
+def test_memory_check_per_variant(tmp_path: Path) -> None:
+    """A 4 GB board (MemTotal 3.98 GB) fits q4 and goes on to fetch it; fp32 does not fit,
+    and the message names the variant that does."""
+    env = {**os.environ, "LFM_SATELLITE_MEMINFO": str(meminfo(tmp_path / "m4", 3_884_752))}
+    ok = install("--dry-run", "--root", tmp_path, env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert "memory: 3.98 GB here; the q4 variant needs about 2.12 GB" in ok.stdout
+    assert ok.stdout.index("memory:") < ok.stdout.index("[1] system packages")
+    assert f"model fetch {NAME} --variant q4" in ok.stdout
+    fp32 = install("--dry-run", "--root", tmp_path, "--variant", "fp32", env=env)
+    assert fp32.returncode == 1
+    assert "the fp32 variant" in fp32.stderr and "estimated" in fp32.stderr
+    assert "a smaller variant: --variant q4 (needs about 2.12 GB)" in fp32.stderr
+    env["LFM_SATELLITE_MEMINFO"] = str(meminfo(tmp_path / "m6", 6 << 20))
+    fp32 = install("--dry-run", "--root", tmp_path, "--variant", "fp32", env=env)
+    assert "--variant fp16 (needs about 4.10 GB) or --variant q4" in fp32.stderr
+    # unreadable: said, not checked
+    env["LFM_SATELLITE_MEMINFO"] = str(tmp_path / "no-such-file")
+    unknown = install("--dry-run", "--root", tmp_path, env=env)
+    assert unknown.returncode == 0 and "cannot read MemTotal" in unknown.stdout
+    assert tree(tmp_path) == {"m4", "m6", "meminfo-16g"}
 
 
 @pytest.fixture
