@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR|NAME",
         help="model directory or catalog name (default: the config's `model` section)",
     )
+    run.add_argument(
+        "--fetch",
+        action="store_true",
+        help="fetch the catalog model first if it is not on this machine yet, as `model fetch` "
+        "does (the container image starts with it)",
+    )
     run.set_defaults(handler=cmd_run)
 
     from satellite.cli.model import add_model_commands
@@ -224,6 +230,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"  {line}")
     if args.dry_run:
         return 0
+    if args.fetch:
+        from satellite.cli.model import fetch_if_missing
+
+        fetch_if_missing(s.model, args.model)
     return asyncio.run(run_daemon(s, args.model))
 
 

@@ -20,8 +20,9 @@ from satellite.modeldir.catalog import (
     find_entry,
     load_catalog,
 )
-from satellite.modeldir.manifest import VARIANTS, human_size, read_manifest
+from satellite.modeldir.manifest import MANIFEST_NAME, VARIANTS, human_size, read_manifest
 from satellite.modeldir.verify import Report, verify
+from satellite.settings import ModelSettings
 
 
 def add_model_commands(commands: Any) -> None:
@@ -293,6 +294,29 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         f"{len(manifest.files)} files, {human_size(result.total_bytes)}"
     )
     return 0
+
+
+def fetch_if_missing(settings: ModelSettings, spec: str | None) -> None:
+    """`run --fetch`: the catalog model that `spec` (else the config's model section) names,
+    fetched into the models folder unless it is there already; a model directory, given or
+    configured, is left as it is."""
+    from satellite.modeldir.fetch import default_model_dir, default_models_dir
+
+    if settings.directory or (spec is not None and Path(spec).expanduser().exists()):
+        return
+    entry = find_entry(load_catalog(catalog_path()), spec or settings.name)
+    models_dir = (
+        Path(settings.models_dir).expanduser() if settings.models_dir else default_models_dir()
+    )
+    if (default_model_dir(models_dir, entry.name, settings.variant) / MANIFEST_NAME).is_file():
+        return
+    print(f"fetching {entry.name} ({settings.variant}): it is not in {models_dir} yet", flush=True)
+    request = argparse.Namespace(
+        catalog=None, name=entry.name, variant=settings.variant, dir=None,
+        models_dir=models_dir, revision=None, offline=False,
+    )  # fmt: skip
+    if cmd_fetch(request) != 0:
+        raise UserError(f"could not fetch {entry.name} ({settings.variant}); see the lines above")
 
 
 def cmd_fetch_backbone(args: argparse.Namespace) -> int:
