@@ -106,7 +106,7 @@ class Broker:
 class Watcher:
     """A plain paho subscriber recording every message (Home Assistant's side of MQTT)."""
 
-    def __init__(self, port: int, topics: list[str]) -> None:
+    def __init__(self, port: int, topics: list[str], auth: tuple[str, str] | None = None) -> None:
         self.messages: list[tuple[str, bytes, bool, float]] = []
         self.lock = threading.Lock()
         self.client = paho.Client(callback_api_version=CallbackAPIVersion.VERSION2)
@@ -115,6 +115,8 @@ class Watcher:
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe([(t, 1) for t in topics])
         self.client.on_subscribe = lambda c, u, mid, codes, p: self.subscribed.set()
         self.client.reconnect_delay_set(0.2, 0.5)
+        if auth is not None:
+            self.client.username_pw_set(*auth)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         if not self.subscribed.wait(10):  # else a message published at once could be missed

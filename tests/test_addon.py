@@ -14,10 +14,7 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +37,9 @@ from satellite.addon import (
 )
 from satellite.config import load_config
 from tests.paths import REPO
+from tests.supervisor import TOKEN, FakeSupervisor, serve_supervisor
 
 ADDON = REPO / "integration" / "lfm_satellite"
-TOKEN = "test-supervisor-token"
 
 # -- the Supervisor's add-on config rules (supervisor/addons/validate.py, options.py) ----------
 
@@ -304,66 +301,10 @@ def test_run_script_logs_one_line_and_exits(
 # -- the Supervisor ----------------------------------------------------------------------------
 
 
-@dataclass
-class FakeSupervisor:
-    """Answers like the Supervisor's REST API (result/data envelopes, bearer token)."""
-
-    mqtt: dict[str, Any] | None
-    url: str = ""
-    calls: list[tuple[str, str, str | None, Any]] = field(default_factory=list)
-
-
 @pytest.fixture
 def supervisor(request: pytest.FixtureRequest) -> Iterator[FakeSupervisor]:
-    mqtt = getattr(request, "param", None)
-    fake = FakeSupervisor(mqtt)
-
-    class Handler(BaseHTTPRequestHandler):
-        def reply(self, status: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def handle_call(self, method: str) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = json.loads(self.rfile.read(length)) if length else None
-            auth = self.headers.get("Authorization")
-            fake.calls.append((method, self.path, auth, body))
-            if auth != f"Bearer {TOKEN}":
-                self.reply(401, {"result": "error", "message": "Unauthorized"})
-            elif method == "GET" and self.path == "/services/mqtt":
-                if fake.mqtt is None:
-                    self.reply(400, {"result": "error", "message": "Service not enabled"})
-                else:
-                    self.reply(200, {"result": "ok", "data": fake.mqtt})
-            elif method == "POST" and self.path == "/discovery":
-                number = sum(1 for c in fake.calls if c[1] == "/discovery")
-                self.reply(200, {"result": "ok", "data": {"uuid": f"uuid-{number}"}})
-            else:
-                self.reply(404, {"result": "error", "message": "Not found"})
-
-        def do_GET(self) -> None:
-            self.handle_call("GET")
-
-        def do_POST(self) -> None:
-            self.handle_call("POST")
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
+    with serve_supervisor(getattr(request, "param", None)) as fake:
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 MOSQUITTO = {"host": "core-mosquitto", "port": 1883, "ssl": False, "protocol": "3.1.1",
