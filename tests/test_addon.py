@@ -24,6 +24,7 @@ from wyoming.event import Event
 from wyoming.info import AsrModel, AsrProgram, Attribution, Describe, Info
 from wyoming.server import AsyncEventHandler, AsyncTcpServer
 
+from satellite import __version__
 from satellite.addon import (
     DEFAULT_OPTIONS,
     OPTION_SCHEMA,
@@ -411,3 +412,66 @@ def test_example_automations_trigger_on_the_event_topic() -> None:
         assert trigger["value_template"] == "{{ value_json.event_type }}", path.name
         found[trigger["payload"]] = path.name
     assert set(found) == {"wake_detected", "turn_finished", "alert_raised"}
+
+
+# -- the add-on repository, as the Supervisor reads it (supervisor/store/data.py, validate.py) --
+
+CONFIG_SUFFIXES = {".json", ".yaml", ".yml"}
+
+
+def supervisor_finds_addons(files: list[str]) -> list[str]:
+    """The Supervisor's scan of a cloned repository: every `**/config.*` with a configuration
+    suffix, outside hidden folders and `rootfs`."""
+    found = []
+    for name in files:
+        path = Path(name)
+        if path.stem != "config" or path.suffix not in CONFIG_SUFFIXES:
+            continue
+        if any(part.startswith(".") or part == "rootfs" for part in path.parts):
+            continue
+        found.append(name)
+    return found
+
+
+def tracked_files() -> list[str]:
+    """What a clone of the repository holds."""
+    done = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                          cwd=REPO, capture_output=True, text=True, check=True)  # fmt: skip
+    return done.stdout.splitlines()
+
+
+def test_the_repository_holds_one_addon_and_says_what_it_is() -> None:
+    assert supervisor_finds_addons(tracked_files()) == ["integration/lfm_satellite/config.yaml"]
+    assert supervisor_finds_addons(["a/config.json", ".github/config.yaml", "x/rootfs/config.yml",
+                                    "b/configs.yaml"]) == ["a/config.json"]  # fmt: skip
+    repository = yaml.safe_load((REPO / "repository.yaml").read_text())
+    assert isinstance(repository["name"], str) and repository["name"]
+    assert isinstance(repository.get("maintainer", ""), str)
+    assert re.fullmatch(r"https://[\w.-]+(/[\w.-]+)+", repository["url"]), repository["url"]
+    assert addon_config()["url"] == repository["url"]
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", f"{path}: not a PNG"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_the_store_entry_has_its_pictures_changelog_and_docs() -> None:
+    assert png_size(ADDON / "icon.png") == (128, 128)  # the store's 1:1 icon
+    assert png_size(ADDON / "logo.png") == (250, 100)  # and its 250 x 100 logo
+    version = addon_config()["version"]
+    assert re.search(rf"^## {re.escape(version)}$", (ADDON / "CHANGELOG.md").read_text(), re.M)
+    assert (ADDON / "DOCS.md").read_text().startswith("# LFM Satellite add-on")
+
+
+def test_the_addon_installs_its_own_versions_source() -> None:
+    """The Dockerfile installs GitHub's archive of the tag v<version> of the repository the
+    add-on names, and the version is the package's."""
+    dockerfile = (ADDON / "Dockerfile").read_text()
+    source = re.search(r"^ARG SATELLITE_SOURCE=(\S+)$", dockerfile, re.M)
+    assert source, "the Dockerfile names no SATELLITE_SOURCE"
+    assert source.group(1) == addon_config()["url"] + "/archive/refs/tags/v${BUILD_VERSION}.tar.gz"
+    assert '"lfm-satellite @ ${SATELLITE_SOURCE}"' in dockerfile
+    assert "lfm-satellite==" not in dockerfile  # no package index holds the project
+    assert addon_config()["version"] == __version__
