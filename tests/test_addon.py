@@ -475,3 +475,24 @@ def test_the_addon_installs_its_own_versions_source() -> None:
     assert '"lfm-satellite @ ${SATELLITE_SOURCE}"' in dockerfile
     assert "lfm-satellite==" not in dockerfile  # no package index holds the project
     assert addon_config()["version"] == __version__
+
+
+def test_the_readme_container_section_matches_the_files() -> None:
+    """The README's container section names the files and the image the check builds and the
+    release workflow pushes."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Container") : readme.index("## Releases")]
+    compose = yaml.safe_load((REPO / "integration/docker/compose.yaml").read_text())
+    (service,) = compose["services"].values()
+    assert (
+        "integration/docker/compose.yaml" in section and "integration/docker/Dockerfile" in section
+    )
+    image = service["image"].rsplit(":", 1)[0]
+    assert f"`{image}`" in section
+    workflow = (REPO / ".github/workflows/release.yml").read_text()
+    assert "images: ghcr.io/${{ github.repository_owner }}/lfm-satellite" in workflow
+    assert image == "ghcr.io/lfm-satellite/lfm-satellite"
+    dockerfile = (REPO / "integration/docker/Dockerfile").read_text()
+    assert 'CMD ["run", "--fetch"]' in dockerfile and "`run --fetch`" in section
+    for port in ("10700", "10701"):
+        assert port in section and "EXPOSE 10700 10701" in dockerfile
