@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from satellite.errors import UserError
+from satellite.safety.policy import PolicyError, build_policy
 from satellite.settings import STOP_WORDS, WAKE_WORDS, Settings
 
 CONFIG_ENV = "LFM_SATELLITE_CONFIG"
@@ -131,6 +132,7 @@ PATH_KEYS: tuple[tuple[str, str], ...] = (
     ("mqtt", "key_file"),
     ("mqtt", "password_file"),
     ("device_control", "allowlist_file"),
+    ("safety", "policy_file"),
     ("logging", "file"),
 )
 """The settings that name a file or folder (besides a custom wake-word or stop-word model). A relative one
@@ -364,6 +366,13 @@ class _Checker:
                 ("device_control", "allowlist_file"),
                 "device control needs an allowlist; set device_control.allowlist_file",
             )
+        policy_file = s.safety.policy_file
+        self.check_readable(("safety", "policy_file"), policy_file)
+        if policy_file and self.ok("safety.policy_file"):
+            try:
+                build_policy([], str(self.resolve(policy_file)))
+            except PolicyError as err:
+                self.problem(("safety", "policy_file"), str(err))
         if s.wake.model not in WAKE_WORDS and self.ok("wake.model"):
             path = self.resolve(s.wake.model)
             if not (s.wake.model.endswith(".json") and path.is_file()):

@@ -40,8 +40,15 @@ class TurnReport:
     error: str | None = None
     audio_problems: tuple[str, ...] = ()
     """What the audio integrity check fixed in the reply (safety.audio_integrity)."""
-    blocked_term: str | None = None
-    """The blocked term that stopped the reply (safety.blocked_terms), if one did."""
+    blocked_rule: str | None = None
+    """The safety rule that stopped the reply (`blocked_terms` or a policy file rule), if one
+    did."""
+    blocked_excerpt: str | None = None
+    """The reply's text around what the rule matched (at most 40 characters, personal data
+    masked)."""
+    safety_wait: float | None = None
+    """Seconds the reply's first audio waited on its text's check (the rules' time included;
+    0 when the text had passed before the audio came)."""
     start_delay: float | None = None
     """Seconds the first reply audio was held so the rest would keep up (the engine makes
     audio more slowly than real time; 0 when it keeps up)."""
@@ -234,6 +241,16 @@ class TimerRinging(DaemonEvent):
 @dataclass(frozen=True)
 class TimerSilenced(DaemonEvent):
     kind: ClassVar[str] = "timer_silenced"
+
+
+@dataclass(frozen=True)
+class ReplyBlocked(DaemonEvent):
+    """A safety rule stopped a reply (`what`: reply) or a text to speak (`what`: speech)."""
+
+    kind: ClassVar[str] = "reply_blocked"
+    rule: str
+    excerpt: str
+    what: str
 
 
 @dataclass(frozen=True)

@@ -408,15 +408,34 @@ class HealthSettings:
 @dataclass(frozen=True)
 class SafetySettings:
     text_filter: bool = True
-    """Check generated text before it is spoken and stop replies that contain blocked terms."""
+    """Check a reply's text before its audio plays: each stretch of audio waits until the text
+    written before it has passed every rule (blocked terms, the policy file's rules); a reply
+    that breaks one is stopped there and the refusal is said instead."""
 
     blocked_terms: list[str] = field(default_factory=list)
     """Words or phrases that must never be spoken (case-insensitive, whole words): a reply
     whose text contains one is stopped there."""
 
+    policy_file: str | None = None
+    """YAML file of further rules: blocked terms, regular expressions, personal data (phone
+    numbers, e-mail addresses, card numbers, street addresses), allow-only topics, an external
+    command or a Python plugin (see `lfm-satellite safety check --help`). Read again when it
+    changes, at the start of a reply. None by default."""
+
+    refusal: str = "Sorry, I can't say that."
+    """Said in the satellite's voice instead of a reply that was stopped by a rule; empty: the
+    reply just stops."""
+
     audio_integrity: bool = True
     """Check generated audio before playback: invalid samples are zeroed, samples beyond full
-    scale clipped, long silences counted; a reply that needed it raises the audio alert."""
+    scale clipped, long silences counted, and each frame checked for clicks, DC offset,
+    loudness jumps, dropouts, loops and a wrong sample rate or channel count; a reply that
+    needed it raises the audio alert."""
+
+    audio_action: Literal["mute", "drop", "report"] = "mute"
+    """What a frame that fails the integrity check does: `mute` silences the rest of the
+    reply, `drop` only that frame (replaced by silence with a short fade), `report` only
+    counts it."""
 
     max_reply_seconds: float = field(default=30.0, metadata=limits(1.0, 600.0))
     """Longest spoken reply; generation stops there."""

@@ -13,7 +13,10 @@ For each turn:
 - overhead = time to first audio - engine - start delay: handing the utterance to the worker
   thread, the event hop back to the loop, queueing for playback, resampling;
 - underruns and holds: breaks in the reply's playback (a speaker that ran dry) and
-  deliberate gaps; and the engine's real-time factor over the reply.
+  deliberate gaps; and the engine's real-time factor over the reply;
+- safety wait: what the text check added to the first audio (`satellite.safety.gate`: the
+  first frame's wait for its text to pass, and the rules' time before it), with the rules of
+  `--policy FILE` (none by default).
 
 Turns run back to back, each reply played out at real time before the next (so the tiny
 model's noisy replies are cut to `--reply-seconds`). With `--pause S`, each turn is as if the
@@ -42,6 +45,7 @@ WINDOWS = {
     "engine_ms": "engine ms",
     "start_delay_ms": "start delay ms",
     "overhead_ms": "daemon overhead ms",
+    "safety_wait_ms": "safety wait ms",
     "generation_rtf": "engine real-time factor",
 }
 """The figures of each turn (name in the report: label in the table)."""
@@ -65,6 +69,7 @@ def bench_turns(
     model: Path, *, turns: int = 50, threads: int = 0, reply_seconds: float = 1.0,
     query_seconds: float = 4.0, query_text: str | None = None, pause: float | None = None,
     backbone: Backbone = "onnxruntime", backbone_gguf: Path | None = None,
+    policy: Path | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     base = Settings()
     replace = dataclasses.replace
@@ -86,7 +91,11 @@ def bench_turns(
                 backbone_gguf=str(backbone_gguf.resolve()) if backbone_gguf else None,
             ),
             wyoming=loopback_wyoming(base.wyoming),
-            safety=replace(base.safety, max_reply_seconds=reply_seconds),
+            safety=replace(
+                base.safety,
+                max_reply_seconds=reply_seconds,
+                policy_file=str(policy.resolve()) if policy else None,
+            ),
             mqtt=replace(base.mqtt, enabled=False),
         )
         query = spoken_query(query_seconds, text=query_text or QUERY_TEXT)
@@ -99,6 +108,8 @@ def bench_turns(
         windows["engine_ms"].add(report.engine_first_audio * 1000)
         windows["start_delay_ms"].add((report.start_delay or 0.0) * 1000)
         windows["overhead_ms"].add(report.overhead * 1000)
+        if report.safety_wait is not None:
+            windows["safety_wait_ms"].add(report.safety_wait * 1000)
         if report.generation_rtf is not None:
             windows["generation_rtf"].add(report.generation_rtf)
     return {
@@ -112,6 +123,8 @@ def bench_turns(
         "speech_seconds": query.speech_seconds,
         "reply_seconds": reply_seconds,
         "speculative_pause_seconds": pause,
+        "policy": str(policy) if policy else None,
+        "blocked_turns": sum(report.blocked_rule is not None for report in reports),
         "machine": platform.machine(),
         "wall_seconds": round(time.monotonic() - started, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
@@ -139,7 +152,7 @@ def format_report(report: dict[str, Any]) -> str:
         s = report.get(name)
         if s is None:
             continue
-        digits = ".2f" if name == "generation_rtf" else ".1f"
+        digits = {"generation_rtf": ".2f", "safety_wait_ms": ".3f"}.get(name, ".1f")
         cells = "".join(
             f"{'-' if s[k] is None else format(s[k], digits):>9}"
             for k in ("p50", "p95", "p99", "max")
@@ -152,6 +165,9 @@ def format_report(report: dict[str, Any]) -> str:
             f"{report['turns']} replies, {sum(report['holds'])} hold(s)"
             + ("" if breaks else " (every reply played without a break)")
         )
+    if report.get("policy"):
+        lines.append(f"safety policy {report['policy']}: {report['blocked_turns']} of "
+                     f"{report['turns']} replies blocked")  # fmt: skip
     if report.get("peak_rss_mb") is not None:
         lines.append(
             f"peak RSS of this process (the daemon and the bench): {report['peak_rss_mb']:,.0f} MB"

@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_mqtt_commands(commands)
 
+    from satellite.cli.safety import add_safety_commands
+
+    add_safety_commands(commands)
+
     from satellite.cli.demo import add_demo_command
 
     add_demo_command(commands)

@@ -97,7 +97,7 @@ from satellite.events import Observer, TurnReport
 from satellite.mqtt.bridge import MqttBridge
 from satellite.reply import Responder
 from satellite.safety.audio import AudioCheck
-from satellite.safety.text import TextFilter
+from satellite.safety.policy import build_policy
 from satellite.settings import Settings, WakeSettings
 from satellite.telemetry.stats import InterarrivalJitter
 from satellite.wyoming.announce import Announcer
@@ -201,8 +201,9 @@ class Daemon:
         if control.enabled and control.allowlist_file:
             self.allowlist = load_allowlist(Path(control.allowlist_file).expanduser())
         safety = settings.safety
-        self.text_filter = TextFilter(safety.blocked_terms, safety.text_filter)
-        self.audio_check = AudioCheck(24_000, safety.audio_integrity)
+        self.policy = build_policy(safety.blocked_terms, safety.policy_file, safety.text_filter)
+        """The rules replies and spoken texts must pass (`satellite.safety.policy`)."""
+        self.audio_check = AudioCheck(24_000, safety.audio_integrity, safety.audio_action)
         self.awake_sound = load_sound(audio.awake_sound, "audio.awake_sound")
         self.done_sound = load_sound(audio.done_sound, "audio.done_sound")
         self.listen_sound = load_sound(audio.listen_sound, "audio.listen_sound") or listen_tone()
@@ -246,11 +247,12 @@ class Daemon:
             send=self.server.send,
             voice=lambda: self.controls.voice,
             audio_check=self.audio_check,
-            text_filter=self.text_filter,
+            policy=self.policy,
             done_sound=self.done_sound,
             max_reply_seconds=settings.safety.max_reply_seconds,
             playback_jitter=self.playback_jitter,
             continue_conversation=settings.satellite.continue_conversation,
+            refusal=safety.refusal,
         )
         """The local model's turns (replies, device control's speech, confirmations)."""
         self.local.responder = responder
@@ -508,7 +510,12 @@ class Daemon:
                 "invalid_samples": self.audio_check.total.invalid,
                 "clipped_samples": self.audio_check.total.clipped,
                 "silence_runs": self.audio_check.total.silence_runs,
+                "integrity_failures": sum(self.audio_check.counts().values()),
+                "integrity_failures_by_detector": self.audio_check.counts(),
+                "silenced_s": round(self.audio_check.total.silenced / self.audio_check.rate, 2),
             },
+            "replies_blocked": sum(self.policy.blocks.values()),
+            "replies_blocked_by_rule": dict(sorted(self.policy.blocks.items())),
             "interrupted_turns": self.interrupted,
             "echo_return_loss_db": _rounded(
                 None if self.echo is None else self.echo.meter.return_loss_db
@@ -566,8 +573,9 @@ class Daemon:
             )
             await self.announcer.start()
         self.services = await start_services(
-            self.settings, responder.model, responder.tokens, home_control=bool(self.allowlist)
-        )
+            self.settings, responder.model, responder.tokens, home_control=bool(self.allowlist),
+            policy=self.policy,
+        )  # fmt: skip
         if self.settings.mqtt.enabled:
             self.mqtt = bridge = MqttBridge(self)
             if self.allowlist is not None:

@@ -34,7 +34,9 @@ from satellite.events import TurnReport
 from satellite.logs import ms
 from satellite.reply import ReplyAudio, ReplyDone, ReplyText, Responder
 from satellite.safety.audio import AudioCheck
-from satellite.safety.text import TextFilter
+from satellite.safety.gate import SpeechGate
+from satellite.safety.policy import Policy
+from satellite.safety.rules import Finding
 from satellite.telemetry.stats import InterarrivalJitter
 
 _LOG = logging.getLogger("satellite.daemon")
@@ -56,11 +58,12 @@ class LocalTurns:
         send: Send,
         voice: Callable[[], str],
         audio_check: AudioCheck,
-        text_filter: TextFilter,
+        policy: Policy,
         done_sound: Sound | None,
         max_reply_seconds: float,
         playback_jitter: InterarrivalJitter,
         continue_conversation: str = "question",
+        refusal: str = "",
     ) -> None:
         self.playback = playback
         self.backend: AudioBackend = playback.backend
@@ -71,7 +74,10 @@ class LocalTurns:
         self.voice = voice
         """The current voice (a live control)."""
         self.audio_check = audio_check
-        self.text_filter = text_filter
+        self.policy = policy
+        """The safety rules a reply's text must pass before its audio plays."""
+        self.refusal = refusal
+        """Said instead of a reply a rule stopped (empty: nothing)."""
         self.done_sound = done_sound
         self.max_reply_seconds = max_reply_seconds
         self.playback_jitter = playback_jitter
@@ -161,34 +167,38 @@ class LocalTurns:
             queue.put_nowait(self._sound_at_output(self.done_sound))
         playback = self._start_player("reply", queue, reply.chunk_seconds)
         self.audio_check.start_reply()
-        blocked: str | None = None
+        self.policy.reload_if_changed()
+        gate: SpeechGate[np.ndarray] = SpeechGate(
+            self.policy, lambda audio: queue.put_nowait(Generated(self.audio_check.inspect(audio)))
+        )
+
+        def stopped(found: Finding) -> None:
+            reply.cancel()
+            self.playback.stop()
+            self._blocked(found, "reply")
+
+        gate.on_block = stopped
         said = ""
         try:
             async for event in reply:
                 if isinstance(event, ReplyAudio):
-                    if blocked is not None:
-                        continue
-                    queue.put_nowait(Generated(self.audio_check.inspect(event.samples)))
+                    gate.audio(event.samples)
                 elif isinstance(event, ReplyText):
-                    if blocked is not None:
+                    if gate.blocked is not None:
                         continue  # what the worker wrote before the cancel reached it
                     said += event.text
                     queue.put_nowait(TextProgress(len(said), event.complete))
-                    if event.text:
+                    gate.text(event.text, event.complete)
+                    if event.text and gate.blocked is None:
                         self.notify(events.ReplyText(text=event.text))
-                    if blocked is None and (term := self.text_filter.blocked(said)):
-                        blocked = term
-                        reply.cancel()
-                        self.playback.stop()
-                        _LOG.warning("reply stopped: it contained the blocked term %r", term)
-                        self.notify(events.Failure(where="safety",
-                                     message=f"reply stopped: blocked term {term!r}"))  # fmt: skip
                 elif isinstance(event, ReplyDone):
                     done = event
+            blocked = await gate.finish()
             queue.put_nowait(None)
             await asyncio.wait([playback])  # an announcement may have replaced it
         except asyncio.CancelledError:
             reply.cancel()
+            gate.cancel()
             self.interrupted += 1
             self.notify(events.TurnInterrupted())
             raise
@@ -196,11 +206,30 @@ class LocalTurns:
             self._reply_cancel = None
             self.step(machine.Spoken())
         assert done is not None
-        self._finish_turn(ended, decided, playback, done, blocked, said if blocked else None)
-        if done.error is None and blocked is None:
+        wait = None if gate.first_audio_wait is None else (
+            gate.first_audio_wait + gate.judging_before_first_audio
+        )  # fmt: skip
+        self._finish_turn(ended, decided, playback, done, blocked, said if blocked else None, wait)
+        if blocked is not None:
+            await self._refuse()
+        elif done.error is None:
             listening = await self.act_on(done.text)
             if not listening and self.follows_up(done.text):
                 self.step(machine.ListenAgain("follow_up"))
+
+    def _blocked(self, found: Finding, what: str) -> None:
+        _LOG.warning("safety: the %s was stopped by rule %r: %r", what, found.rule, found.excerpt)
+        self.notify(events.ReplyBlocked(rule=found.rule, excerpt=found.excerpt, what=what))
+
+    async def _refuse(self) -> None:
+        """The refusal, said in the satellite's voice after a stopped reply."""
+        if not self.refusal:
+            return
+        self.step(machine.Speak())
+        try:
+            await self.say(self.refusal, screened=False)
+        finally:
+            self.step(machine.Spoken())
 
     def follows_up(self, reply: str) -> bool:
         """Whether the reply `reply` is followed up without the wake word."""
@@ -247,9 +276,16 @@ class LocalTurns:
         finally:
             self.step(machine.Spoken())
 
-    async def say(self, text: str) -> None:
-        """Speak `text` with the model's text to speech (the current voice), streamed."""
+    async def say(self, text: str, screened: bool = True) -> None:
+        """Speak `text` with the model's text to speech (the current voice), streamed; with
+        `screened`, only if it passes the safety rules (the owner's refusal is not judged)."""
         if not text or self.responder is None:
+            return
+        self.policy.reload_if_changed()
+        found = await self.policy.check(text) if screened and self.policy.enabled else None
+        if found is not None:
+            self.policy.count(found)
+            self._blocked(found, "speech")
             return
         _LOG.info("saying: %r", text)
         self.notify(events.Said(text=text))
@@ -258,6 +294,7 @@ class LocalTurns:
         queue: asyncio.Queue[Item] = asyncio.Queue()
         queue.put_nowait(TextProgress(len(text), complete=True))
         playback = self._start_player("speech", queue)
+        self.audio_check.start_reply()  # its own audio: nothing the reply before muted
         try:
             async for event in reply:
                 if isinstance(event, ReplyAudio):
@@ -276,8 +313,9 @@ class LocalTurns:
         decided: float,
         playback: asyncio.Task[Any],
         done: ReplyDone,
-        blocked: str | None = None,
+        blocked: Finding | None = None,
         said: str | None = None,
+        safety_wait: float | None = None,
     ) -> None:
         problems = tuple(self.audio_check.reply_problems())
         if problems:
@@ -293,6 +331,7 @@ class LocalTurns:
             blocked,
             problems,
             said,
+            safety_wait,
         )
         self.turns.append(report)
         if done.error:

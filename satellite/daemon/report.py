@@ -7,6 +7,7 @@ from satellite.audio.endpoint import SAMPLE_RATE, UtteranceEnded
 from satellite.audio.player import PlaybackReport
 from satellite.events import TurnReport
 from satellite.reply import ReplyDone
+from satellite.safety.rules import Finding
 
 
 def turn_report(
@@ -16,9 +17,10 @@ def turn_report(
     now: float,
     played: PlaybackReport | None,
     done: ReplyDone,
-    blocked: str | None = None,
+    blocked: Finding | None = None,
     problems: tuple[str, ...] = (),
     said: str | None = None,
+    safety_wait: float | None = None,
 ) -> TurnReport:
     """The report of a turn whose end of speech was decided at `decided` and which finished
     at `now` (`time.monotonic()`); `played` None: nothing reached the speaker. `said`: the
@@ -44,7 +46,9 @@ def turn_report(
         total_seconds=now - decided,
         error=done.error,
         audio_problems=problems,
-        blocked_term=blocked,
+        blocked_rule=None if blocked is None else blocked.rule,
+        blocked_excerpt=None if blocked is None else blocked.excerpt,
+        safety_wait=safety_wait,
         start_delay=delay,
         underruns=played.underruns,
         holds=played.holds,

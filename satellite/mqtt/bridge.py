@@ -255,6 +255,9 @@ class MqttBridge:
                 self._ha_turn = {}
                 self.event("turn_finished", **turn)
                 self.link.publish(self.topics.last_turn, turn, retain=True)
+            case events.ReplyBlocked():
+                self.event("reply_blocked", rule=event.rule, excerpt=event.excerpt,
+                           what=event.what)  # fmt: skip
             case events.Failure():
                 self.event("error", where=event.where, message=event.message)
             case events.ControlChanged():
@@ -275,7 +278,10 @@ class MqttBridge:
             "turn_ms": _ms(report.total_seconds),
             "start_delay_ms": _ms(report.start_delay),
             "underruns": report.underruns,
+            "safety_wait_ms": _ms(report.safety_wait),
         }
+        if report.blocked_rule is not None:
+            turn |= {"blocked_rule": report.blocked_rule, "blocked_excerpt": report.blocked_excerpt}
         self.event("turn_finished", **turn)
         self.link.publish(self.topics.last_turn, turn, retain=True)
 

@@ -43,6 +43,7 @@ EVENT_TYPES = (
     "command_refused",
     "confirmation_requested",
     "listening",
+    "reply_blocked",
 )
 CONTROL_TOPICS = ("mute", "volume", "wake_word", "sensitivity", "voice", "mode")
 """Controls with a state and a command topic (`<base>/<name>/state`, `.../set`)."""
@@ -188,6 +189,18 @@ def device_payload(settings: Settings, topics: Topics, model: str) -> dict[str, 
         "replies_broken": _health_sensor(
             "Replies that broke up", "replies_broken", None, expire,
             state_class="total_increasing",
+        ),
+        "audio_integrity_failures": _health_sensor(
+            "Audio integrity failures", "audio_fixed.integrity_failures", None, expire,
+            state_class="total_increasing", icon="mdi:waveform",
+            json_attributes_topic="~/health",
+            json_attributes_template="{{ value_json.audio_fixed.integrity_failures_by_detector | tojson }}",
+        ),
+        "replies_blocked": _health_sensor(
+            "Replies blocked", "replies_blocked", None, expire,
+            state_class="total_increasing", icon="mdi:shield-alert",
+            json_attributes_topic="~/health",
+            json_attributes_template="{{ value_json.replies_blocked_by_rule | tojson }}",
         ),
         "start_delay": _health_sensor(
             "Reply start delay p50", "reply_start_delay_ms.p50", "ms", expire, **ms

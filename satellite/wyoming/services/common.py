@@ -14,6 +14,7 @@ from wyoming.event import Event
 
 from satellite.engine.mel import LogMel
 from satellite.engine.template import control_token_in
+from satellite.safety.policy import Policy, build_policy
 from satellite.settings import Settings
 from satellite.wyoming.speech import Limits, ServiceEngine
 from satellite.wyoming.workers import Job, WorkerPool
@@ -69,9 +70,15 @@ class ServicesConfig:
     """Announce with this zeroconf instance name; None: no announcement."""
     limits: Limits = field(default_factory=Limits)
     """What the model may make of one request (`speech.Limits`)."""
+    policy: Policy = field(default_factory=Policy, compare=False)
+    """The safety rules a text to speak must pass first (the daemon's, shared)."""
+    refusal: str = _DEFAULTS.safety.refusal
+    """Spoken instead of a text a rule blocked (`safety.refusal`; empty: an error)."""
 
     @classmethod
-    def from_settings(cls, settings: Settings, home_control: bool = False) -> ServicesConfig:
+    def from_settings(
+        cls, settings: Settings, home_control: bool = False, policy: Policy | None = None
+    ) -> ServicesConfig:
         w = settings.wyoming
         name = None
         if w.zeroconf:
@@ -92,7 +99,12 @@ class ServicesConfig:
             home_control=home_control,
             zeroconf_name=name,
             limits=Limits(speech_seconds=settings.safety.max_reply_seconds),
-        )
+            policy=policy or build_policy(
+                settings.safety.blocked_terms, settings.safety.policy_file,
+                settings.safety.text_filter,
+            ),
+            refusal=settings.safety.refusal,
+        )  # fmt: skip
 
 
 @dataclass

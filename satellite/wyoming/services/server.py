@@ -11,6 +11,7 @@ import logging
 
 from satellite.engine.model import Model
 from satellite.engine.template import VOICES, Tokens
+from satellite.safety.policy import Policy
 from satellite.settings import Settings
 from satellite.wyoming.announce import Announcer
 from satellite.wyoming.framing import MAX_HEADER_BYTES, stop_serving
@@ -158,12 +159,18 @@ class ServicesServer:
 
 
 async def start_services(
-    settings: Settings, model: Model, tokens: Tokens, *, home_control: bool = False
+    settings: Settings,
+    model: Model,
+    tokens: Tokens,
+    *,
+    home_control: bool = False,
+    policy: Policy | None = None,
 ) -> ServicesServer | None:
     """The daemon's hook: the services on `model` started when `wyoming.services_enabled`,
-    else None."""
+    else None; `policy`: the daemon's safety rules (else the settings' own)."""
     if not settings.wyoming.services_enabled:
         return None
-    server = ServicesServer(model, tokens, ServicesConfig.from_settings(settings, home_control))
+    config = ServicesConfig.from_settings(settings, home_control, policy)
+    server = ServicesServer(model, tokens, config)
     await server.start()
     return server

@@ -128,6 +128,7 @@ class TextToSpeech:
         """Speak `texts` in one job: audio-start at the first audio, a chunk per frame,
         audio-stop. With no audio at all: an `error` (unless `stream`)."""
         send = self.link.send
+        texts = await self._allowed(texts)
         job = self.engine.pool.submit(lambda engine, job: engine.speak(texts, voice, job))
         resampler = StreamResampler(self.engine.sample_rate, rate)
         started = False
@@ -156,6 +157,22 @@ class TextToSpeech:
         elif not stream:
             reason = finished.reason if finished is not None else "no result"
             raise BadRequest(f"the model gave no audio for this text ({reason})", "no-audio")
+
+    async def _allowed(self, texts: list[str]) -> list[str]:
+        """`texts` if they pass the safety rules, else the refusal (none: `blocked`)."""
+        config = self.engine.config
+        policy = config.policy
+        if not policy.enabled:
+            return texts
+        policy.reload_if_changed()
+        found = await policy.check(" ".join(texts))
+        if found is None:
+            return texts
+        policy.count(found)
+        _LOG.warning("services: text to speak stopped by rule %r: %r", found.rule, found.excerpt)
+        if not config.refusal:
+            raise BadRequest(f"the text was blocked by the safety rule {found.rule!r}", "blocked")
+        return pieces(config.refusal)
 
     async def _speak_stream(self, stream: _Stream) -> None:
         timeout = self.engine.config.client_timeout
