@@ -21,6 +21,7 @@ debootstrap and a few minutes, and runs as `script/check-addon`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -29,6 +30,7 @@ import subprocess
 import tarfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +150,39 @@ def wait_for(
         time.sleep(0.5)
 
 
+@dataclass
+class Started:
+    """The image's entry point running in the root; `code` and `log` once it has stopped."""
+
+    process: subprocess.Popen[bytes]
+    started: float
+    code: int | None = None
+    log: str = ""
+
+    def answers(self, pulse: PulseServer) -> tuple[Info, Info, list[str]]:
+        """`describe` on both Wyoming ports, and the audio server's record streams."""
+        satellite = asyncio.run(describe(SATELLITE_PORT))
+        services = asyncio.run(describe(SERVICES_PORT))
+        return satellite, services, recording_streams(pulse)
+
+
+@contextlib.contextmanager
+def entry_point(image: Image, env: dict[str, str], log_file: Path) -> Iterator[Started]:
+    """Start what the image starts (ENTRYPOINT + CMD) in its root; SIGTERM it at the end."""
+    log(f"starting the entry point {image.argv()} in the root")
+    with log_file.open("wb") as output:
+        run = Started(subprocess.Popen(chroot_argv(image.root, image.argv(), env, image.workdir),
+                                       stdout=output, stderr=subprocess.STDOUT),
+                      time.monotonic())  # fmt: skip
+        try:
+            yield run
+        finally:
+            process = run.process
+            run.code = stop(process) if process.poll() is None else process.returncode
+            run.log = log_file.read_text(errors="replace")
+            print(run.log[-4000:])
+
+
 def stop(process: subprocess.Popen[bytes]) -> int:
     """SIGTERM, as `docker stop` sends; the exit status (killed after 20 s: a failure)."""
     process.send_signal(signal.SIGTERM)
@@ -244,25 +279,14 @@ def test_addon_builds_and_starts(
         env = {**image.env, "SUPERVISOR_URL": supervisor.url, "SUPERVISOR_TOKEN": TOKEN,
                "HF_ENDPOINT": hub.url, "LFM_SATELLITE_CATALOG": "/data/test-catalog.yaml",
                "PULSE_SERVER": "unix:/run/audio/native", "HOME": "/root"}  # fmt: skip
-        output = (tmp_path / "addon.log").open("wb")
-        log(f"starting the add-on's entry point {image.argv()} in the root")
-        started = time.monotonic()
-        process = subprocess.Popen(chroot_argv(root, image.argv(), env, image.workdir),
-                                   stdout=output, stderr=subprocess.STDOUT)  # fmt: skip
-        try:
+        with entry_point(image, env, tmp_path / "addon.log") as run:
             wait_for(lambda: len(set(supervisor.discovered())) >= 2,
-                     "both Wyoming servers announced to the Supervisor", process)  # fmt: skip
-            log(f"announced after {time.monotonic() - started:.0f} s: {supervisor.discovered()}")
-            satellite = asyncio.run(describe(SATELLITE_PORT))
-            services = asyncio.run(describe(SERVICES_PORT))
-            wait_for(lambda: bool(discovery_topics(watcher)), "MQTT discovery", process, 30)
-            recording = recording_streams(pulseaudio)
-        finally:
-            code = stop(process) if process.poll() is None else process.returncode
-            output.close()
-            watcher.close()
-            log_text = (tmp_path / "addon.log").read_text(errors="replace")
-            print(log_text[-4000:])
+                     "both Wyoming servers announced to the Supervisor", run.process)  # fmt: skip
+            log(f"announced after {time.monotonic() - run.started:.0f} s: "
+                f"{supervisor.discovered()}")  # fmt: skip
+            satellite, services, recording = run.answers(pulseaudio)
+            wait_for(lambda: bool(discovery_topics(watcher)), "MQTT discovery", run.process, 30)
+        watcher.close()
     host = socket.gethostname()
     assert sorted(set(supervisor.discovered())) == sorted(
         [f"tcp://{host}:{SATELLITE_PORT}", f"tcp://{host}:{SERVICES_PORT}"]
@@ -274,8 +298,8 @@ def test_addon_builds_and_starts(
     topics = discovery_topics(watcher)
     assert any(t.startswith("homeassistant/") for t in topics), topics
     assert recording, "the add-on's microphone is not a stream on the Supervisor's audio server"
-    assert code == 0, f"the add-on exited {code} on SIGTERM"
-    assert "Traceback" not in log_text
+    assert run.code == 0, f"the add-on exited {run.code} on SIGTERM"
+    assert "Traceback" not in run.log
     assert os.stat(data / "config.yaml").st_mode & 0o077 == 0
 
 
@@ -330,28 +354,16 @@ def test_container_builds_and_starts(
         config_file.write_text(yaml.safe_dump(config, sort_keys=False))
 
         watcher = Watcher(mqtt_broker.port, ["homeassistant/#"], ("addons", USERS["addons"]))
-        output = (tmp_path / "container.log").open("wb")
-        log(f"starting the container's entry point {image.argv()} in the root")
-        started = time.monotonic()
-        process = subprocess.Popen(chroot_argv(root, image.argv(), env, image.workdir),
-                                   stdout=output, stderr=subprocess.STDOUT)  # fmt: skip
-        try:
-            wait_for(lambda: bool(discovery_topics(watcher)), "MQTT discovery", process)
-            log(f"MQTT discovery after {time.monotonic() - started:.0f} s")
-            satellite = asyncio.run(describe(SATELLITE_PORT))
-            services = asyncio.run(describe(SERVICES_PORT))
-            recording = recording_streams(pulseaudio)
-        finally:
-            code = stop(process) if process.poll() is None else process.returncode
-            output.close()
-            watcher.close()
-            log_text = (tmp_path / "container.log").read_text(errors="replace")
-            print(log_text[-4000:])
+        with entry_point(image, env, tmp_path / "container.log") as run:
+            wait_for(lambda: bool(discovery_topics(watcher)), "MQTT discovery", run.process)
+            log(f"MQTT discovery after {time.monotonic() - run.started:.0f} s")
+            satellite, services, recording = run.answers(pulseaudio)
+        watcher.close()
     assert catalog.is_file()
     assert satellite.satellite is not None and satellite.satellite.name == "Container Satellite"
     assert services.asr and services.tts, services
     assert any("/resolve/" in path for path, _ in hub.gets()), "the model was not downloaded"
     assert (root / "data" / "models" / MODEL / "q4" / "manifest.json").is_file()
     assert recording, "the container's microphone is not a stream on the host's audio server"
-    assert code == 0, f"the container exited {code} on SIGTERM"
-    assert "Traceback" not in log_text
+    assert run.code == 0, f"the container exited {run.code} on SIGTERM"
+    assert "Traceback" not in run.log
