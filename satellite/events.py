@@ -59,6 +59,9 @@ class TurnReport:
     generation_rtf: float | None = None
     """Wall seconds the engine took per second of reply audio (above 1: slower than real
     time)."""
+    voice_distance: float | None = None
+    """dB between the reply's voice fingerprint and its voice's recent replies
+    (`satellite.safety.voiceprint`; None: still learning the voice, or too little speech)."""
 
     @property
     def played_at_real_time(self) -> bool:

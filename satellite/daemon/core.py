@@ -513,6 +513,8 @@ class Daemon:
                 "integrity_failures": sum(self.audio_check.counts().values()),
                 "integrity_failures_by_detector": self.audio_check.counts(),
                 "silenced_s": round(self.audio_check.total.silenced / self.audio_check.rate, 2),
+                "voice_distance_db": _rounded(self.audio_check.voices.last_distance),
+                "voice_drifts": self.audio_check.voices.drifts,
             },
             "replies_blocked": sum(self.policy.blocks.values()),
             "replies_blocked_by_rule": dict(sorted(self.policy.blocks.items())),

@@ -166,7 +166,7 @@ class LocalTurns:
         if self.done_sound is not None:
             queue.put_nowait(self._sound_at_output(self.done_sound))
         playback = self._start_player("reply", queue, reply.chunk_seconds)
-        self.audio_check.start_reply()
+        self.audio_check.start_reply(self.voice())  # fingerprinted against the voice's history
         self.policy.reload_if_changed()
         gate: SpeechGate[np.ndarray] = SpeechGate(
             self.policy, lambda audio: queue.put_nowait(Generated(self.audio_check.inspect(audio)))
@@ -317,6 +317,7 @@ class LocalTurns:
         said: str | None = None,
         safety_wait: float | None = None,
     ) -> None:
+        verdict = self.audio_check.finish_reply()
         problems = tuple(self.audio_check.reply_problems())
         if problems:
             _LOG.warning("generated audio fixed before playback: %s", "; ".join(problems))
@@ -332,6 +333,7 @@ class LocalTurns:
             problems,
             said,
             safety_wait,
+            None if verdict is None else verdict.distance,
         )
         self.turns.append(report)
         if done.error:

@@ -21,6 +21,7 @@ def turn_report(
     problems: tuple[str, ...] = (),
     said: str | None = None,
     safety_wait: float | None = None,
+    voice_distance: float | None = None,
 ) -> TurnReport:
     """The report of a turn whose end of speech was decided at `decided` and which finished
     at `now` (`time.monotonic()`); `played` None: nothing reached the speaker. `said`: the
@@ -53,4 +54,5 @@ def turn_report(
         underruns=played.underruns,
         holds=played.holds,
         generation_rtf=played.rtf,
+        voice_distance=voice_distance,
     )

@@ -53,6 +53,10 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
 
 
+def _db(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
 class Satellite(Watched, Protocol):
     """What the bridge reads and calls on the satellite."""
 
@@ -279,6 +283,7 @@ class MqttBridge:
             "start_delay_ms": _ms(report.start_delay),
             "underruns": report.underruns,
             "safety_wait_ms": _ms(report.safety_wait),
+            "voice_distance_db": _db(report.voice_distance),
         }
         if report.blocked_rule is not None:
             turn |= {"blocked_rule": report.blocked_rule, "blocked_excerpt": report.blocked_excerpt}

@@ -12,6 +12,10 @@
   handled as `safety.audio_action` says: `mute` silences the rest of the reply, `drop`
   only the failing frame (the next fades in), `report` changes nothing.
 
+A reply begun with its voice (`start_reply(voice)`) is also fingerprinted as it streams
+(`satellite.safety.voiceprint`); `finish_reply()` compares it with that voice's history, and a
+reply that drifted beyond the threshold is one of its problems.
+
 `reply_problems()` says what the current reply had (for the log, the health report and the
 audio alert); `start_reply()` begins the next one.
 """
@@ -25,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from satellite.safety.integrity import DETECTORS, SILENCE_RUN_SECONDS, Detector, FrameChecks
+from satellite.safety.voiceprint import Verdict, VoiceHistory, VoicePrint
 
 FloatArray = npt.NDArray[np.float32]
 AudioAction = Literal["mute", "drop", "report"]
@@ -77,10 +82,17 @@ class AudioCheck:
         self.reply = Counts()
         """The current reply."""
         self._fade = max(1, round(FADE_SECONDS * rate))
+        self.voices = VoiceHistory()
+        """Per voice, its replies' fingerprints (this run)."""
         self.start_reply()
 
-    def start_reply(self) -> None:
+    def start_reply(self, voice: str | None = None) -> None:
+        """Begin the next reply; with `voice` (the voice it should have), fingerprint it."""
         self.reply = Counts()
+        self._voice = voice
+        self._print = VoicePrint(self.rate) if voice and self.enabled else None
+        self.verdict: Verdict | None = None
+        """The reply's voice against its history (`finish_reply`)."""
         self.frames.reset()
         self._quiet = 0
         self._in_run = False
@@ -128,6 +140,8 @@ class AudioCheck:
             self._fade_in = True
             return self._silenced(np.zeros(length, np.float32))
         audio = audio.reshape(-1)
+        if self._print is not None:
+            self._print.update(made.reshape(-1))
         runs = self._silence(audio)
         self.total.silence_runs += runs
         self.reply.silence_runs += runs
@@ -195,6 +209,13 @@ class AudioCheck:
             self._in_run = True
         return runs
 
+    def finish_reply(self) -> Verdict | None:
+        """Compare the reply's voice with its history (once; None: not fingerprinted)."""
+        if self._print is not None and self._voice:
+            self.verdict = self.voices.judge(self._voice, self._print.fingerprint())
+            self._print = None
+        return self.verdict
+
     def reply_problems(self) -> list[str]:
         r = self.reply
         problems = []
@@ -210,4 +231,7 @@ class AudioCheck:
         if r.silenced:
             done = "the rest of the reply muted" if self.muted else "the failing frames dropped"
             problems.append(f"{done} ({r.silenced / self.rate:.2f} s of audio silenced)")
+        drift = None if self.verdict is None else self.verdict.problem()
+        if drift:
+            problems.append(drift)
         return problems
