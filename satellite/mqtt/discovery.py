@@ -196,6 +196,11 @@ def device_payload(settings: Settings, topics: Topics, model: str) -> dict[str, 
             json_attributes_topic="~/health",
             json_attributes_template="{{ value_json.audio_fixed.integrity_failures_by_detector | tojson }}",
         ),
+        "voice_distance": _health_sensor(
+            "Voice distance", "audio_fixed.voice_distance_db", "dB", expire,
+            icon="mdi:account-voice", json_attributes_topic="~/health",
+            json_attributes_template="{{ {'drifts': value_json.audio_fixed.voice_drifts} | tojson }}",
+        ),
         "replies_blocked": _health_sensor(
             "Replies blocked", "replies_blocked", None, expire,
             state_class="total_increasing", icon="mdi:shield-alert",
