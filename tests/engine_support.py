@@ -1,70 +1,44 @@
-"""Shared pieces of the engine tests: the tiny model with weights shaped so that a random model
-reaches every branch of the generation state machine, built both as a model directory
-(`lfm_toolchain.build.build_model`) and as the reference (liquid-audio's `LFM2AudioModel`), and a way to
-run the reference's `generate_sequential` / `generate_interleaved` on the same inputs.
+"""Shared pieces of the engine tests: the parity tests' tiny model, built both as a model
+directory (`lfm_toolchain.build.build_model`) and as the reference (liquid-audio's
+`LFM2AudioModel`), and a way to run the reference's `generate_sequential` /
+`generate_interleaved` on the same inputs.
 
-A random model rarely samples special tokens, so the same rows are scaled in both (DESIGN
-§3.3.1): rows 7 (`<|im_end|>`), 128 (`<|audio_start|>`) and 130 (`<|text_end|>`) of the tied text
-embedding, and row 2048 (end-of-audio) of codebook 0's tied depthformer embedding. A scaled row
-has a large logit whenever the hidden state points its way, so the token turns up after some
-steps rather than at once or never.
+Both hold the weights of a tiny build with seed `TINY_SEED`: seeded random, with the special
+rows scaled (`lfm_toolchain.weights.shaped_model_weights`, DESIGN §3.3.1: rows 7 `<|im_end|>`,
+128 `<|audio_start|>` and 130 `<|text_end|>` of the tied text embedding and row 2048
+(end-of-audio) of codebook 0's tied depthformer embedding) so that a random model reaches every
+branch of the generation state machine.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
-import lfm_toolchain.build
 import numpy as np
 from lfm_toolchain.build import build_model
-from lfm_toolchain.config import AudioModelConfig, tiny
-from lfm_toolchain.weights import random_model_weights
-from reference import TINY_SEED, build_reference_model, liquid_audio
+from lfm_toolchain.config import AudioModelConfig
+from reference import TINY_SEED, liquid_audio, tiny_reference
 
 from satellite.engine.events import AudioFrame, TextToken, TurnEnd
 from satellite.engine.sampling import Sampling
-
-TEXT_SCALES = {7: 1.8, 128: 2.8, 130: 2.5}
-"""Text embedding rows scaled, and by how much."""
-END_OF_AUDIO_SCALE = 2.0
-"""Scale of codebook 0's end-of-audio row."""
 
 TURN_END = (7, 10)
 """`<|im_end|>\\n` in the tests' stand-in ids (10 plays the newline)."""
 
 
-def shaped_weights(config: AudioModelConfig, seed: int = TINY_SEED) -> dict[str, np.ndarray]:
-    """The tiny model's seeded random weights with the special rows scaled."""
-    weights = dict(random_model_weights(config, seed))
-    text = weights["lfm.embed_tokens.weight"].copy()
-    for row, scale in TEXT_SCALES.items():
-        text[row] *= scale
-    weights["lfm.embed_tokens.weight"] = text
-    name = "depth_embeddings.0.embedding.weight"
-    codes = weights[name].copy()
-    codes[config.codebook_size - 1] *= END_OF_AUDIO_SCALE
-    weights[name] = codes
-    return weights
-
-
-def build_shaped(out: Path, weights: dict[str, np.ndarray]) -> Path:
-    """`build_model(out, size="tiny")` with `weights` in place of its random ones."""
-    with mock.patch.object(lfm_toolchain.build, "random_model_weights", lambda *_: weights):
-        build_model(out, size="tiny", seed=TINY_SEED, overwrite=True)
+def build_shaped(out: Path) -> Path:
+    """The parity tests' tiny model directory (`TINY_SEED`, shaped, fp32), written at `out`
+    (a directory of its own: the llama.cpp parity tests add a GGUF file to it)."""
+    build_model(out, size="tiny", seed=TINY_SEED, overwrite=True)
     return out
 
 
-@functools.cache
 def shaped_reference() -> tuple[AudioModelConfig, dict[str, np.ndarray], Any]:
-    """Config, shaped weights and the reference model holding them (built once)."""
-    config = tiny()
-    weights = shaped_weights(config)
-    return config, weights, build_reference_model(config, weights)
+    """Config, weights and the reference model holding them (`tiny_reference`: built once)."""
+    return tiny_reference(TINY_SEED)
 
 
 def waveform(seconds: float, seed: int) -> np.ndarray:

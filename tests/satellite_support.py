@@ -38,8 +38,21 @@ Segment = tuple[str, float | str]
 
 
 def tiny_model() -> Path:
-    """The tiny 4-bit model, built once per test run."""
+    """The tiny 4-bit model, built once per test run: the default one (the demo's and the
+    commands'), random weights shaped so that its replies reach audio and end by themselves."""
     return cached_model("tiny", "q4")
+
+
+def unshaped_model() -> Path:
+    """The tiny 4-bit model with its special rows as drawn (seed 0, not shaped): what it
+    generates runs to its limit (a transcript to its token limit, a spoken reply, in audio after
+    its first text run, to `safety.max_reply_seconds`; a TTS reply never starts its audio). For
+    tests that need a reply still playing at a given moment (barge-in, the stop word, the gated
+    mic, a follow-up after a 2 s reply, pacing over long replies) or a transcript of many
+    pieces: the default model's replies may end by themselves (end of audio, then
+    `<|im_end|>`) at a point no test can count on, and its transcripts stop after a few
+    tokens."""
+    return cached_model("tiny", "q4", 0, shaped=False)
 
 
 def spoken(text: str) -> np.ndarray:

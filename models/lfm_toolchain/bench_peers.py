@@ -38,7 +38,7 @@ from lfm_toolchain import gguf_export, llamacpp
 from lfm_toolchain.cache import cached_model
 from lfm_toolchain.config import config_for
 from lfm_toolchain.llamacpp import LlamaFigures, LlamaTools
-from lfm_toolchain.weights import RandomWeights, backbone_specs
+from lfm_toolchain.weights import backbone_specs, model_weights
 from satellite.bench.system import cpu_model
 from satellite.settings import BACKBONES, Backbone
 
@@ -61,11 +61,14 @@ def peer_gguf(size: str, seed: int, tools: LlamaTools, folder: Path, threads: in
     if target.exists():
         return target
     folder.mkdir(parents=True, exist_ok=True)
-    backbone = config_for(size).backbone  # type: ignore[arg-type]
+    config = config_for(size)  # type: ignore[arg-type]
+    backbone = config.backbone
     specs = backbone_specs(backbone)
     with tempfile.TemporaryDirectory(dir=folder) as scratch:
         f16 = Path(scratch) / "backbone.f16.gguf"
-        gguf_export.write_backbone_gguf(backbone, RandomWeights(specs, seed), specs, f16)
+        # the engine model's own backbone weights (`cached_model`: the tiny one shaped)
+        weights = model_weights(config, seed)
+        gguf_export.write_backbone_gguf(backbone, weights, specs, f16)
         partial = Path(scratch) / target.name
         llamacpp.quantize(tools, f16, partial, "Q4_0", threads)
         partial.rename(target)

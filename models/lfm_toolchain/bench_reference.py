@@ -46,7 +46,7 @@ from lfm_toolchain.reference import (
     load_weights,
     reference_config,
 )
-from lfm_toolchain.weights import random_detokenizer_weights, random_model_weights
+from lfm_toolchain.weights import model_weights, random_detokenizer_weights
 from satellite.bench.harness import (
     OUTPUT_RATE,
     BenchError,
@@ -106,12 +106,14 @@ def reference_weights(
         if size not in ("tiny", "full") or not isinstance(seed, int):
             raise BenchError(f"{where}: source: random weights without a size and seed")
         config = config_for(size)
+        shaped = source.get("shaped") is True  # absent: built before shaping, not shaped
         return (
             config,
-            random_model_weights(config, seed),
+            model_weights(config, seed, shaped=shaped),
             random_detokenizer_weights(config, seed),
-            f"random weights, size {size}, seed {seed} (lfm_toolchain.weights: the arrays the build "
-            f"was made from, fp32; the directory is {manifest.variant})",
+            f"random weights, size {size}, seed {seed}{', shaped' if shaped else ''} "
+            f"(lfm_toolchain.weights: the arrays the build was made from, fp32; the directory is "
+            f"{manifest.variant})",
         )
     if kind == "checkpoint" and isinstance(source.get("checkpoint"), str):
         from lfm_toolchain.checkpoint import read_checkpoint

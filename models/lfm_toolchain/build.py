@@ -2,7 +2,8 @@
 
 `build_model` writes ONNX graphs by role, `config.json` (the checkpoint's config, liquid-audio
 layout) and `manifest.json` (`satellite.modeldir.manifest`). The weights are seeded random ones
-(`lfm_toolchain.weights`) at tiny or full size.
+(`lfm_toolchain.weights`) at tiny or full size; the tiny model's have their special rows scaled
+(`shaped_model_weights`) so that its replies reach audio.
 
 Built: every role of LFM2.5-Audio (`decoder`, `audio_encoder`, `audio_embedding`, `depthformer`,
 `audio_detokenizer`) plus `embed_tokens` and `audio_detokenizer_cached` (the streaming
@@ -32,7 +33,13 @@ from lfm_toolchain.onnx_graph import GraphBuilder, write_graph
 from lfm_toolchain.published import PUBLISHED_VARIANTS, build_published
 from lfm_toolchain.quantize import Progress, build_quantized, spec_for
 from lfm_toolchain.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, write_tokenizer
-from lfm_toolchain.weights import Array, random_detokenizer_weights, random_model_weights
+from lfm_toolchain.weights import (
+    Array,
+    default_seed,
+    model_weights,
+    random_detokenizer_weights,
+    shaped_by_default,
+)
 from satellite.engine.template import TokenizerError
 from satellite.errors import UserError
 from satellite.modeldir.make import make_manifest
@@ -134,7 +141,8 @@ def build_model(
     *,
     size: str = "tiny",
     variant: str = "fp32",
-    seed: int = 0,
+    seed: int | None = None,
+    shaped: bool | None = None,
     checkpoint: Path | None = None,
     max_positions: int | None = None,
     overwrite: bool = False,
@@ -146,8 +154,11 @@ def build_model(
     """Build a model directory at `out` and return its manifest.
 
     `size` (tiny|full) picks the architecture numbers (`lfm_toolchain.config`), `seed` the random
-    weights (the same seed gives byte-identical files), `max_positions` the longest decoder
-    context (RoPE table length). `checkpoint` is a checkpoint directory in the hub's layout
+    weights (the same seed gives byte-identical files; default `weights.default_seed`: 216 for
+    tiny, 0 for full), `shaped` whether their special rows are scaled so that generation reaches
+    audio (`weights.shaped_model_weights`; default: at tiny size, so that the tiny model built
+    with the defaults is the demo's, the commands' and the tests'), `max_positions` the longest
+    decoder context (RoPE table length). `checkpoint` is a checkpoint directory in the hub's layout
     (`lfm_toolchain.checkpoint`): its config and weights replace `size` and `seed`, and its tokenizer
     is copied; otherwise a stand-in tokenizer is written (`lfm_toolchain.tokenizer`). `family`
     `lfm2-audio` builds LFM2-Audio v1 (random weights only): the same backbone, encoder and
@@ -194,6 +205,8 @@ def build_model(
         raise BuildError(
             f"--from {checkpoint}: leave out --family (the checkpoint's files tell its family)"
         )
+    if checkpoint is not None and shaped:
+        raise BuildError(f"--from {checkpoint}: shaping scales random weights; leave out --shaped")
     if out.exists() and not out.is_dir():
         raise BuildError(f"--out {out}: exists and is not a directory")
     if (out / MANIFEST_NAME).exists() and not overwrite:
@@ -214,10 +227,14 @@ def build_model(
         config = config_for(size)
         # Random weights follow the specs by construction (no layout check: it would generate
         # every tensor once more).
-        weights = random_model_weights(config, seed)
+        if seed is None:
+            seed = default_seed(size)
+        if shaped is None:
+            shaped = shaped_by_default(size)
+        weights = model_weights(config, seed, shaped=shaped)
         detok_weights = random_detokenizer_weights(config, seed)
         name = f"{family}-{size}-random"
-        about = {"size": size, "weights": "random", "seed": seed}
+        about = {"size": size, "weights": "random", "seed": seed, "shaped": shaped}
         if family == "lfm2-audio":
             mimi_config = mimi.mimi_config_for(config.size)
             mimi_model = (mimi_config, mimi.random_mimi_weights(mimi_config, seed))

@@ -1,11 +1,11 @@
 """Built model directories cached by what determines their bytes, so that tests, the demo and
 benchmarks build a model once and reuse it until the builder or its arguments change.
 
-The key hashes the build arguments (size, variant, seed, family), the architecture numbers of
-that size, and the source of the toolchain (every `models/*.py` and the manifest format), so an
-edit to a graph builder invalidates the cache by itself. Entries are built in a temporary
-sibling directory and renamed into place, under a file lock, so a crash or a concurrent build
-never leaves a half-written entry.
+The key hashes the build arguments (size, variant, seed, shaping, family), the architecture
+numbers of that size, and the source of the toolchain (every `models/*.py` and the manifest
+format), so an edit to a graph builder invalidates the cache by itself. Entries are built in a
+temporary sibling directory and renamed into place, under a file lock, so a crash or a
+concurrent build never leaves a half-written entry.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 
 from lfm_toolchain.build import build_model
 from lfm_toolchain.config import config_for
+from lfm_toolchain.weights import default_seed, shaped_by_default
 from satellite.modeldir import manifest as manifest_module
 from satellite.modeldir.manifest import MANIFEST_NAME
 
@@ -79,10 +80,22 @@ def build_key(size: str, variant: str, seed: int, **extra: Any) -> str:
 
 
 def cached_model(
-    size: str = "tiny", variant: str = "fp32", seed: int = 0, root: Path | None = None, **extra: Any
+    size: str = "tiny",
+    variant: str = "fp32",
+    seed: int | None = None,
+    root: Path | None = None,
+    **extra: Any,
 ) -> Path:
-    """The directory of a model built with these arguments, building it on first use."""
+    """The directory of a model built with these arguments, building it on first use.
 
+    `seed` and `shaped` (in `extra`) default as `build_model`'s do, so `cached_model("tiny",
+    "q4")` is the shaped tiny model of the demo, the commands and the tests
+    (`lfm_toolchain.weights.shaped_model_weights`)."""
+
+    if seed is None:
+        seed = default_seed(size)
+    if extra.get("shaped") is None and extra.get("checkpoint") is None:
+        extra["shaped"] = shaped_by_default(size)
     root = root or cache_root()
     key = build_key(size, variant, seed, **extra)
     target = root / f"{size}-{variant}-seed{seed}-{key}"

@@ -24,8 +24,8 @@ from lfm_toolchain.weights import (
     Array,
     ParamSpec,
     RandomWeights,
+    model_weights,
     random_detokenizer_weights,
-    random_model_weights,
 )
 
 FLOAT_DTYPES = {"BF16": 2, "F32": 4}
@@ -34,16 +34,18 @@ ARCHITECTURE = "Lfm2AudioForConditionalGeneration"
 
 
 def write_random_checkpoint(
-    out: Path, size: str = "full", seed: int = 0, dtype: str = "BF16"
+    out: Path, size: str = "full", seed: int = 0, dtype: str = "BF16", shaped: bool | None = None
 ) -> Path:
     """Write the checkpoint of the `size` architecture (tiny|full) into `out`: the main and
-    the detokenizer's `model.safetensors` with their `config.json`, and a tokenizer."""
+    the detokenizer's `model.safetensors` with their `config.json`, and a tokenizer. The main
+    weights are those a random build of the same size and seed makes (`model_weights`: the tiny
+    one shaped unless `shaped` is False), so `build --from` it gives that build's graphs."""
     if dtype not in FLOAT_DTYPES:
         raise ValueError(f"--dtype {dtype}: not one of {', '.join(FLOAT_DTYPES)}")
     config = config_for(size)  # type: ignore[arg-type]
     detok = out / DETOKENIZER_DIR
     detok.mkdir(parents=True, exist_ok=True)
-    write_safetensors(out / WEIGHTS, random_model_weights(config, seed), dtype)
+    write_safetensors(out / WEIGHTS, model_weights(config, seed, shaped=shaped), dtype)
     write_safetensors(detok / WEIGHTS, random_detokenizer_weights(config, seed), dtype)
     main_config = {**config.reference_config_json(), "architectures": [ARCHITECTURE]}
     (out / CONFIG).write_text(json.dumps(main_config, indent=2) + "\n", encoding="utf-8")

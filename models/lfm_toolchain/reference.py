@@ -222,17 +222,21 @@ def build_reference_model(config: AudioModelConfig, weights: Mapping[str, npt.ND
 
 
 TINY_SEED = 1234
+"""The seed of the parity tests' tiny model (`build_model(size="tiny", seed=TINY_SEED)` and the
+reference hold the same weights). The demo's and the commands' tiny model has the default seed
+(`lfm_toolchain.weights.default_seed`); both are shaped."""
 
 
 @functools.cache
 def tiny_reference(
-    seed: int = TINY_SEED,
+    seed: int = TINY_SEED, shaped: bool = True
 ) -> tuple[AudioModelConfig, dict[str, npt.NDArray[Any]], Any]:
-    """The tiny config, its seeded random weights (checkpoint names) and the reference model
-    holding them; built once per test session."""
+    """The tiny config, the weights a tiny build with `seed` holds (checkpoint names: seeded
+    random, special rows scaled unless `shaped` is False, `lfm_toolchain.weights.model_weights`)
+    and the reference model holding them; built once per test session."""
     from lfm_toolchain.config import tiny
-    from lfm_toolchain.weights import random_model_weights
+    from lfm_toolchain.weights import model_weights
 
     config = tiny()
-    weights = dict(random_model_weights(config, seed))
+    weights = dict(model_weights(config, seed, shaped=shaped))
     return config, weights, build_reference_model(config, weights)

@@ -1,7 +1,8 @@
 """`lfm-satellite demo`: the whole satellite on a fresh machine, no microphone, no hub.
 
-1. The model: `--model DIR`, else the tiny model (random weights, the real architecture),
-   built once with the toolchain and cached (`lfm_toolchain.cache`).
+1. The model: `--model DIR`, else the tiny model (random weights, the real architecture, its
+   special rows shaped so that the reply reaches audio), built once with the toolchain and
+   cached (`lfm_toolchain.cache`). A model with random weights is named as such in one line.
 2. The microphone: a WAV file (`--input`, else espeak-ng says "<wake word>", a pause, then a
    question), paced at real time through the `file` backend. The reply goes to `--output`.
 3. The daemon runs in `local` mode on 127.0.0.1 with an ephemeral port, and a simulated Home
@@ -184,11 +185,26 @@ def tiny_model() -> Path:
     return cached_model("tiny", "q4")
 
 
+def model_notice(model: Path) -> str | None:
+    """`random_notice` for the model directory `model` (None when its manifest cannot be read:
+    the daemon says what is wrong with it)."""
+    from satellite.cli.engine import random_notice
+    from satellite.modeldir.manifest import ManifestError, read_manifest
+
+    try:
+        return random_notice(read_manifest(model))
+    except ManifestError:
+        return None
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from satellite.cli.loading import load_for_command
 
     base = load_for_command(args).settings
     model = args.model or tiny_model()
+    notice = model_notice(model)
+    if notice is not None:
+        print(notice, flush=True)
     with tempfile.TemporaryDirectory(prefix="lfm-demo-") as folder:
         source = args.input
         if source is None:

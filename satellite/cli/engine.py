@@ -22,7 +22,8 @@ declares more data than the file holds) is used as far as it goes, with a warnin
 
 Each command takes `--model DIR|NAME` (else the config's model, `satellite.engine.load`),
 `--threads` and `--providers` (over the config's `model.threads` / `model.providers`) and
-`--seed` (sampled audio).
+`--seed` (sampled audio). On a model whose manifest says its weights are random (the tiny test
+model), each says so in one line on stderr first (`random_notice`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
     from satellite.engine.detokenize import StreamingDetokenizer
     from satellite.engine.model import Model
     from satellite.engine.template import Tokens
+    from satellite.modeldir.manifest import Manifest
 
 _LOG = logging.getLogger("satellite.cli.engine")
 
@@ -292,7 +294,21 @@ def open_engine(args: argparse.Namespace) -> Engine:
     model = Model.load(choice.directory, SessionConfig.from_settings(settings, **overrides))
     tokens = model.tokens("the commands need one to read and write text")
     _LOG.info("model: %s (%s) from %s", model.manifest.name, model.manifest.variant, choice.origin)
+    notice = random_notice(model.manifest)
+    if notice is not None:
+        _err(notice)
     return Engine(model, tokens, loaded, started)
+
+
+def random_notice(manifest: Manifest) -> str | None:
+    """One line saying that the model's weights are random, so what it says is noise (None for
+    a trained model): the commands and the demo print it before they run it."""
+    if not manifest.random_weights:
+        return None
+    return (
+        f"model: {manifest.name} has random weights: its words and audio are noise; "
+        "the path and the timings are real"
+    )
 
 
 @dataclass(frozen=True)

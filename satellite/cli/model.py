@@ -153,13 +153,24 @@ def add_model_commands(commands: Any) -> None:
         description="Build a model directory of the LFM2.5-Audio architecture: `--size tiny` "
         "(tests and the demo) or `--size full` (the real shapes, for speed and memory figures), "
         "with seeded random weights, or convert a real checkpoint with --from (which replaces "
-        "--size and --seed). `--layout published` writes the published ONNX export's files, "
-        "defects included.",
+        "--size and --seed). The tiny model's special rows are scaled (shaped) so that its "
+        "replies reach audio; it is the model the demo and the tests build. `--layout "
+        "published` writes the published ONNX export's files, defects included.",
     )
     build.add_argument("--size", choices=("tiny", "full"), default="tiny", help="default: tiny")
     build.add_argument("--variant", choices=VARIANTS, default="fp32", help="default: fp32")
     build.add_argument("--out", metavar="DIR", type=Path, required=True, help="directory to write")
-    build.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    build.add_argument(
+        "--seed",
+        type=int,
+        help="seed of the random weights (default: 216 for tiny, the demo's model; 0 for full)",
+    )
+    build.add_argument(
+        "--shaped",
+        action=argparse.BooleanOptionalAction,
+        help="scale the special rows of the random weights so that generation reaches "
+        "<|audio_start|>, audio and its end (default: tiny only); --no-shaped keeps them as drawn",
+    )
     build.add_argument(
         "--family",
         choices=("lfm2.5-audio", "lfm2-audio"),
@@ -219,6 +230,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         size=args.size,
         variant=args.variant,
         seed=args.seed,
+        shaped=args.shaped,
         family=args.family,
         checkpoint=args.checkpoint,
         overwrite=args.overwrite,

@@ -110,6 +110,12 @@ class Manifest:
     """Named non-graph files, relative to the directory (see `SIDE_FILES`), e.g.
     {"embed_tokens": "onnx/embed_tokens.json"}. Each must also be listed in `files`."""
 
+    @property
+    def random_weights(self) -> bool:
+        """Built from seeded random weights (`source.weights` is `random`: the tiny and full
+        test models of `lfm-satellite model build`), not a trained checkpoint."""
+        return self.source.get("weights") == "random"
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
 

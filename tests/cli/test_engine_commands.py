@@ -4,8 +4,9 @@ reading and writing they rely on.
 The tiny model has random weights, so its text is gibberish: the tests check structure (one
 line per file, exit codes, messages naming the file and the reason, WAV format and a length that
 is exactly 1920 samples per decoded frame at 24 kHz, text and audio streamed as they are made),
-never content. `speak` and `chat` run on the shaped model of `engine_support` (special rows
-scaled so that a random model reaches `<|audio_start|>` and end-of-audio).
+never content. They run on the default tiny model (`cached_model("tiny", "q4")`, the demo's:
+special rows scaled so that it reaches `<|audio_start|>` and end-of-audio), which must give
+output in every command and say that it is random.
 """
 
 from __future__ import annotations
@@ -20,14 +21,11 @@ import wave
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
-import lfm_toolchain.build
 import numpy as np
 import pytest
-from engine_support import build_shaped, shaped_weights
 from lfm_toolchain.build import build_model
-from lfm_toolchain.config import tiny
+from lfm_toolchain.cache import cached_model
 
 from satellite.audio.convert import AudioFormatError
 from satellite.audio.wavfile import WavWriter, read_wav, wav_info, write_wav
@@ -40,30 +38,39 @@ from satellite.engine.textstream import printable
 from satellite.modeldir.fetch import default_model_dir
 from satellite.settings import ModelSettings
 from tests.paths import REPO
+from tests.satellite_support import tiny_model, unshaped_model
 
 SAMPLES_PER_FRAME = 1920
 """24 kHz samples per 80 ms audio frame (the LFM2.5 detokenizer)."""
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("models") / "tiny"
-    build_model(out, size="tiny", seed=0)
-    return out
+RANDOM_NOTICE = (
+    "model: lfm2.5-audio-tiny-random has random weights: its words and audio are noise; "
+    "the path and the timings are real"
+)
+"""What each command says first (stderr) on the tiny model."""
 
 
 @pytest.fixture(scope="module")
-def shaped_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_shaped(tmp_path_factory.mktemp("models") / "shaped", shaped_weights(tiny()))
+def tiny_dir() -> Path:
+    """The default tiny model: the demo's, the commands' and the daemon tests' (q4)."""
+    return tiny_model()
 
 
 @pytest.fixture(scope="module")
-def shaped_mimi_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shaped weights in an LFM2-Audio (v1) model: Mimi decodes its audio."""
+def unshaped_dir() -> Path:
+    """The tiny model with its special rows as drawn (`unshaped_model`: seed 0, not shaped):
+    its greedy text runs on, never reaching `<|audio_start|>` or `<|im_end|>`. For the tests
+    that need a model that never speaks, and transcripts long enough to tell two inputs apart
+    (the default model's transcripts end after a few tokens)."""
+    return unshaped_model()
+
+
+@pytest.fixture(scope="module")
+def mimi_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default tiny model's weights as an LFM2-Audio (v1) model: Mimi decodes its audio."""
     out = tmp_path_factory.mktemp("models") / "mimi"
-    weights = shaped_weights(tiny())
-    with mock.patch.object(lfm_toolchain.build, "random_model_weights", lambda *_: weights):
-        build_model(out, size="tiny", seed=0, family="lfm2-audio")
+    build_model(out, size="tiny", variant="q4", family="lfm2-audio")
     return out
 
 
@@ -370,14 +377,15 @@ def commands_read_samples() -> Any:
 
 
 def test_transcribe_is_greedy_and_quiet_for_few_files(
-    capsys: pytest.CaptureFixture[str], config: Path, tmp_path: Path, tiny_dir: Path
+    capsys: pytest.CaptureFixture[str], config: Path, tmp_path: Path, unshaped_dir: Path
 ) -> None:
     """The same audio gives the same line (greedy), another audio another; no progress for
-    two files; exit 0."""
+    two files; exit 0. On the unshaped model: its 16 tokens show the input; the default
+    model's transcript ends after its first few tokens, the same for any input."""
     a = write_wav_file(tmp_path / "a.wav", 1.0, freq=300)
     b = write_wav_file(tmp_path / "b.wav", 1.0, freq=1200)
     code, out, err = run(
-        capsys, config, "transcribe", "--model", str(tiny_dir), "--threads", "1",
+        capsys, config, "transcribe", "--model", str(unshaped_dir), "--threads", "1",
         "--max-tokens", "16", "--seed", "3", str(a), str(b), str(a),
     )  # fmt: skip
     assert code == 0, err
@@ -503,37 +511,38 @@ def test_speak_streams_a_24k_wav(
     before the last frame is decoded); the WAV is 24 kHz 16-bit mono of exactly 1920 samples
     per decoded frame; timings on stderr. LFM2.5 decodes with its LFM2 detokenizer, LFM2-Audio
     with Mimi (both 80 ms per frame)."""
-    model = request.getfixturevalue("shaped_dir" if family == "lfm2.5-audio" else "shaped_mimi_dir")
+    model = request.getfixturevalue("tiny_dir" if family == "lfm2.5-audio" else "mimi_dir")
     assert json.loads((model / "manifest.json").read_text())["family"] == family
     recorder = Recorder(monkeypatch)
     out = tmp_path / "hello.wav"
     code, stdout, err = run(
         capsys, config, "speak", "--model", str(model), "--threads", "1", "--seed", "1",
-        "--max-seconds", "2", "Hello there, how are you?", "-o", str(out),
+        "--max-seconds", "1", "Hello there, how are you?", "-o", str(out),
     )  # fmt: skip
     assert code == 0, err
     assert stdout == ""
     frames = frames_reported(err, out)
     rate, channels, width, samples = read_back(out)
     assert (rate, channels, width) == (24000, 1, 2)
-    assert samples.size == frames * SAMPLES_PER_FRAME and frames == 25
+    # 1 s is 13 frames: cut there (the model's own end of audio comes later with this seed)
+    assert samples.size == frames * SAMPLES_PER_FRAME and frames == 13
     assert np.abs(samples).max() > 0
     pushes = list(recorder.index("push"))
     assert len(pushes) == frames
     assert next(recorder.index("write")) < pushes[-1], recorder.log
     assert re.search(r"first audio after \d+ ms, total [\d.]+ s, real-time factor [\d.]+", err)
-    assert "voice us-female" in err and "audio cut at 2 s (--max-seconds)" in err
+    assert "voice us-female" in err and "audio cut at 1 s (--max-seconds)" in err
 
 
 def test_speak_resamples_and_ends_at_end_of_audio(
-    capsys: pytest.CaptureFixture[str], config: Path, tmp_path: Path, shaped_dir: Path
+    capsys: pytest.CaptureFixture[str], config: Path, tmp_path: Path, tiny_dir: Path
 ) -> None:
     """--rate 16000 gives 1280 samples per frame (the resampler flushed at the end); a voice
     from the config; the speech ends at the model's end-of-audio frame, before the limit."""
     config.write_text("logging:\n  level: warning\nmodel:\n  voice: uk_female\n")
     out = tmp_path / "low.wav"
     code, _, err = run(
-        capsys, config, "speak", "--model", str(shaped_dir), "--threads", "1", "--seed", "1",
+        capsys, config, "speak", "--model", str(tiny_dir), "--threads", "1", "--seed", "1",
         "--rate", "16000", "Hello there, how are you?", "-o", str(out),
     )  # fmt: skip
     assert code == 0, err
@@ -548,10 +557,11 @@ def test_speak_refusals(
     config: Path,
     tmp_path: Path,
     tiny_dir: Path,
+    unshaped_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """No text, a bad voice, an output folder that does not exist; and a model that never
-    starts audio: exit 1 and no file (not even a partial one)."""
+    starts audio (the unshaped one): exit 1 and no file (not even a partial one)."""
     out = tmp_path / "x.wav"
     code, _, err = run(capsys, config, "speak", "--model", str(tiny_dir), "  ", "-o", str(out))
     assert code == 2 and "nothing to say: TEXT is empty" in err
@@ -568,9 +578,11 @@ def test_speak_refusals(
     assert code == 2 and f"{missing}: folder {missing.parent} does not exist" in err
     before = set(tmp_path.iterdir())
     code, _, err = run(
-        capsys, config, "speak", "--model", str(tiny_dir), "--threads", "1", "hello", "-o", str(out)
-    )
+        capsys, config, "speak", "--model", str(unshaped_dir), "--threads", "1", "hello",
+        "-o", str(out),
+    )  # fmt: skip
     assert code == 1 and f"{out}: not written: the model gave no audio" in err
+    assert "no <|audio_start|> in its first 64 tokens" in err
     assert set(tmp_path.iterdir()) == before
 
 
@@ -599,7 +611,7 @@ def test_chat_streams_text_and_audio(
     capsys: pytest.CaptureFixture[str],
     config: Path,
     tmp_path: Path,
-    shaped_dir: Path,
+    tiny_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """One interleaved turn: text printed (and flushed) as it comes, audio written as it
@@ -610,7 +622,7 @@ def test_chat_streams_text_and_audio(
     stdout = RecordingStdout(recorder.log)
     monkeypatch.setattr(sys, "stdout", stdout)
     code = main(
-        ["-c", str(config), "chat", "--model", str(shaped_dir), "--threads", "1", "--seed", "2",
+        ["-c", str(config), "chat", "--model", str(tiny_dir), "--threads", "1", "--seed", "2",
          "--max-tokens", "60", str(source), "-o", str(out)]
     )  # fmt: skip
     err = capsys.readouterr().err
@@ -647,3 +659,73 @@ def test_chat_refuses_bad_input_before_loading_the_model(
     code, _, err = run(capsys, config, "chat", str(wav), "-o", str(wav))
     assert code == 2 and "is the input file" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.wav", "q.wav", "satellite.yaml"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the default tiny model gives output in every command, and says it is random
+
+
+@pytest.mark.parametrize("voice", ["us-female", "us-male", "uk-female", "uk-male"])
+def test_the_default_tiny_model_speaks(
+    capsys: pytest.CaptureFixture[str], config: Path, tmp_path: Path, voice: str
+) -> None:
+    """`speak "hello there" -o out.wav` on the default tiny model (`cached_model("tiny", "q4")`:
+    the demo's, and what the tests' `tiny_model()` is) writes speech in every voice, ending at
+    the model's end-of-audio (or the --max-seconds cut), never "the model gave no audio"
+    (issue 18 point 5); the first line on stderr says the weights are random."""
+    model = cached_model("tiny", "q4")
+    assert model == tiny_model()
+    out = tmp_path / "out.wav"
+    code, stdout, err = run(
+        capsys, config, "speak", "--model", str(model), "--threads", "1", "--seed", "1",
+        "--voice", voice, "hello there", "-o", str(out),
+    )  # fmt: skip
+    assert code == 0, err
+    assert stdout == "" and err.splitlines()[0] == RANDOM_NOTICE
+    frames = frames_reported(err, out)
+    rate, _, _, samples = read_back(out)
+    assert frames > 0 and samples.size == frames * SAMPLES_PER_FRAME and rate == 24000
+    assert np.abs(samples).max() > 0
+    assert "did not end by itself" not in err, err
+
+
+def test_the_default_tiny_model_transcribes_and_chats(
+    capsys: pytest.CaptureFixture[str], config: Path, tmp_path: Path, tiny_dir: Path
+) -> None:
+    """On the default tiny model `transcribe` prints a transcript, `chat` the reply's text and
+    a WAV of its audio; each says first, on stderr, that the weights are random, and stdout
+    holds only the data."""
+    question = write_wav_file(tmp_path / "question.wav", 1.5)
+    code, out, err = run(
+        capsys, config, "transcribe", "--model", str(tiny_dir), "--threads", "1", str(question)
+    )
+    assert code == 0, err
+    [line] = out.splitlines()
+    name, text = line.split("\t")
+    assert name == str(question) and text.strip(), line
+    assert err.splitlines()[0] == RANDOM_NOTICE
+    reply = tmp_path / "reply.wav"
+    code, out, err = run(
+        capsys, config, "chat", "--model", str(tiny_dir), "--threads", "1", "--seed", "1",
+        str(question), "-o", str(reply),
+    )  # fmt: skip
+    assert code == 0, err
+    assert out.strip() and "random weights" not in out
+    assert err.splitlines()[0] == RANDOM_NOTICE
+    frames = frames_reported(err, reply)
+    assert frames > 0 and read_back(reply)[3].size == frames * SAMPLES_PER_FRAME
+
+
+def test_only_random_weights_get_the_notice(tiny_dir: Path) -> None:
+    """The line is for a model whose manifest says its weights are random, not a trained one."""
+    import dataclasses
+
+    from satellite.modeldir.manifest import read_manifest
+
+    manifest = read_manifest(tiny_dir)
+    assert manifest.source["weights"] == "random" and manifest.source["shaped"] is True
+    assert commands.random_notice(manifest) == RANDOM_NOTICE
+    trained = dataclasses.replace(manifest, name="LiquidAI/LFM2.5-Audio-1.5B-ONNX", source={})
+    assert commands.random_notice(trained) is None
+    converted = dataclasses.replace(manifest, source={"weights": "checkpoint"})
+    assert commands.random_notice(converted) is None

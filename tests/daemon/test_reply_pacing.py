@@ -43,7 +43,7 @@ from satellite.settings import AudioSettings, HealthSettings, Settings
 from satellite.telemetry.health import HealthMonitor
 from satellite.telemetry.stats import InterarrivalJitter
 from tests.conftest import PulseServer
-from tests.satellite_support import daemon_settings, tiny_model
+from tests.satellite_support import daemon_settings, tiny_model, unshaped_model
 
 pytestmark = pytest.mark.realtime
 
@@ -132,8 +132,10 @@ def played(monkeypatch: pytest.MonkeyPatch) -> list[PlaybackReport]:
 
 
 def _settings(**kwargs: Any) -> Settings:
-    """The tiny model's daemon, every turn a new conversation (see `same_reply`)."""
-    settings = daemon_settings(tiny_model(), **kwargs)
+    """The tiny model's daemon, every turn a new conversation (see `same_reply`), on the model
+    whose replies run to `max_reply_seconds` (`unshaped_model`): pacing is measured over
+    replies of a known length, and the default model's end after a few frames."""
+    settings = daemon_settings(unshaped_model(), **kwargs)
     satellite = dataclasses.replace(settings.satellite, conversation_timeout_seconds=0.0)
     return dataclasses.replace(settings, satellite=satellite)
 

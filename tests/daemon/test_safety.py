@@ -16,7 +16,7 @@ from satellite.reply import Responder
 from satellite.safety.audio import SILENCE_RUN_SECONDS, AudioCheck
 from satellite.settings import HealthSettings, SafetySettings, Settings
 from satellite.telemetry.health import HealthMonitor
-from tests.satellite_support import daemon_settings, tiny_model
+from tests.satellite_support import daemon_settings, unshaped_model
 
 pytestmark = pytest.mark.realtime
 
@@ -92,7 +92,8 @@ async def _answer(settings: Settings, seen: list[DaemonEvent] | None = None) -> 
 async def test_a_blocked_term_stops_the_reply() -> None:
     """The tiny model's reply to a fixed query (greedy text, seeded audio) is the same each
     run: take a word from it, block it, and the same turn stops there."""
-    settings = daemon_settings(tiny_model(), backend="null", max_reply_seconds=3.0)
+    # the model whose replies go on: a word from the middle of one, and more after it
+    settings = daemon_settings(unshaped_model(), backend="null", max_reply_seconds=3.0)
     free = await _answer(settings)
     words = re.findall(r"(?<!\w)[a-zA-Z]{3,}(?!\w)", free.reply_text)
     assert words, f"no whole word in the reply {free.reply_text!r}"

@@ -30,12 +30,20 @@ from tests.satellite_support import (
     daemon_settings,
     run_to_end,
     script_wav,
+    unshaped_model,
     wake_and_ask,
 )
 
 pytestmark = pytest.mark.realtime
 
 REPLY_SECONDS = 5.0
+
+
+@pytest.fixture(scope="module")
+def long_model() -> Path:
+    """Replies that run to `max_reply_seconds` (`unshaped_model`): these tests speak over a
+    reply, or after one of a known length."""
+    return unshaped_model()
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +67,10 @@ async def _run(model: Path, source: Path, output: Path, barge_in: bool) -> tuple
 
 
 async def test_barge_in_stops_the_reply_and_starts_a_new_turn(
-    model: Path, two_questions: Path, tmp_path: Path, greedy_replies: None
+    long_model: Path, two_questions: Path, tmp_path: Path, greedy_replies: None
 ) -> None:
     output = tmp_path / "speaker.wav"
-    daemon, seen = await _run(model, two_questions, output, barge_in=True)
+    daemon, seen = await _run(long_model, two_questions, output, barge_in=True)
     assert seen.count("wake") == 2, seen
     assert daemon.interrupted == 1 and len(daemon.turns) == 1, seen
     played = read_wav(output).samples.size / 24000
@@ -71,10 +79,10 @@ async def test_barge_in_stops_the_reply_and_starts_a_new_turn(
 
 
 async def test_mic_is_gated_while_speaking_without_barge_in(
-    model: Path, two_questions: Path, tmp_path: Path, greedy_replies: None
+    long_model: Path, two_questions: Path, tmp_path: Path, greedy_replies: None
 ) -> None:
     output = tmp_path / "speaker.wav"
-    daemon, seen = await _run(model, two_questions, output, barge_in=False)
+    daemon, seen = await _run(long_model, two_questions, output, barge_in=False)
     assert seen.count("wake") == 1, seen
     assert daemon.interrupted == 0 and len(daemon.turns) == 1
     played = read_wav(output).samples.size / 24000
@@ -97,11 +105,15 @@ def stop_over_the_reply(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("barge_in", [True, False])
 async def test_the_stop_word_ends_the_reply_and_starts_nothing(
-    model: Path, stop_over_the_reply: Path, tmp_path: Path, greedy_replies: None, barge_in: bool
+    long_model: Path,
+    stop_over_the_reply: Path,
+    tmp_path: Path,
+    greedy_replies: None,
+    barge_in: bool,
 ) -> None:
     """Gated mic or not (the stop word is how to end what plays either way)."""
     output = tmp_path / "speaker.wav"
-    daemon, seen = await _run(model, stop_over_the_reply, output, barge_in=barge_in)
+    daemon, seen = await _run(long_model, stop_over_the_reply, output, barge_in=barge_in)
     assert seen.count("wake") == 1 and seen.count("stop") == 1, seen
     assert seen.index("stop") < seen.index("turn_interrupted"), seen
     assert "turn_finished" not in seen and daemon.interrupted == 1 and not daemon.turns
@@ -124,13 +136,17 @@ def follow_up(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("continue_conversation", ["always", "never"])
 async def test_a_follow_up_without_the_wake_word(
-    model: Path, follow_up: Path, tmp_path: Path, greedy_replies: None, continue_conversation: str
+    long_model: Path,
+    follow_up: Path,
+    tmp_path: Path,
+    greedy_replies: None,
+    continue_conversation: str,
 ) -> None:
     """`always`: the listening tone, then the second question answered in the same
     conversation, then (no third) back to the wake word; `never`: the second question is
     not heard."""
     output = tmp_path / "speaker.wav"
-    settings = daemon_settings(model, input_file=follow_up, output_file=output)
+    settings = daemon_settings(long_model, input_file=follow_up, output_file=output)
     settings = dataclasses.replace(
         settings,
         satellite=dataclasses.replace(
@@ -265,6 +281,8 @@ def test_demo_runs_a_full_turn(tmp_path: Path) -> None:
     for line in ("satellite: wake word 'okay_nabu'", "home assistant: got detection",
                  "home assistant: got voice-stopped", "time to first audio", "daemon overhead",
                  "its reply is noise", "lfm-satellite model fetch",
+                 "model: lfm2.5-audio-tiny-random has random weights: its words and audio are "
+                 "noise; the path and the timings are real",
                  "mqtt: a local mosquitto", "mqtt: event turn_finished"):  # fmt: skip
         assert line in out, out
     assert read_wav(tmp_path / "reply.wav").samples.size > 0

@@ -57,7 +57,7 @@ def model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     """The shaped tiny model on each backbone runner: the decoder graph on onnxruntime, and
     the same backbone weights as a float32 GGUF on llama.cpp (`model.backbone: llamacpp`)."""
     config, weights, _ = shaped_reference()
-    directory = build_shaped(tmp_path_factory.mktemp("shaped"), weights)
+    directory = build_shaped(tmp_path_factory.mktemp("shaped"))
     if request.param == "llamacpp":
         request.getfixturevalue("llama_library")
         specs = backbone_specs(config.backbone)

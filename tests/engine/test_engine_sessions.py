@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from engine_support import build_shaped, shaped_weights
+from engine_support import build_shaped
 from lfm_toolchain.cache import cached_model
-from lfm_toolchain.config import tiny
 from modeldir_graphs import INT64, decoder, write_model_dir
 
 from satellite.engine.model import Model, ModelLoadError
@@ -36,7 +35,7 @@ CPU = "CPUExecutionProvider"
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_shaped(tmp_path_factory.mktemp("tiny"), shaped_weights(tiny()))
+    return build_shaped(tmp_path_factory.mktemp("tiny"))
 
 
 def test_auto_picks_cpu_here_and_logs_it(caplog: pytest.LogCaptureFixture) -> None:

@@ -30,7 +30,7 @@ from hubserver import serve_hub
 from lfm_toolchain.cache import cached_model
 from lfm_toolchain.config import tiny
 from lfm_toolchain.gguf_export import write_backbone_gguf
-from lfm_toolchain.weights import RandomWeights, backbone_specs, random_model_weights
+from lfm_toolchain.weights import RandomWeights, backbone_specs, default_seed, model_weights
 
 from satellite.cli import main
 from satellite.engine import backbone
@@ -46,6 +46,8 @@ from tests.satellite_support import daemon_settings, run_to_end, script_wav, wak
 pytestmark = pytest.mark.slow
 
 SEED = 0
+"""The seed of the precision tests' model (float32) and GGUFs; the daemon and bench tests run
+the default tiny model with its own GGUF (`default_gguf`)."""
 STEPS = 24
 
 
@@ -65,13 +67,23 @@ def ggufs(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> dict[st
     """The tiny model's backbone as float32 and float16 GGUF files (the model's own weights)."""
     config = tiny().backbone
     specs = backbone_specs(config)
-    weights = random_model_weights(tiny(), SEED)
+    weights = model_weights(tiny(), SEED)  # `tiny_model`'s own (shaped)
     folder = tmp_path_factory.mktemp("gguf")
     files = {}
     for kind in ("f32", "f16"):
         files[kind] = folder / f"backbone.{kind}.gguf"
         write_backbone_gguf(config, weights, specs, files[kind], float32=kind == "f32")
     return files
+
+
+@pytest.fixture(scope="module")
+def default_gguf(tmp_path_factory: pytest.TempPathFactory, llama_library: Path) -> Path:
+    """The default tiny model's backbone (`cached_model("tiny", ...)`) as a float16 GGUF."""
+    config = tiny()
+    specs = backbone_specs(config.backbone)
+    out = tmp_path_factory.mktemp("gguf") / "default.f16.gguf"
+    write_backbone_gguf(config.backbone, model_weights(config, default_seed("tiny")), specs, out)
+    return out
 
 
 def llama_model(directory: Path, gguf: Path | str | None) -> Model:
@@ -270,9 +282,7 @@ def test_the_published_backbone_is_fetched_into_the_model_directory(
     assert chat.decoder.length == 4 and not isinstance(chat.decoder, Decoder)
 
 
-async def test_the_daemon_answers_on_the_llama_backbone(
-    tmp_path: Path, ggufs: dict[str, Path]
-) -> None:
+async def test_the_daemon_answers_on_the_llama_backbone(tmp_path: Path, default_gguf: Path) -> None:
     """The satellite as a user runs it with `model.backbone: llamacpp`: wake word, question,
     the speculative prefill in the trailing silence (a llama.cpp snapshot), the reply played."""
     model = cached_model("tiny", "q4")  # the same seeded weights as the GGUF, 4-bit here
@@ -282,22 +292,22 @@ async def test_the_daemon_answers_on_the_llama_backbone(
     settings = dataclasses.replace(
         settings,
         model=dataclasses.replace(
-            settings.model, backbone="llamacpp", backbone_gguf=str(ggufs["f16"])
+            settings.model, backbone="llamacpp", backbone_gguf=str(default_gguf)
         ),
     )
     daemon, seen = await run_to_end(settings, 40)
     [turn] = daemon.turns
     assert turn.reply_audio_seconds > 0.5, seen
     assert daemon.responder.speculated_turns == 1, "the turn went on from the speculation"
-    assert ggufs["f16"].resolve() in llamabackbone()._LOADED
+    assert default_gguf.resolve() in llamabackbone()._LOADED
 
 
-def test_bench_turns_runs_on_the_llama_backbone(tmp_path: Path, ggufs: dict[str, Path]) -> None:
+def test_bench_turns_runs_on_the_llama_backbone(tmp_path: Path, default_gguf: Path) -> None:
     out = tmp_path / "turns.json"
     done = subprocess.run(
         [sys.executable, "-m", "satellite", "bench", "turns", "--model",
          str(cached_model("tiny", "q4")), "--turns", "2", "--threads", "1", "--query-seconds",
-         "2", "--backbone", "llamacpp", "--backbone-gguf", str(ggufs["f16"]), "--json", str(out)],
+         "2", "--backbone", "llamacpp", "--backbone-gguf", str(default_gguf), "--json", str(out)],
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]

@@ -97,6 +97,29 @@ def test_refusals(model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(BuildError, match="--block-size 32: only the q4 and q8 variants"):
         build_model(tmp_path / "f", size="tiny", block_size=32)
     assert not (tmp_path / "b").exists() and not (tmp_path / "f").exists()
+    with pytest.raises(BuildError, match="shaping scales random weights; leave out --shaped"):
+        build_model(tmp_path / "s", checkpoint=tmp_path, shaped=True)
+
+
+def test_model_build_makes_the_default_tiny_model_unless_told(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`model build --size tiny` is the demo's and the tests' tiny model (`cached_model`'s, the
+    same files): the default seed, shaped; `--no-shaped` keeps the rows as drawn."""
+    from lfm_toolchain.cache import cached_model
+    from lfm_toolchain.weights import default_seed
+
+    from satellite.cli import main
+
+    assert main(["model", "build", "--size", "tiny", "--out", str(tmp_path / "a")]) == 0
+    built = read_manifest(tmp_path / "a")
+    assert built.source["seed"] == default_seed("tiny") and built.source["shaped"] is True
+    assert built.files == read_manifest(cached_model("tiny")).files
+    argv = ["model", "build", "--size", "tiny", "--seed", "0", "--no-shaped"]
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 0
+    plain = read_manifest(tmp_path / "b").source
+    assert plain["seed"] == 0 and plain["shaped"] is False and plain["weights"] == "random"
+    capsys.readouterr()
 
 
 def test_embed_tokens_parity(model_dir: Path) -> None:

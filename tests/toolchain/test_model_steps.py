@@ -30,7 +30,7 @@ from lfm_toolchain.checkpoint import read_checkpoint, read_safetensors_header, r
 from lfm_toolchain.onnx_graph import ExternalData
 from lfm_toolchain.quantize import quantize_graphs, spec_for
 from lfm_toolchain.random_checkpoint import to_bfloat16, write_random_checkpoint
-from lfm_toolchain.weights import random_model_weights
+from lfm_toolchain.weights import model_weights
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization.matmul_nbits_quantizer import (
     DefaultWeightOnlyQuantConfig,
@@ -167,7 +167,7 @@ def test_checkpoint_tensors_read_in_pieces(tmp_path: Path, monkeypatch: pytest.M
     ckpt = read_checkpoint(tmp_path / "ckpt")
     name = "lfm.embed_tokens.weight"
     read = ckpt.weights[name]
-    exact = random_model_weights(ckpt.config, 3)[name]
+    exact = model_weights(ckpt.config, 3)[name]  # the tiny build's: shaped
     torch_bf16 = torch.from_numpy(exact).to(torch.bfloat16).to(torch.float32).numpy()
     assert read.dtype == np.float32 and np.array_equal(read, torch_bf16)
     values = np.array([1.0, 1.00390625, 1.01171875, -3.3e-5, 65504.0], dtype=np.float32)
@@ -221,11 +221,13 @@ def test_an_interrupted_build_keeps_the_old_model_and_nothing_new(
     out = tmp_path / "model"
     build_model(out, size="tiny", variant="fp32")
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    random_weights = lfm_toolchain.build.random_model_weights
+    weights = lfm_toolchain.build.model_weights
     monkeypatch.setattr(
         lfm_toolchain.build,
-        "random_model_weights",
-        lambda config, seed: Interrupting(random_weights(config, seed), 40, KeyboardInterrupt()),
+        "model_weights",
+        lambda config, seed, **kw: Interrupting(
+            weights(config, seed, **kw), 40, KeyboardInterrupt()
+        ),
     )
     argv = ["model", "build", "--size", "tiny", "--variant", "q4", "--out", str(out)]
     assert main([*argv, "--overwrite"]) == 130
@@ -360,12 +362,12 @@ def test_a_killed_build_leaves_no_manifest_and_the_next_build_cleans_up(tmp_path
 def test_enospc_is_the_only_oserror_turned_into_the_full_disk_sentence(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    random_weights = lfm_toolchain.build.random_model_weights
+    weights = lfm_toolchain.build.model_weights
     error = OSError(errno.EIO, "Input/output error")
     monkeypatch.setattr(
         lfm_toolchain.build,
-        "random_model_weights",
-        lambda config, seed: Interrupting(random_weights(config, seed), 5, error),
+        "model_weights",
+        lambda config, seed, **kw: Interrupting(weights(config, seed, **kw), 5, error),
     )
     with pytest.raises(OSError, match="Input/output error"):
         build_model(tmp_path / "m", size="tiny", variant="fp32")

@@ -7,14 +7,21 @@ import numpy as np
 import pytest
 from lfm_toolchain.config import AudioModelConfig, full, tiny
 from lfm_toolchain.weights import (
+    CODEBOOK0_EMBEDDING,
+    END_OF_AUDIO_SCALE,
+    SHAPED_TEXT_ROWS,
+    TEXT_EMBEDDING,
     ParamSpec,
     RandomWeights,
+    ShapedWeights,
     check_layout,
     detokenizer_specs,
     model_specs,
+    model_weights,
     random_detokenizer_weights,
     random_model_weights,
     random_tensor,
+    shaped_model_weights,
 )
 from reference import build_reference_model, liquid_audio, load_weights, reference_config
 
@@ -124,3 +131,33 @@ def test_check_layout_names_the_problem() -> None:
     with pytest.raises(ValueError, match=r"embedding_norm\.weight: missing") as err:
         check_layout(weights, model_specs(config), "test")
     assert "layers.0.ffn_norm.weight: shape (3,)" in str(err.value)
+
+
+def test_shaped_weights_scale_the_special_rows_and_nothing_else() -> None:
+    """`<|im_end|>`, `<|audio_start|>` and `<|text_end|>` of the text embedding and codebook 0's
+    end-of-audio row, by their named scales; every other value as drawn; lazy and repeatable."""
+    config = tiny()
+    plain, shaped = random_model_weights(config, seed=3), shaped_model_weights(config, seed=3)
+    assert list(shaped) == list(plain) and shaped.spec(TEXT_EMBEDDING) == plain.spec(TEXT_EMBEDDING)
+    scaled = {
+        TEXT_EMBEDDING: SHAPED_TEXT_ROWS,
+        CODEBOOK0_EMBEDDING: {config.codebook_size - 1: END_OF_AUDIO_SCALE},
+    }
+    assert set(SHAPED_TEXT_ROWS) == {7, 128, 130} and config.codebook_size - 1 == 2048
+    for name in plain:
+        want, got = plain[name], shaped[name]
+        rows = scaled.get(name, {})
+        for row, scale in rows.items():
+            np.testing.assert_array_equal(got[row], want[row] * np.float32(scale), err_msg=name)
+        keep = np.ones(want.shape[:1], dtype=bool) if want.ndim else np.ones((), dtype=bool)
+        if rows:
+            keep[list(rows)] = False
+        np.testing.assert_array_equal(got[keep], want[keep], err_msg=name)
+    np.testing.assert_array_equal(shaped[TEXT_EMBEDDING], shaped[TEXT_EMBEDDING])
+
+
+def test_random_builds_are_shaped_by_default_at_tiny_size_only() -> None:
+    assert isinstance(model_weights(tiny(), 0), ShapedWeights)
+    assert not isinstance(model_weights(tiny(), 0, shaped=False), ShapedWeights)
+    assert not isinstance(model_weights(full(), 0), ShapedWeights)
+    assert isinstance(model_weights(full(), 0, shaped=True), ShapedWeights)

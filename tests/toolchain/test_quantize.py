@@ -37,7 +37,7 @@ from lfm_toolchain.build import build_model
 from lfm_toolchain.config import tiny
 from lfm_toolchain.onnx_graph import ExternalData, GraphBuilder, save
 from lfm_toolchain.quantize import MIN_TABLE_ROWS, VARIANT_SPECS, quantize_graphs
-from lfm_toolchain.weights import Array, random_model_weights
+from lfm_toolchain.weights import Array, model_weights
 from reference import TINY_SEED
 
 from satellite.engine.sessions import open_to_check, plain_session_options
@@ -81,9 +81,12 @@ AUDIO_BOUNDS = {
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny model in each variant, its weights as drawn (`shaped=False`): the bounds are in
+    logit units for rows of the drawn scale, and a shaped row (up to 2.8x) scales its logit's
+    rounding error with it."""
     root = tmp_path_factory.mktemp("quantized")
     for variant in ("fp32", *VARIANTS):
-        build_model(root / variant, size="tiny", seed=TINY_SEED, variant=variant)
+        build_model(root / variant, size="tiny", seed=TINY_SEED, variant=variant, shaped=False)
     return {variant: root / variant for variant in ("fp32", *VARIANTS)}
 
 
@@ -141,7 +144,7 @@ def rounded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """fp32 `decoder` and `embed_tokens` graphs of the backbone's weights rounded to q8/q4
     blocks (every 2-D backbone tensor is a MatMul weight or the tied table)."""
     config = tiny()
-    weights = dict(random_model_weights(config, TINY_SEED))
+    weights = dict(model_weights(config, TINY_SEED, shaped=False))
     out = {}
     for variant in VARIANTS:
         bits = VARIANT_SPECS[variant].bits
@@ -291,7 +294,7 @@ def test_audio_graphs_run(variant: str, dirs: dict[str, Path]) -> None:
     codes = rng.integers(0, 2049, size=(1, 24)) + np.tile(np.arange(8) * 2049, 3)
     feeds = {"audio_codes": codes.astype(np.int64)}
     (got,) = session(dirs[variant], "audio_embedding").run(None, feeds)
-    table = random_model_weights(config, TINY_SEED)["audio_embedding.embedding.weight"]
+    table = model_weights(config, TINY_SEED, shaped=False)["audio_embedding.embedding.weight"]
     exact = round_to_blocks(table, VARIANT_SPECS[variant].bits)[codes[0]][None]
     error = float(np.max(np.abs(got - exact)))
     assert error <= 1e-6, f"audio_embedding: rows differ from the rounded table by {error:.3g}"

@@ -2,9 +2,9 @@
 model, driven by the real `wyoming` client library the way Home Assistant drives them (DESIGN §4:
 a new connection per request, `describe` first with a 5 s timeout), on the tiny model.
 
-Speech-to-text and conversation run on the tiny random model (its text is gibberish but real
-generated text); text-to-speech runs on the tiny model with weights shaped so that it reaches
-`<|audio_start|>` and end-of-audio (`engine_support`), with a fixed seed.
+Everything runs on the default tiny model (`tiny_model()`, the demo's: random weights with the
+special rows shaped so that it reaches `<|audio_start|>` and end-of-audio), with a fixed seed:
+its text is gibberish but real generated text, its speech noise but real generated audio.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from engine_support import build_shaped, shaped_weights
-from lfm_toolchain.config import tiny
 from wyoming.asr import Transcribe, Transcript
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
@@ -54,7 +52,7 @@ from satellite.wyoming.services.server import ServicesServer
 from satellite.wyoming.speech import Finished, Limits, ServiceEngine
 from satellite.wyoming.workers import Job, PoolFull, WorkerPool
 from tests.paths import REPO
-from tests.satellite_support import daemon_settings, tiny_model
+from tests.satellite_support import daemon_settings, tiny_model, unshaped_model
 
 pytestmark = pytest.mark.slow
 
@@ -68,11 +66,6 @@ MAX_EVENTS = 5000
 @pytest.fixture(scope="module")
 def tiny_dir() -> Path:
     return tiny_model()
-
-
-@pytest.fixture(scope="module")
-def shaped_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_shaped(tmp_path_factory.mktemp("models") / "shaped", shaped_weights(tiny()))
 
 
 def load(directory: Path) -> tuple[Model, Tokens]:
@@ -222,10 +215,12 @@ async def test_describe_gives_asr_tts_and_handle(tiny_dir: Path, home_control: b
 # -- speech to text -------------------------------------------------------------------------
 
 
-async def test_home_assistant_stt_flow(tiny_dir: Path) -> None:
+async def test_home_assistant_stt_flow() -> None:
     """stt.py's flow on its own connection: transcript-start, a transcript-chunk per piece of
-    generated text, transcript-stop, then the final transcript holding the same text."""
-    async with running(tiny_dir) as server:
+    generated text, transcript-stop, then the final transcript holding the same text. On the
+    unshaped model, whose transcript runs to the token limit in many pieces (the default
+    model's ends after a few tokens, in one piece or two)."""
+    async with running(unshaped_model()) as server:
         async with connect(server) as client:
             await client.write_event(Describe().event())
             assert (await read(client)) is not None
@@ -284,7 +279,7 @@ async def test_stt_converts_any_format(tiny_dir: Path, monkeypatch: pytest.Monke
 # -- text to speech -------------------------------------------------------------------------
 
 
-async def test_home_assistant_tts_flow(shaped_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_home_assistant_tts_flow(tiny_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """tts.py's flow: synthesize{text, voice{name}} -> audio-start (24 kHz, 16-bit, mono), an
     audio-chunk per generated frame, audio-stop; the first chunk arrives before the model has
     generated its last frame."""
@@ -296,7 +291,7 @@ async def test_home_assistant_tts_flow(shaped_dir: Path, monkeypatch: pytest.Mon
         return push(detok, codes)
 
     monkeypatch.setattr(StreamingDetokenizer, "push", timed)
-    async with running(shaped_dir) as server, connect(server) as client:
+    async with running(tiny_dir) as server, connect(server) as client:
         voice = SynthesizeVoice(name="us_female")
         await client.write_event(Synthesize(text="Hello there, how are you?", voice=voice).event())
         events = await read_until(client, "audio-stop")
@@ -313,9 +308,9 @@ async def test_home_assistant_tts_flow(shaped_dir: Path, monkeypatch: pytest.Mon
     assert first_chunk < pushes[-1]
 
 
-async def test_tts_voices_and_rate(shaped_dir: Path) -> None:
+async def test_tts_voices_and_rate(tiny_dir: Path) -> None:
     """Each voice speaks; a voice given by language; the rate a request asks for."""
-    async with running(shaped_dir) as server:
+    async with running(tiny_dir) as server:
         for voice in ("us_male", "uk_female", "uk_male"):
             async with connect(server) as client:
                 request = Synthesize(text="Hello there, how are you?", voice=SynthesizeVoice(voice))
@@ -337,11 +332,11 @@ async def test_tts_voices_and_rate(shaped_dir: Path) -> None:
     assert chunk.rate == 16000 and chunk.width == 2
 
 
-async def test_streaming_tts_speaks_each_sentence_as_it_arrives(shaped_dir: Path) -> None:
+async def test_streaming_tts_speaks_each_sentence_as_it_arrives(tiny_dir: Path) -> None:
     """Home Assistant 2026's flow: synthesize-start, chunks, the whole text again in
     `synthesize` (ignored), synthesize-stop. The first sentence's audio comes before the text
     has ended; audio-start/chunk/stop per sentence; synthesize-stopped last."""
-    async with running(shaped_dir) as server, connect(server) as client:
+    async with running(tiny_dir) as server, connect(server) as client:
         voice = SynthesizeVoice(name="us_female")
         await client.write_event(SynthesizeStart(voice=voice).event())
         await client.write_event(SynthesizeChunk(text="Hello there, ").event())
@@ -733,12 +728,12 @@ def old_wyoming(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
-async def test_old_protocol_client(shaped_dir: Path, old_wyoming: Path, tmp_path: Path) -> None:
+async def test_old_protocol_client(tiny_dir: Path, old_wyoming: Path, tmp_path: Path) -> None:
     """A wyoming 1.5.4 client (no transcript or synthesize streaming in its protocol) still
     describes, transcribes and synthesizes."""
     script = tmp_path / "old_client.py"
     script.write_text(OLD_CLIENT)
-    async with running(shaped_dir) as server:
+    async with running(tiny_dir) as server:
         process = await asyncio.create_subprocess_exec(
             sys.executable, str(script), str(server.bound_port),
             env={"PYTHONPATH": str(old_wyoming), "PATH": "/usr/bin:/bin"},
@@ -925,13 +920,13 @@ async def ha_tts(port: int, text: str) -> bytes | None:
     raise AssertionError("no end")
 
 
-async def test_a_failed_request_fails_home_assistants_pipeline_at_once(shaped_dir: Path) -> None:
+async def test_a_failed_request_fails_home_assistants_pipeline_at_once(tiny_dir: Path) -> None:
     """Issue 16, point 7: Home Assistant's STT and TTS clients ignore `error`, so a request
     that failed and left its connection open stalled the pipeline until HA's own 30 s timeout
     ("No TTS from tts.…"). Each failing request now ends its connection right after the
     `error`: HA's loops end at once with their error result; good requests still work."""
     speech = (np.sin(np.arange(16000) / 5.0) * 8000).astype("<i2").tobytes()
-    async with running(shaped_dir) as server:
+    async with running(tiny_dir) as server:
         port = server.bound_port
         for name, request in (
             ("unsupported STT language", ha_stt(port, "fr", speech)),
